@@ -1,0 +1,280 @@
+//! Map keys and values, in the layout the kernel stores them.
+//!
+//! Conventions:
+//! - Addresses and ports are kept in network byte order exactly as they appear in
+//!   the packet ([`RawAddr`], `*_port: u16` read with `from_ne_bytes`), so the
+//!   dataplane copies them without swapping. Userspace converts at the edge.
+//! - IPv4 addresses occupy the first word of a [`RawAddr`]; the rest is zero.
+//! - `family` is [`FAMILY_V4`] or [`FAMILY_V6`] (the IP version number).
+
+/// IP version 4, as stored in `family` fields.
+pub const FAMILY_V4: u8 = 4;
+/// IP version 6, as stored in `family` fields.
+pub const FAMILY_V6: u8 = 6;
+
+/// IANA protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IANA protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// Version of the map layout below. A daemon that finds pinned maps of another
+/// version must migrate or refuse them, never read them as its own.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// An IPv4 or IPv6 address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RawAddr(pub [u32; 4]);
+
+impl RawAddr {
+    pub const UNSPECIFIED: RawAddr = RawAddr([0; 4]);
+
+    #[inline(always)]
+    pub fn is_unspecified(&self) -> bool {
+        self.0[0] | self.0[1] | self.0[2] | self.0[3] == 0
+    }
+}
+
+/// Key of the `FRONTENDS` map: where a client sends to.
+///
+/// A frontend published on every node address has an unspecified `addr`; the
+/// dataplane only matches it when the destination is in `NODE_ADDRS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendKey {
+    pub addr: RawAddr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Flag in [`FrontendValue::flags`]: with no backend, answer new flows with a
+/// TCP reset / ICMP unreachable instead of passing them to the stack.
+pub const FE_REJECT_NO_BACKENDS: u32 = 1 << 0;
+/// Flag in [`FrontendValue::flags`]: keep a client on one backend
+/// (`sessionAffinity: ClientIP`) for `affinity_timeout_s`.
+pub const FE_AFFINITY_CLIENT_IP: u32 = 1 << 1;
+
+/// Value of the `FRONTENDS` map: what a frontend translates to.
+///
+/// The backend set is a Maglev lookup table of `table_size` backend ids at
+/// `table_offset` in the `MAGLEV` pool. Userspace builds a new table aside and
+/// then replaces this whole value (hash map updates are atomic), so the
+/// dataplane never sees a half-written backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendValue {
+    /// Index into `FRONTEND_COUNTERS` and `FRONTEND_GENERATIONS`.
+    pub frontend_id: u32,
+    /// Equals `FRONTEND_GENERATIONS[frontend_id]` while this frontend exists;
+    /// conntrack entries carrying an older value are stale.
+    pub generation: u32,
+    /// Identifies the service port (backend set) for session affinity.
+    pub service_id: u32,
+    pub table_offset: u32,
+    /// 0 when the frontend has no usable backend.
+    pub table_size: u32,
+    pub flags: u32,
+    pub affinity_timeout_s: u32,
+    pub _reserved: u32,
+}
+
+/// Slots per value of the `MAGLEV` pool array. Array elements are padded to 8
+/// bytes, so single `u32` slots would waste half the pool; a cache line of 16
+/// packs them, and userspace sees the pool as one flat run of `u32` slots.
+pub const MAGLEV_BLOCK_SLOTS: u32 = 16;
+
+/// A value of the `MAGLEV` pool: slot `i` of the pool is `block[i / 16][i % 16]`.
+pub type MaglevBlock = [u32; MAGLEV_BLOCK_SLOTS as usize];
+
+/// [`Backend::state`]: slot unused, or backend removed.
+pub const BACKEND_UNUSED: u8 = 0;
+/// [`Backend::state`]: ready; takes new flows.
+pub const BACKEND_ACTIVE: u8 = 1;
+/// [`Backend::state`]: terminating; keeps its flows, gets new ones only when
+/// it is in a table because nothing better exists.
+pub const BACKEND_TERMINATING: u8 = 2;
+
+/// Value of the `BACKENDS` array, indexed by backend id. The id is also the
+/// index of the backend's counters in `BACKEND_COUNTERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: RawAddr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub state: u8,
+    /// Bumped each time the slot is given to another backend; conntrack entries
+    /// carrying an older value are stale.
+    pub generation: u32,
+}
+
+/// [`CtKey::direction`] of the entry a client's packets hit.
+pub const CT_FORWARD: u8 = 0;
+/// [`CtKey::direction`] of the entry a backend's replies hit.
+pub const CT_REPLY: u8 = 1;
+
+/// Key of the `CONNTRACK` map: a flow as seen on the wire.
+///
+/// Each translated flow has two entries: `CT_FORWARD` keyed by
+/// client → frontend, whose value holds the backend, and `CT_REPLY` keyed by
+/// backend → client, whose value holds the frontend the client used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src: RawAddr,
+    pub dst: RawAddr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub direction: u8,
+    pub _pad: u8,
+}
+
+/// TCP flow that has seen a SYN but no reply yet (and every UDP flow before
+/// its first reply).
+pub const CT_STATE_NEW: u8 = 0;
+/// Flow that has seen traffic both ways.
+pub const CT_STATE_ESTABLISHED: u8 = 1;
+/// TCP flow that has seen a FIN or RST.
+pub const CT_STATE_CLOSING: u8 = 2;
+
+/// Value of the `CONNTRACK` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// Forward entry: the backend address. Reply entry: the frontend address.
+    pub nat_addr: RawAddr,
+    /// Network byte order; pairs with `nat_addr`.
+    pub nat_port: u16,
+    /// One of `CT_STATE_*`.
+    pub state: u8,
+    pub _pad: u8,
+    pub frontend_id: u32,
+    pub frontend_generation: u32,
+    pub backend_id: u32,
+    pub backend_generation: u32,
+    pub _reserved: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last refresh (refreshed at most once a
+    /// second per entry, so hot flows do not bounce its cache line).
+    pub last_seen_ns: u64,
+}
+
+/// Index into [`TrafficCounters`]: client → backend.
+pub const DIR_REQUEST: usize = 0;
+/// Index into [`TrafficCounters`]: backend → client.
+pub const DIR_REPLY: usize = 1;
+
+/// Value of the per-CPU counter arrays (`FRONTEND_COUNTERS`,
+/// `BACKEND_COUNTERS`). Bytes are IP bytes (header included), as iptables
+/// counts them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+/// Key of the `NODE_ADDRS` map: an address of this node. A frontend published
+/// on all addresses matches only packets sent to one of these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAddrKey {
+    pub addr: RawAddr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The single value of the `CONFIG` array: conntrack timeouts in nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    pub layout_version: u32,
+    pub _pad: u32,
+    pub tcp_new_timeout_ns: u64,
+    pub tcp_established_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            layout_version: MAP_LAYOUT_VERSION,
+            _pad: 0,
+            tcp_new_timeout_ns: 60 * SECOND_NS,
+            tcp_established_timeout_ns: 6 * 3600 * SECOND_NS,
+            tcp_closing_timeout_ns: 10 * SECOND_NS,
+            udp_timeout_ns: 60 * SECOND_NS,
+        }
+    }
+}
+
+/// Indexes of the per-CPU `DATAPATH_EVENTS` array: things the dataplane did or
+/// declined to do, exported as `portmap_datapath_events_total{event=...}`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatapathEvent {
+    /// A new flow got a backend and conntrack entries.
+    FlowCreated = 0,
+    /// A flow's backend or frontend went away; the flow was given a new backend.
+    FlowReselected = 1,
+    /// A new flow hit a frontend with no usable backend.
+    NoBackend = 2,
+    /// A packet too short or inconsistent to parse; passed untouched.
+    Malformed = 3,
+    /// An IP fragment; passed untouched.
+    Fragment = 4,
+    /// A conntrack insert failed (map full of non-evictable entries); the
+    /// packet was passed untranslated.
+    ConntrackInsertFailed = 5,
+    /// A reply was translated back to its frontend.
+    ReplyTranslated = 6,
+}
+
+impl DatapathEvent {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
+        Self::FlowCreated,
+        Self::FlowReselected,
+        Self::NoBackend,
+        Self::Malformed,
+        Self::Fragment,
+        Self::ConntrackInsertFailed,
+        Self::ReplyTranslated,
+    ];
+
+    /// The `event` label of the metric.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::FlowCreated => "flow_created",
+            Self::FlowReselected => "flow_reselected",
+            Self::NoBackend => "no_backend",
+            Self::Malformed => "malformed",
+            Self::Fragment => "fragment",
+            Self::ConntrackInsertFailed => "conntrack_insert_failed",
+            Self::ReplyTranslated => "reply_translated",
+        }
+    }
+}
+
+// The dataplane and userspace must agree on these sizes; implicit padding would
+// also make `aya::Pod` unsound. A change here is a map layout change.
+const _: () = {
+    assert!(size_of::<RawAddr>() == 16);
+    assert!(size_of::<FrontendKey>() == 20);
+    assert!(size_of::<FrontendValue>() == 32);
+    assert!(size_of::<Backend>() == 24);
+    assert!(size_of::<CtKey>() == 40);
+    assert!(size_of::<CtValue>() == 48);
+    assert!(size_of::<TrafficCounters>() == 32);
+    assert!(size_of::<NodeAddrKey>() == 20);
+    assert!(size_of::<DatapathConfig>() == 40);
+};

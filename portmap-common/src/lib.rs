@@ -1,0 +1,36 @@
+//! Types and pure logic shared by the eBPF dataplane and the userspace daemon.
+//!
+//! Everything in [`abi`] is `#[repr(C)]` and is the exact layout of a BPF map key
+//! or value: both sides compile against these definitions, so they cannot drift.
+//! [`csum`] and [`hash`] are pure functions that the dataplane runs on every
+//! packet and that userspace reuses to check and to predict its work.
+#![no_std]
+
+pub mod abi;
+pub mod csum;
+pub mod hash;
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` marks the map types as plain old data for userspace map access.
+    use crate::abi::*;
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => { $(unsafe impl aya::Pod for $t {})* };
+    }
+
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers and
+    // arrays of integers, and has no implicit padding (checked by the size
+    // assertions in `abi`), so any byte pattern is a valid value.
+    pod!(
+        RawAddr,
+        FrontendKey,
+        FrontendValue,
+        Backend,
+        CtKey,
+        CtValue,
+        TrafficCounters,
+        NodeAddrKey,
+        DatapathConfig,
+    );
+}

@@ -1,0 +1,211 @@
+//! Connection tracking: a flow keeps its backend, and its replies find the
+//! frontend to translate back to.
+//!
+//! Each flow has a forward entry (client → frontend, holding the backend) and a
+//! reply entry (backend → client, holding the frontend). Both carry the state and
+//! last-seen time; refreshing one refreshes its twin, so either direction keeps
+//! the flow alive. Entries are never trusted blindly: the frontend's and
+//! backend's generations must still match, so a removed frontend or backend
+//! stops being used at once, before any garbage collection runs.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use portmap_common::abi::{
+    BACKEND_UNUSED, Backend, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+    CT_STATE_NEW, CtKey, CtValue, DatapathConfig, FrontendValue, PROTO_TCP,
+};
+
+use crate::{
+    maps::{BACKENDS, CONFIG, CONNTRACK, FRONTEND_GEN},
+    parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// Entries are rewritten at most this often while their state is unchanged.
+const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static DatapathConfig> {
+    CONFIG.get(0)
+}
+
+/// The key of `flow`'s packet in the given direction.
+#[inline(always)]
+pub fn key_of(flow: &Flow, direction: u8) -> CtKey {
+    CtKey {
+        src: flow.src,
+        dst: flow.dst,
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+        direction,
+        _pad: 0,
+    }
+}
+
+/// The key of the other entry of the flow that `key` and `entry` belong to.
+#[inline(always)]
+fn twin_key(key: &CtKey, entry: &CtValue) -> CtKey {
+    if key.direction == CT_FORWARD {
+        // backend → client
+        CtKey {
+            src: entry.nat_addr,
+            dst: key.src,
+            sport: entry.nat_port,
+            dport: key.sport,
+            direction: CT_REPLY,
+            ..*key
+        }
+    } else {
+        // client → frontend
+        CtKey {
+            src: key.dst,
+            dst: entry.nat_addr,
+            sport: key.dport,
+            dport: entry.nat_port,
+            direction: CT_FORWARD,
+            ..*key
+        }
+    }
+}
+
+#[inline(always)]
+fn timeout_ns(cfg: &DatapathConfig, proto: u8, state: u8) -> u64 {
+    if proto != PROTO_TCP {
+        return cfg.udp_timeout_ns;
+    }
+    match state {
+        CT_STATE_ESTABLISHED => cfg.tcp_established_timeout_ns,
+        CT_STATE_CLOSING => cfg.tcp_closing_timeout_ns,
+        _ => cfg.tcp_new_timeout_ns,
+    }
+}
+
+/// What to do with a packet whose flow has a conntrack entry.
+pub enum Decision {
+    /// Translate as the entry says.
+    Use,
+    /// The entry is expired, or belongs to a frontend that no longer exists, or
+    /// a SYN reuses the ports of a closed connection: treat as a new flow.
+    New,
+    /// The flow's backend is gone: pick another.
+    Reselect,
+}
+
+#[inline(always)]
+pub fn decide(entry: &CtValue, flow: &Flow, now: u64, cfg: &DatapathConfig) -> Decision {
+    let age = now.saturating_sub(entry.last_seen_ns);
+    if age > timeout_ns(cfg, flow.proto, entry.state) {
+        return Decision::New;
+    }
+    if flow.proto == PROTO_TCP
+        && entry.state == CT_STATE_CLOSING
+        && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    {
+        return Decision::New;
+    }
+    if !frontend_current(entry) {
+        return Decision::New;
+    }
+    match BACKENDS.get(entry.backend_id) {
+        Some(b) if b.state != BACKEND_UNUSED && b.generation == entry.backend_generation => {
+            Decision::Use
+        }
+        _ => Decision::Reselect,
+    }
+}
+
+/// Whether the frontend the entry was made for still exists unchanged.
+#[inline(always)]
+pub fn frontend_current(entry: &CtValue) -> bool {
+    matches!(FRONTEND_GEN.get(entry.frontend_id), Some(g) if *g == entry.frontend_generation)
+}
+
+/// Whether a reply entry may translate: its frontend exists and it has not
+/// expired (the ports may since have been reused by an untranslated flow).
+#[inline(always)]
+pub fn reply_usable(entry: &CtValue, flow: &Flow, now: u64, cfg: &DatapathConfig) -> bool {
+    now.saturating_sub(entry.last_seen_ns) <= timeout_ns(cfg, flow.proto, entry.state)
+        && frontend_current(entry)
+}
+
+#[inline(always)]
+fn next_state(state: u8, flow: &Flow, from_reply: bool) -> u8 {
+    if flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_STATE_CLOSING
+    } else if state == CT_STATE_NEW && from_reply {
+        CT_STATE_ESTABLISHED
+    } else {
+        state
+    }
+}
+
+/// Records that `flow` was seen in the entry at `key`: advances the state and
+/// the last-seen time of the entry and of its twin. Writes only when the state
+/// changes or the last write is a second old.
+#[inline(always)]
+pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
+    // SAFETY: `entry` points at a live map value (RCU keeps it valid for the
+    // program's run); racing writers on other CPUs can only interleave whole
+    // field stores of the same kind of update, which is harmless here.
+    let e = unsafe { &mut *entry };
+    let state = next_state(e.state, flow, key.direction == CT_REPLY);
+    if state == e.state && now.saturating_sub(e.last_seen_ns) < REFRESH_INTERVAL_NS {
+        return;
+    }
+    e.state = state;
+    e.last_seen_ns = now;
+    let twin = twin_key(key, e);
+    if let Some(t) = CONNTRACK.get_ptr_mut(&twin) {
+        // SAFETY: as for `entry`.
+        let t = unsafe { &mut *t };
+        t.state = state;
+        t.last_seen_ns = now;
+    }
+}
+
+/// Creates both entries of a new flow of `flow` from frontend `fe` to
+/// `backend`. Returns the forward entry's value, or `None` if the map refused
+/// an insert (then nothing is translated, and no reply entry dangles).
+#[inline(always)]
+pub fn create(
+    flow: &Flow,
+    fe: &FrontendValue,
+    backend_id: u32,
+    backend: &Backend,
+    now: u64,
+) -> Option<CtValue> {
+    let forward_key = key_of(flow, CT_FORWARD);
+    let state = next_state(CT_STATE_NEW, flow, false);
+    let forward = CtValue {
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        state,
+        _pad: 0,
+        frontend_id: fe.frontend_id,
+        frontend_generation: fe.generation,
+        backend_id,
+        backend_generation: backend.generation,
+        _reserved: 0,
+        last_seen_ns: now,
+    };
+    let reply = CtValue {
+        nat_addr: flow.dst,
+        nat_port: flow.dport,
+        ..forward
+    };
+    let reply_key = twin_key(&forward_key, &forward);
+    // Reply entry first: a forward entry without its reply would translate
+    // requests whose answers then go back untranslated.
+    CONNTRACK.insert(&reply_key, &reply, 0).ok()?;
+    if CONNTRACK.insert(&forward_key, &forward, 0).is_err() {
+        let _ = CONNTRACK.remove(&reply_key);
+        return None;
+    }
+    Some(forward)
+}

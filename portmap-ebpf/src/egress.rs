@@ -1,0 +1,53 @@
+//! tc egress: reverse NAT of backend replies leaving towards clients.
+
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
+use portmap_common::abi::{CT_REPLY, DIR_REPLY, DatapathEvent};
+
+use crate::{
+    conntrack,
+    counters::{count_event, count_traffic},
+    maps::CONNTRACK,
+    nat::{Side, rewrite_tc},
+    parse::{Flow, parse},
+};
+
+/// Headers are read directly from the skb's linear part; this much of it is
+/// made linear first if the skb is longer but its headers are not all there.
+const HEADER_BYTES: u32 = 256;
+
+/// Always continues to the next program or the stack (`TC_ACT_UNSPEC` is
+/// tcx's "next"), translated or not.
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    let linear = ctx.data_end().saturating_sub(ctx.data()) as u32;
+    let want = if ctx.len() < HEADER_BYTES {
+        ctx.len()
+    } else {
+        HEADER_BYTES
+    };
+    if linear < want {
+        let _ = ctx.pull_data(want);
+    }
+    if let Ok(flow) = parse(ctx) {
+        let _ = translate(ctx, &flow);
+    }
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn translate(ctx: &TcContext, flow: &Flow) -> Option<()> {
+    let cfg = conntrack::config()?;
+    let now = conntrack::now_ns();
+    let key = conntrack::key_of(flow, CT_REPLY);
+    let entry = CONNTRACK.get_ptr_mut(&key)?;
+    // SAFETY: a live map value, read once into a copy.
+    let e = unsafe { *entry };
+    if !conntrack::reply_usable(&e, flow, now, cfg) {
+        return None;
+    }
+    conntrack::touch(&key, entry, flow, now);
+    rewrite_tc(ctx, flow, Side::Src, &e.nat_addr, e.nat_port)?;
+    count_traffic(e.frontend_id, e.backend_id, DIR_REPLY, flow.ip_len);
+    count_event(DatapathEvent::ReplyTranslated);
+    Some(())
+}

@@ -1,0 +1,68 @@
+//! Every map of the dataplane, declared once. Sizes here are defaults; the
+//! daemon sets the real ones from its flags before loading.
+//!
+//! | map | type | key → value | written by |
+//! |-----|------|-------------|------------|
+//! | `FRONTENDS` | hash | (addr, port, proto) → backend table and ids | userspace |
+//! | `FRONTEND_GEN` | array | frontend id → generation | userspace |
+//! | `BACKENDS` | array | backend id → address, port, state, generation | userspace |
+//! | `MAGLEV` | array (mmap) | pool of Maglev tables of backend ids | userspace |
+//! | `CONNTRACK` | LRU hash | flow → translation, state, last seen | dataplane; GC by userspace |
+//! | `NODE_ADDRS` | hash | this node's addresses | userspace |
+//! | `FRONTEND_STATS`, `BACKEND_STATS` | per-CPU array | id → packets, bytes | dataplane |
+//! | `EVENTS` | per-CPU array | `DatapathEvent` → count | dataplane |
+//! | `CONFIG` | array of 1 | conntrack timeouts, layout version | userspace |
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use portmap_common::abi::{
+    Backend, CtKey, CtValue, DatapathConfig, DatapathEvent, FrontendKey, FrontendValue,
+    MaglevBlock, NodeAddrKey, TrafficCounters,
+};
+
+/// Frontends: where clients send. A frontend on all node addresses has an
+/// unspecified address in its key.
+#[map]
+pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> = HashMap::with_max_entries(65536, 0);
+
+/// Current generation of each frontend id; a conntrack entry whose
+/// generation differs belongs to a frontend that was removed or replaced.
+#[map]
+pub static FRONTEND_GEN: Array<u32> = Array::with_max_entries(65536, 0);
+
+/// Backends by id. The id also indexes `BACKEND_STATS`.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(65536, 0);
+
+/// Pool of Maglev lookup tables, each a run of backend ids that a frontend
+/// points into, packed 16 to a value. Memory-mappable, so userspace writes
+/// whole tables at memcpy speed.
+#[map]
+pub static MAGLEV: Array<MaglevBlock> = Array::with_max_entries(1 << 16, BPF_F_MMAPABLE);
+
+/// Connection tracking: two entries per translated flow (see `CtKey`).
+#[map]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_144, 0);
+
+/// Addresses of this node, for frontends published on all of them.
+#[map]
+pub static NODE_ADDRS: HashMap<NodeAddrKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Packets and bytes per frontend id.
+#[map]
+pub static FRONTEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(65536, 0);
+
+/// Packets and bytes per backend id.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(65536, 0);
+
+/// Counts of `DatapathEvent`s.
+#[map]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DatapathEvent::COUNT, 0);
+
+/// Conntrack timeouts and the map layout version.
+#[map]
+pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);

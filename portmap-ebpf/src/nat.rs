@@ -1,0 +1,163 @@
+//! Address and port rewriting with checksum updates.
+//!
+//! XDP rewrites in place and updates checksums incrementally (RFC 1624) with
+//! `portmap_common::csum`. tc goes through the kernel's store and checksum
+//! helpers instead, because an skb on egress may carry a partial checksum
+//! (offload) that only the kernel knows how to amend.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use network_types::ip::Ipv4Hdr;
+use portmap_common::{
+    abi::{FAMILY_V4, PROTO_TCP, RawAddr},
+    csum::CsumDelta,
+};
+
+use crate::{packet::ptr_at, parse::Flow};
+
+/// Which end of the flow a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Source address and port (reverse NAT of replies).
+    Src,
+    /// Destination address and port (DNAT of requests).
+    Dst,
+}
+
+/// Byte offsets of a rewrite's fields, from the parsed flow.
+struct Fields {
+    addr: usize,
+    port: usize,
+    l4_check: usize,
+}
+
+#[inline(always)]
+fn fields(flow: &Flow, side: Side) -> Fields {
+    let v4 = flow.family == FAMILY_V4;
+    let addr_in_ip = match (v4, side) {
+        (true, Side::Src) => 12,
+        (true, Side::Dst) => 16,
+        (false, Side::Src) => 8,
+        (false, Side::Dst) => 24,
+    };
+    Fields {
+        addr: flow.l3_off + addr_in_ip,
+        port: flow.l4_off + if side == Side::Src { 0 } else { 2 },
+        l4_check: flow.l4_off + if flow.proto == PROTO_TCP { 16 } else { 6 },
+    }
+}
+
+#[inline(always)]
+fn old_of(flow: &Flow, side: Side) -> (RawAddr, u16) {
+    match side {
+        Side::Src => (flow.src, flow.sport),
+        Side::Dst => (flow.dst, flow.dport),
+    }
+}
+
+/// Rewrites `side` of `flow`'s packet to `addr`:`port` in an XDP buffer.
+/// Every pointer is checked before the first write, so a failure leaves the
+/// packet as it was.
+#[inline(always)]
+pub fn rewrite_xdp(
+    ctx: &XdpContext,
+    flow: &Flow,
+    side: Side,
+    addr: &RawAddr,
+    port: u16,
+) -> Option<()> {
+    let f = fields(flow, side);
+    let (old_addr, old_port) = old_of(flow, side);
+    let port_ptr: *mut [u8; 2] = ptr_at(ctx, f.port)?;
+    let check_ptr: *mut [u8; 2] = ptr_at(ctx, f.l4_check)?;
+    // SAFETY: bounds checked by `ptr_at` just above; byte arrays need no alignment.
+    let old_check = u16::from_ne_bytes(unsafe { *check_ptr });
+
+    let mut l4 = CsumDelta::new();
+    if flow.family == FAMILY_V4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, flow.l3_off)?;
+        let addr_ptr: *mut [u8; 4] = ptr_at(ctx, f.addr)?;
+        let mut l3 = CsumDelta::new();
+        l3.replace32(old_addr.0[0], addr.0[0]);
+        l4.replace32(old_addr.0[0], addr.0[0]);
+        // SAFETY: both pointers bounds-checked by `ptr_at` above.
+        unsafe {
+            *addr_ptr = addr.0[0].to_ne_bytes();
+            (*ip).check = l3.apply(u16::from_ne_bytes((*ip).check)).to_ne_bytes();
+        }
+    } else {
+        let addr_ptr: *mut [u32; 4] = ptr_at(ctx, f.addr)?;
+        l4.replace_addr(&old_addr.0, &addr.0);
+        // SAFETY: bounds checked by `ptr_at` above. The address sits at an odd
+        // multiple of 2 bytes, so it is written unaligned.
+        unsafe { addr_ptr.write_unaligned(addr.0) };
+    }
+    l4.replace16(old_port, port);
+    let new_check = if flow.proto == PROTO_TCP {
+        Some(l4.apply(old_check))
+    } else if old_check == 0 && flow.family == FAMILY_V4 {
+        // IPv4 UDP without a checksum stays without one.
+        None
+    } else {
+        // IPv6 UDP checksums are mandatory and always updated.
+        Some(l4.apply_udp(old_check))
+    };
+    // SAFETY: bounds checked by `ptr_at` above.
+    unsafe {
+        *port_ptr = port.to_ne_bytes();
+        if let Some(check) = new_check {
+            *check_ptr = check.to_ne_bytes();
+        }
+    }
+    Some(())
+}
+
+/// Rewrites `side` of `flow`'s packet to `addr`:`port` in an skb, through the
+/// kernel helpers that keep partial and complete checksums right.
+#[inline(always)]
+pub fn rewrite_tc(
+    ctx: &TcContext,
+    flow: &Flow,
+    side: Side,
+    addr: &RawAddr,
+    port: u16,
+) -> Option<()> {
+    let f = fields(flow, side);
+    let (old_addr, old_port) = old_of(flow, side);
+    let check_ptr: *const [u8; 2] = ptr_at(ctx, f.l4_check)?;
+    // SAFETY: bounds checked by `ptr_at` just above.
+    let old_check = u16::from_ne_bytes(unsafe { *check_ptr });
+    // For UDP, MARK_MANGLED_0 leaves a zero checksum alone (IPv4: "none") and
+    // sends a result of zero as 0xffff. An IPv6 UDP checksum is always updated,
+    // so a zero one (invalid anyway) is updated without the flag.
+    let udp_flags = if flow.proto != PROTO_TCP && (old_check != 0 || flow.family == FAMILY_V4) {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | udp_flags;
+
+    if flow.family == FAMILY_V4 {
+        let (old, new) = (u64::from(old_addr.0[0]), u64::from(addr.0[0]));
+        ctx.store(f.addr, &addr.0[0], 0).ok()?;
+        ctx.l3_csum_replace(flow.l3_off + 10, old, new, 4).ok()?;
+        ctx.l4_csum_replace(f.l4_check, old, new, pseudo | 4).ok()?;
+    } else {
+        ctx.store(f.addr, &addr.0, 0).ok()?;
+        for i in 0..4 {
+            let (old, new) = (u64::from(old_addr.0[i]), u64::from(addr.0[i]));
+            ctx.l4_csum_replace(f.l4_check, old, new, pseudo | 4).ok()?;
+        }
+    }
+    ctx.store(f.port, &port, 0).ok()?;
+    ctx.l4_csum_replace(
+        f.l4_check,
+        u64::from(old_port),
+        u64::from(port),
+        udp_flags | 2,
+    )
+    .ok()?;
+    Some(())
+}

@@ -1,0 +1,37 @@
+//! Builds the eBPF programs (`portmap-ebpf`, for bpfel-unknown-none with the
+//! nightly toolchain and bpf-linker) into OUT_DIR, where `dataplane::ebpf_object`
+//! includes them.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let ebpf_dir = Path::new(&manifest_dir).join("..").join("portmap-ebpf");
+    let ebpf_dir = ebpf_dir
+        .canonicalize()
+        .with_context(|| format!("finding {}", ebpf_dir.display()))?;
+    if which_bpf_linker().is_none() {
+        return Err(anyhow!(
+            "bpf-linker is not on PATH; run `cargo xtask setup` (it builds bpf-linker against the nightly toolchain's LLVM)"
+        ));
+    }
+    let root_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "portmap-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+    .context("building the eBPF programs (see `cargo xtask setup` if a tool is missing)")
+}
+
+fn which_bpf_linker() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,169 @@
+//! Command line: `portmap run` and `portmap list`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
+
+use crate::{control, daemon, dataplane::XdpMode, list, spec::PublishSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portmap",
+    version,
+    about = "Service port mapping in XDP: Docker's -p and Kubernetes Services without iptables"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish ports: attach the dataplane and keep it programmed until stopped.
+    Run(RunArgs),
+    /// Show what a running `portmap run` publishes, with its counters.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface whose incoming traffic is translated (repeatable).
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+
+    /// Publish a port: [HOST_IP:]HOST_PORT[-END]:BACKEND_IP:BACKEND_PORT[-END][/tcp|/udp]
+    /// (IPv6 addresses in brackets). Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
+    pub publish: Vec<(String, PublishSpec)>,
+
+    /// Where to serve Prometheus metrics (`/metrics`).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9640")]
+    pub metrics_addr: SocketAddr,
+
+    /// How to attach XDP: native (in the driver), generic, or auto (native,
+    /// else generic with a warning).
+    #[arg(long, value_enum, default_value_t)]
+    pub xdp_mode: XdpMode,
+
+    /// Unix socket that `portmap list` talks to.
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+
+    /// Most frontends (published address, port and protocol) at once.
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub max_frontends: u32,
+
+    /// Most backends at once (also sizes the Maglev table pool, 400 slots each).
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
+    pub max_backends: u32,
+
+    /// Conntrack entries (two per flow); the least recently used are evicted when full.
+    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(64..=1 << 26))]
+    pub conntrack_entries: u32,
+
+    /// Idle timeout of an established TCP flow.
+    #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = parse_duration)]
+    pub tcp_timeout: Duration,
+
+    /// Idle timeout of a TCP flow before its first reply.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub tcp_syn_timeout: Duration,
+
+    /// Idle timeout of a TCP flow after a FIN or RST.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub tcp_closing_timeout: Duration,
+
+    /// Idle timeout of a UDP flow.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub udp_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The control socket of the `portmap run` to ask.
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_publish(s: &str) -> Result<(String, PublishSpec), String> {
+    s.parse().map(|spec| (s.to_string(), spec))
+}
+
+/// `30s`, `5m`, `6h`, `1d`, `250ms`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 30s, 5m or 6h"))?;
+    let secs = match unit {
+        "ms" => {
+            return if n == 0 {
+                Err("a timeout must be positive".into())
+            } else {
+                Ok(Duration::from_millis(n))
+            };
+        }
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "'{s}' has an unknown unit '{unit}' (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if secs == 0 {
+        return Err("a timeout must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Reports bad input the way clap does: `error: ...`, usage, exit status 2.
+pub fn usage_error(kind: ErrorKind, message: impl std::fmt::Display) -> ! {
+    Cli::command().error(kind, message).exit()
+}
+
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => daemon::run(args),
+        Command::List(args) => list::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

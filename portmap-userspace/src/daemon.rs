@@ -1,0 +1,229 @@
+//! `portmap run`: validate, load, program, attach, serve, and on SIGINT or
+//! SIGTERM detach everything.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use clap::error::ErrorKind;
+use log::{info, warn};
+use portmap_common::abi::DatapathConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::{RunArgs, usage_error},
+    control,
+    dataplane::{Dataplane, Limits},
+    metrics,
+    model::DesiredState,
+    node_addrs::{interface_exists, interface_names, node_addresses},
+    spec::HostAddr,
+};
+
+/// How often node addresses are re-read and conntrack collected.
+const NODE_ADDR_INTERVAL: Duration = Duration::from_secs(2);
+const GC_INTERVAL: Duration = Duration::from_secs(10);
+
+fn config_of(args: &RunArgs) -> DatapathConfig {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    DatapathConfig {
+        tcp_new_timeout_ns: ns(args.tcp_syn_timeout),
+        tcp_established_timeout_ns: ns(args.tcp_timeout),
+        tcp_closing_timeout_ns: ns(args.tcp_closing_timeout),
+        udp_timeout_ns: ns(args.udp_timeout),
+        ..DatapathConfig::default()
+    }
+}
+
+/// Checks everything about the input before anything is touched; bad input
+/// exits with status 2 and a message naming the flag and the value.
+fn validate(args: &RunArgs) -> DesiredState {
+    for iface in &args.ifaces {
+        if !interface_exists(iface) {
+            usage_error(
+                ErrorKind::InvalidValue,
+                format!(
+                    "invalid value '{iface}' for '--iface <IF>': no such network interface (have: {})",
+                    interface_names().join(", ")
+                ),
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for iface in &args.ifaces {
+        if !seen.insert(iface) {
+            usage_error(
+                ErrorKind::InvalidValue,
+                format!("invalid value '{iface}' for '--iface <IF>': given twice"),
+            );
+        }
+    }
+    match DesiredState::from_specs(&args.publish) {
+        Ok(state) => state,
+        Err(e) => usage_error(
+            ErrorKind::InvalidValue,
+            format!("invalid value for '--publish <SPEC>': {e}"),
+        ),
+    }
+}
+
+/// Turns on IP forwarding for the families whose backends are not on this
+/// node, as Docker does: translated packets must be routed to them.
+fn enable_forwarding(desired: &DesiredState, node: &BTreeSet<IpAddr>) -> Result<()> {
+    let remote = |v4: bool| {
+        desired
+            .services
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .any(|ep| ep.addr.is_ipv4() == v4 && !node.contains(&ep.addr))
+    };
+    for (v4, path) in [
+        (true, "/proc/sys/net/ipv4/ip_forward"),
+        (false, "/proc/sys/net/ipv6/conf/all/forwarding"),
+    ] {
+        if !remote(v4) {
+            continue;
+        }
+        let current = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        if current.trim() != "1" {
+            std::fs::write(path, "1").with_context(|| format!("enabling forwarding in {path}"))?;
+            info!("enabled forwarding ({path} = 1) to reach backends off this node");
+        }
+    }
+    Ok(())
+}
+
+fn warn_about_foreign_frontends(desired: &DesiredState, node: &BTreeSet<IpAddr>) {
+    for fe in desired.services.iter().flat_map(|s| &s.frontends) {
+        if let HostAddr::Ip(ip) = fe.addr {
+            if !node.contains(&ip) && !ip.is_loopback() {
+                warn!(
+                    "frontend {fe}: {ip} is not an address of this node; it is translated only if routed here"
+                );
+            }
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let desired = validate(&args);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args, desired))
+}
+
+async fn serve(args: RunArgs, desired: DesiredState) -> Result<()> {
+    // Sockets first: if one cannot be bound, nothing has been attached yet.
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}: cannot listen", args.metrics_addr))?;
+    let control_listener = control::bind(&args.control_socket)
+        .with_context(|| format!("--control-socket {}", args.control_socket.display()))?;
+    let socket_path = args.control_socket.clone();
+    let result = publish_and_wait(args, desired, metrics_listener, control_listener).await;
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}
+
+async fn publish_and_wait(
+    args: RunArgs,
+    desired: DesiredState,
+    metrics_listener: tokio::net::TcpListener,
+    control_listener: tokio::net::UnixListener,
+) -> Result<()> {
+    let limits = Limits {
+        frontends: args.max_frontends,
+        backends: args.max_backends,
+        conntrack: args.conntrack_entries,
+    };
+    let mut dataplane = Dataplane::load(limits, config_of(&args))?;
+    let node = node_addresses().context("reading the node's addresses")?;
+    dataplane.set_node_addrs(&node)?;
+    dataplane.apply(&desired)?;
+    warn_about_foreign_frontends(&desired, &node);
+    enable_forwarding(&desired, &node)?;
+    let modes = dataplane.attach(&args.ifaces, args.xdp_mode)?;
+    for (iface, mode) in &modes {
+        info!("attached to {iface} (XDP {mode:?}, tc egress)");
+    }
+    for svc in &desired.services {
+        for fe in &svc.frontends {
+            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
+            info!("published {fe} -> {}", backends.join(", "));
+        }
+    }
+    info!(
+        "metrics on http://{}/metrics, control socket {}",
+        args.metrics_addr,
+        args.control_socket.display()
+    );
+
+    let dataplane = Arc::new(Mutex::new(dataplane));
+    let registry = metrics::registry(dataplane.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(metrics::serve(metrics_listener, registry));
+    tasks.spawn(control::serve(
+        control_listener,
+        dataplane.clone(),
+        args.ifaces.clone(),
+    ));
+    tasks.spawn(maintain(dataplane.clone()));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
+        _ = sigint.recv() => { info!("SIGINT: detaching"); Ok(()) }
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a server stopped unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        },
+    };
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    // The last reference: dropping it detaches the programs and frees the maps.
+    drop(dataplane);
+    info!("detached");
+    outcome
+}
+
+/// Keeps node addresses current and collects conntrack garbage.
+async fn maintain(dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
+    let mut addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);
+    let mut gc_tick = tokio::time::interval(GC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = addr_tick.tick() => {
+                let dp = dataplane.clone();
+                let r = tokio::task::spawn_blocking(move || -> Result<bool> {
+                    let addrs = node_addresses()?;
+                    dp.lock().unwrap_or_else(|p| p.into_inner()).set_node_addrs(&addrs)
+                }).await?;
+                match r {
+                    Ok(true) => info!("node addresses changed"),
+                    Ok(false) => {}
+                    Err(e) => warn!("refreshing node addresses: {e:#}"),
+                }
+            }
+            _ = gc_tick.tick() => {
+                let dp = dataplane.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    dp.lock().unwrap_or_else(|p| p.into_inner()).collect_garbage()
+                }).await?;
+                match r {
+                    Ok(report) if report.removed > 0 => log::debug!("conntrack: removed {} of {} entries", report.removed, report.scanned),
+                    Ok(_) => {}
+                    Err(e) => warn!("conntrack garbage collection: {e:#}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! Reconciling the maps with a [`DesiredState`].
+//!
+//! The order of writes is what keeps the dataplane consistent while packets
+//! flow: new backends are written before any table names them, a new table is
+//! written into a free region before a frontend points at it, frontends are
+//! swapped to it with one atomic hash-map update each, and only then are removed
+//! frontends, backends and old tables released (tables and ids after a grace
+//! period). Capacity is checked before the first write, so an apply that cannot
+//! fit changes nothing.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+use portmap_common::abi::{
+    BACKEND_ACTIVE, BACKEND_TERMINATING, BACKEND_UNUSED, Backend, FE_AFFINITY_CLIENT_IP,
+    FE_REJECT_NO_BACKENDS, FrontendValue,
+};
+
+use super::{
+    Dataplane,
+    alloc::Region,
+    maps::{family_of, frontend_key, raw_addr, zero_counters},
+};
+use crate::{
+    maglev::{self, MaglevBackend},
+    model::{DesiredState, EndpointState, Frontend, Service},
+};
+
+/// What the dataplane holds for one service.
+#[derive(Debug)]
+pub(crate) struct AppliedService {
+    pub service_id: u32,
+    pub name: String,
+    pub port_name: String,
+    pub frontends: BTreeMap<Frontend, FrontendSlot>,
+    pub backends: BTreeMap<SocketAddr, BackendSlot>,
+    pub table: Option<AppliedTable>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrontendSlot {
+    pub value: FrontendValue,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BackendSlot {
+    pub id: u32,
+    pub generation: u32,
+    pub state: EndpointState,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct AppliedTable {
+    pub region: Region,
+    /// The backends the table was built from.
+    pub members: BTreeSet<SocketAddr>,
+}
+
+/// Why an apply was refused before it changed anything.
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    #[error("{what}: {needed} more needed but {available} free of {capacity}; raise {flag}")]
+    Full {
+        what: &'static str,
+        needed: u32,
+        available: u32,
+        capacity: u32,
+        flag: &'static str,
+    },
+}
+
+/// The endpoints that take new flows: the ready ones, or, when none is ready,
+/// the terminating ones that still serve (KEP-1669).
+fn table_members(svc: &Service) -> BTreeSet<SocketAddr> {
+    let ready: BTreeSet<SocketAddr> = svc
+        .endpoints
+        .iter()
+        .filter(|ep| ep.state == EndpointState::Ready)
+        .map(|ep| SocketAddr::new(ep.addr, ep.port))
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    svc.endpoints
+        .iter()
+        .map(|ep| SocketAddr::new(ep.addr, ep.port))
+        .collect()
+}
+
+fn backend_state(state: EndpointState) -> u8 {
+    match state {
+        EndpointState::Ready => BACKEND_ACTIVE,
+        EndpointState::Terminating => BACKEND_TERMINATING,
+    }
+}
+
+impl Dataplane {
+    /// Makes the maps publish exactly `desired`.
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<()> {
+        desired.validate()?;
+        let now = Instant::now();
+        self.check_capacity(desired, now)?;
+
+        let owners: BTreeMap<Frontend, &str> = desired
+            .services
+            .iter()
+            .flat_map(|s| s.frontends.iter().map(move |f| (*f, s.key.as_str())))
+            .collect();
+        for svc in &desired.services {
+            self.apply_service(svc, &owners, now)
+                .with_context(|| format!("applying {}", svc.key))?;
+        }
+        let gone: Vec<String> = self
+            .services
+            .keys()
+            .filter(|k| !desired.services.iter().any(|s| &s.key == *k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_service(&key, &owners, now)
+                .with_context(|| format!("removing {key}"))?;
+        }
+        Ok(())
+    }
+
+    fn check_capacity(&mut self, desired: &DesiredState, now: Instant) -> Result<()> {
+        let (mut services, mut frontends, mut backends) = (0u32, 0u32, 0u32);
+        let mut tables = Vec::new();
+        for svc in &desired.services {
+            let cur = self.services.get(&svc.key);
+            services += u32::from(cur.is_none());
+            frontends += svc
+                .frontends
+                .iter()
+                .filter(|f| cur.is_none_or(|c| !c.frontends.contains_key(f)))
+                .count() as u32;
+            backends += svc
+                .endpoints
+                .iter()
+                .filter(|ep| {
+                    cur.is_none_or(|c| !c.backends.contains_key(&SocketAddr::new(ep.addr, ep.port)))
+                })
+                .count() as u32;
+            let members = table_members(svc);
+            let in_use = cur.and_then(|c| c.table.as_ref());
+            let size = maglev::table_size(members.len(), in_use.map(|t| t.region.len));
+            let unchanged = in_use.is_some_and(|t| t.region.len == size && t.members == members);
+            if size > 0 && !unchanged {
+                tables.push(size);
+            }
+        }
+        let checks = [
+            (
+                "services",
+                services,
+                &mut self.service_ids,
+                "--max-frontends",
+            ),
+            (
+                "frontends",
+                frontends,
+                &mut self.frontend_ids,
+                "--max-frontends",
+            ),
+            (
+                "backends",
+                backends,
+                &mut self.backend_ids,
+                "--max-backends",
+            ),
+        ];
+        for (what, needed, ids, flag) in checks {
+            let available = ids.available(now);
+            if needed > available {
+                return Err(CapacityError::Full {
+                    what,
+                    needed,
+                    available,
+                    capacity: ids.capacity(),
+                    flag,
+                }
+                .into());
+            }
+        }
+        if !self.regions.can_fit(&tables, now) {
+            return Err(CapacityError::Full {
+                what: "Maglev table slots",
+                needed: tables.iter().sum(),
+                available: self.regions.capacity() - self.regions.in_use(),
+                capacity: self.regions.capacity(),
+                flag: "--max-backends",
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    fn apply_service(
+        &mut self,
+        svc: &Service,
+        owners: &BTreeMap<Frontend, &str>,
+        now: Instant,
+    ) -> Result<()> {
+        if !self.services.contains_key(&svc.key) {
+            let (service_id, _) = self.service_ids.alloc(now).context("no free service id")?;
+            self.services.insert(
+                svc.key.clone(),
+                AppliedService {
+                    service_id,
+                    name: svc.name.clone(),
+                    port_name: svc.port_name.clone(),
+                    frontends: BTreeMap::new(),
+                    backends: BTreeMap::new(),
+                    table: None,
+                },
+            );
+        }
+        let mut applied = self.services.remove(&svc.key).expect("inserted above");
+        let result = self.update_service(&mut applied, svc, owners, now);
+        // Whatever happened, the record matches what was written.
+        self.services.insert(svc.key.clone(), applied);
+        result
+    }
+
+    fn update_service(
+        &mut self,
+        applied: &mut AppliedService,
+        svc: &Service,
+        owners: &BTreeMap<Frontend, &str>,
+        now: Instant,
+    ) -> Result<()> {
+        applied.name.clone_from(&svc.name);
+        applied.port_name.clone_from(&svc.port_name);
+
+        // 1. Backends: new ones written before any table can name them.
+        for ep in &svc.endpoints {
+            let addr = SocketAddr::new(ep.addr, ep.port);
+            match applied.backends.get_mut(&addr) {
+                Some(slot) if slot.state == ep.state => {}
+                Some(slot) => {
+                    slot.state = ep.state;
+                    self.write_backend(
+                        slot.id,
+                        ep.addr,
+                        ep.port,
+                        backend_state(ep.state),
+                        slot.generation,
+                    )?;
+                }
+                None => {
+                    let (id, generation) =
+                        self.backend_ids.alloc(now).context("no free backend id")?;
+                    zero_counters(&mut self.maps.backend_stats, id)?;
+                    self.write_backend(id, ep.addr, ep.port, backend_state(ep.state), generation)?;
+                    applied.backends.insert(
+                        addr,
+                        BackendSlot {
+                            id,
+                            generation,
+                            state: ep.state,
+                        },
+                    );
+                }
+            }
+        }
+
+        // 2. The table, built aside when its members or size change.
+        let members = table_members(svc);
+        let size = maglev::table_size(members.len(), applied.table.as_ref().map(|t| t.region.len));
+        let unchanged = applied
+            .table
+            .as_ref()
+            .is_some_and(|t| t.region.len == size && t.members == members);
+        let mut retired_table = None;
+        if !unchanged {
+            let new_table = if size == 0 {
+                None
+            } else {
+                let backends: Vec<MaglevBackend> = members
+                    .iter()
+                    .map(|addr| MaglevBackend {
+                        addr: *addr,
+                        id: applied.backends[addr].id,
+                    })
+                    .collect();
+                let table = maglev::build_table(&backends, size);
+                let region = self
+                    .regions
+                    .alloc(size, now)
+                    .context("no room in the Maglev pool")?;
+                self.maps.maglev.write(region.offset, &table)?;
+                Some(AppliedTable { region, members })
+            };
+            retired_table = std::mem::replace(&mut applied.table, new_table);
+        }
+
+        // 3. Frontends, each swapped to the new table in one update.
+        let (table_offset, table_size) = applied
+            .table
+            .as_ref()
+            .map_or((0, 0), |t| (t.region.offset, t.region.len));
+        let mut flags = 0;
+        if svc.affinity_timeout_s.is_some() {
+            flags |= FE_AFFINITY_CLIENT_IP;
+        }
+        if svc.reject_when_empty {
+            flags |= FE_REJECT_NO_BACKENDS;
+        }
+        for fe in &svc.frontends {
+            let (frontend_id, generation) = match applied.frontends.get(fe) {
+                Some(slot) => (slot.value.frontend_id, slot.value.generation),
+                None => {
+                    let (id, generation) = self
+                        .frontend_ids
+                        .alloc(now)
+                        .context("no free frontend id")?;
+                    zero_counters(&mut self.maps.frontend_stats, id)?;
+                    self.maps
+                        .frontend_gen
+                        .set(id, generation, 0)
+                        .context("writing FRONTEND_GEN")?;
+                    (id, generation)
+                }
+            };
+            let value = FrontendValue {
+                frontend_id,
+                generation,
+                service_id: applied.service_id,
+                table_offset,
+                table_size,
+                flags,
+                affinity_timeout_s: svc.affinity_timeout_s.unwrap_or(0),
+                _reserved: 0,
+            };
+            if applied
+                .frontends
+                .get(fe)
+                .is_some_and(|slot| slot.value == value)
+            {
+                continue;
+            }
+            // Recorded before the write, so a failed write is retried by the next apply.
+            applied.frontends.insert(*fe, FrontendSlot { value });
+            self.maps
+                .frontends
+                .insert(frontend_key(fe), value, 0)
+                .with_context(|| format!("publishing frontend {fe}"))?;
+        }
+
+        // 4. Release what the service no longer has.
+        let dropped: Vec<Frontend> = applied
+            .frontends
+            .keys()
+            .filter(|f| !svc.frontends.contains(f))
+            .copied()
+            .collect();
+        for fe in dropped {
+            let slot = applied.frontends.remove(&fe).expect("listed above");
+            self.retire_frontend(&fe, slot, owners, &svc.key, now)?;
+        }
+        let kept: BTreeSet<SocketAddr> = svc
+            .endpoints
+            .iter()
+            .map(|ep| SocketAddr::new(ep.addr, ep.port))
+            .collect();
+        let gone: Vec<SocketAddr> = applied
+            .backends
+            .keys()
+            .filter(|a| !kept.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            let slot = applied.backends.remove(&addr).expect("listed above");
+            self.retire_backend(addr, slot, now)?;
+        }
+        if let Some(old) = retired_table {
+            self.regions.free(old.region, now);
+        }
+        Ok(())
+    }
+
+    fn remove_service(
+        &mut self,
+        key: &str,
+        owners: &BTreeMap<Frontend, &str>,
+        now: Instant,
+    ) -> Result<()> {
+        let Some(mut applied) = self.services.remove(key) else {
+            return Ok(());
+        };
+        while let Some((fe, slot)) = applied.frontends.pop_first() {
+            if let Err(e) = self.retire_frontend(&fe, slot, owners, key, now) {
+                self.services.insert(key.to_string(), applied);
+                return Err(e);
+            }
+        }
+        while let Some((addr, slot)) = applied.backends.pop_first() {
+            if let Err(e) = self.retire_backend(addr, slot, now) {
+                self.services.insert(key.to_string(), applied);
+                return Err(e);
+            }
+        }
+        if let Some(table) = applied.table.take() {
+            self.regions.free(table.region, now);
+        }
+        self.service_ids.free(applied.service_id, now);
+        Ok(())
+    }
+
+    /// Unpublishes a frontend (unless another service now owns it, whose
+    /// update replaced the map entry) and invalidates its conntrack entries.
+    fn retire_frontend(
+        &mut self,
+        fe: &Frontend,
+        slot: FrontendSlot,
+        owners: &BTreeMap<Frontend, &str>,
+        from: &str,
+        now: Instant,
+    ) -> Result<()> {
+        if owners.get(fe).is_none_or(|owner| *owner == from) {
+            match self.maps.frontends.remove(&frontend_key(fe)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("unpublishing frontend {fe}")),
+            }
+        }
+        self.maps
+            .frontend_gen
+            .set(slot.value.frontend_id, 0, 0)
+            .context("clearing FRONTEND_GEN")?;
+        self.frontend_ids.free(slot.value.frontend_id, now);
+        Ok(())
+    }
+
+    /// Marks a backend unused: flows still on it are moved at their next packet.
+    fn retire_backend(&mut self, addr: SocketAddr, slot: BackendSlot, now: Instant) -> Result<()> {
+        self.write_backend(
+            slot.id,
+            addr.ip(),
+            addr.port(),
+            BACKEND_UNUSED,
+            slot.generation,
+        )?;
+        self.backend_ids.free(slot.id, now);
+        Ok(())
+    }
+
+    fn write_backend(
+        &mut self,
+        id: u32,
+        ip: IpAddr,
+        port: u16,
+        state: u8,
+        generation: u32,
+    ) -> Result<()> {
+        let backend = Backend {
+            addr: raw_addr(ip),
+            port: port.to_be(),
+            family: family_of(ip),
+            state,
+            generation,
+        };
+        self.maps
+            .backends
+            .set(id, backend, 0)
+            .with_context(|| format!("writing backend {id} ({})", SocketAddr::new(ip, port)))
+    }
+}

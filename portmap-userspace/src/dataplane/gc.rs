@@ -1,0 +1,86 @@
+//! Conntrack garbage collection. Stale entries are already ignored by the
+//! dataplane (it checks timeouts and generations on every use); collecting
+//! them frees room in the LRU map before it has to evict live flows.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, Result};
+use portmap_common::abi::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, PROTO_TCP};
+
+use super::Dataplane;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub scanned: u64,
+    pub removed: u64,
+}
+
+/// Monotonic nanoseconds, the clock of `bpf_ktime_get_coarse_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The coarse clock the dataplane reads may lag this much behind.
+const CLOCK_SLACK_NS: u64 = 1_000_000_000;
+
+impl Dataplane {
+    pub fn collect_garbage(&mut self) -> Result<GcReport> {
+        let now = monotonic_ns();
+        let cfg = self.config;
+        let frontends: HashMap<u32, u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.frontends.values())
+            .map(|slot| (slot.value.frontend_id, slot.value.generation))
+            .collect();
+        let backends: HashMap<u32, u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.backends.values())
+            .map(|slot| (slot.id, slot.generation))
+            .collect();
+        let stale = |k: &CtKey, v: &CtValue| {
+            let timeout = if k.proto == PROTO_TCP {
+                match v.state {
+                    CT_STATE_ESTABLISHED => cfg.tcp_established_timeout_ns,
+                    CT_STATE_CLOSING => cfg.tcp_closing_timeout_ns,
+                    _ => cfg.tcp_new_timeout_ns,
+                }
+            } else {
+                cfg.udp_timeout_ns
+            };
+            now.saturating_sub(v.last_seen_ns) > timeout + CLOCK_SLACK_NS
+                || frontends.get(&v.frontend_id) != Some(&v.frontend_generation)
+                || backends.get(&v.backend_id) != Some(&v.backend_generation)
+        };
+        let mut report = GcReport::default();
+        let mut doomed: Vec<CtKey> = Vec::new();
+        for item in self.maps.conntrack.iter() {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                // An entry deleted by the LRU between the key walk and the
+                // lookup; nothing to collect.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("walking CONNTRACK"),
+            };
+            report.scanned += 1;
+            if stale(&key, &value) {
+                doomed.push(key);
+            }
+        }
+        for key in doomed {
+            match self.maps.conntrack.remove(&key) {
+                Ok(()) => report.removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing from CONNTRACK"),
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,13 @@
+//! portmap's daemon and CLI as a library, so tests and benchmarks drive the
+//! same code as the `portmap` binary.
+
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod list;
+pub mod maglev;
+pub mod metrics;
+pub mod model;
+pub mod node_addrs;
+pub mod spec;

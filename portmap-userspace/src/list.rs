@@ -1,0 +1,127 @@
+//! `portmap list`: what a running daemon publishes, with its counters.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use crate::{
+    cli::ListArgs,
+    control,
+    dataplane::{BackendStats, Counters, Snapshot},
+    model::EndpointState,
+};
+
+pub fn run(args: &ListArgs) -> Result<()> {
+    let (interfaces, snapshot) = control::request_list(&args.control_socket)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "interfaces": interfaces,
+                "services": snapshot.services,
+                "events": snapshot.events,
+            }))?
+        );
+    } else {
+        print!("{}", render(&interfaces, &snapshot));
+    }
+    Ok(())
+}
+
+fn both(c: &Counters) -> (String, String) {
+    (
+        format!("{}/{}", c.request_packets, c.reply_packets),
+        format!("{}/{}", c.request_bytes, c.reply_bytes),
+    )
+}
+
+/// One line per frontend → backend. A frontend with one backend shows the
+/// frontend's counters on that line; with several, a line for the frontend's
+/// total, then one per backend with the backend's counters (summed over the
+/// service's frontends, as the per-backend metrics are).
+pub fn render(interfaces: &[String], snapshot: &Snapshot) -> String {
+    let mut rows = vec![
+        [
+            "FRONTEND",
+            "BACKEND",
+            "STATE",
+            "SERVICE",
+            "PACKETS(req/rep)",
+            "BYTES(req/rep)",
+        ]
+        .map(String::from),
+    ];
+    for svc in &snapshot.services {
+        let service = match (svc.service.as_str(), svc.port_name.as_str()) {
+            ("", _) => "-".to_string(),
+            (name, "") => name.to_string(),
+            (name, port) => format!("{name}:{port}"),
+        };
+        let state = |be: &BackendStats| {
+            let state = match be.state {
+                EndpointState::Ready => "ready",
+                EndpointState::Terminating => "terminating",
+            };
+            if be.in_table {
+                state.to_string()
+            } else {
+                format!("{state},standby")
+            }
+        };
+        for fe in &svc.frontends {
+            let (p, b) = both(&fe.counters);
+            match svc.backends.as_slice() {
+                [] => rows.push([
+                    fe.frontend.clone(),
+                    "-> (no backend)".into(),
+                    "-".into(),
+                    service.clone(),
+                    p,
+                    b,
+                ]),
+                [be] => rows.push([
+                    fe.frontend.clone(),
+                    format!("-> {}", be.backend),
+                    state(be),
+                    service.clone(),
+                    p,
+                    b,
+                ]),
+                many => {
+                    rows.push([
+                        fe.frontend.clone(),
+                        format!("-> ({} backends)", many.len()),
+                        "-".into(),
+                        service.clone(),
+                        p,
+                        b,
+                    ]);
+                    for be in many {
+                        let (p, b) = both(&be.counters);
+                        rows.push([
+                            "".into(),
+                            format!("   {}", be.backend),
+                            state(be),
+                            service.clone(),
+                            p,
+                            b,
+                        ]);
+                    }
+                }
+            }
+        }
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("interfaces: {}\n", interfaces.join(", "));
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    portmap_userspace::cli::main()
+}

@@ -1,0 +1,192 @@
+//! Prometheus metrics at `/metrics`, read from the maps at each scrape.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Result;
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
+    metrics::{MetricType, counter::ConstCounter},
+    registry::Registry,
+};
+
+use crate::dataplane::{Counters, Dataplane, Snapshot};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Reads the dataplane's counters when scraped.
+pub struct DataplaneCollector {
+    dataplane: Arc<Mutex<Dataplane>>,
+}
+
+impl std::fmt::Debug for DataplaneCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataplaneCollector")
+    }
+}
+
+/// Counter families of one scrape, each a sum per label set: two frontends
+/// that reach one backend address add up in its backend series.
+#[derive(Default)]
+struct Families {
+    packets: BTreeMap<Labels, u64>,
+    bytes: BTreeMap<Labels, u64>,
+    backend_packets: BTreeMap<Labels, u64>,
+    backend_bytes: BTreeMap<Labels, u64>,
+}
+
+fn add_both_ways(
+    packets: &mut BTreeMap<Labels, u64>,
+    bytes: &mut BTreeMap<Labels, u64>,
+    base: &Labels,
+    c: &Counters,
+) {
+    for (direction, p, b) in [
+        ("request", c.request_packets, c.request_bytes),
+        ("reply", c.reply_packets, c.reply_bytes),
+    ] {
+        let mut labels = base.clone();
+        labels.push(("direction", direction.to_string()));
+        *packets.entry(labels.clone()).or_default() += p;
+        *bytes.entry(labels).or_default() += b;
+    }
+}
+
+impl Families {
+    fn from_snapshot(snap: &Snapshot) -> Self {
+        let mut f = Families::default();
+        for svc in &snap.services {
+            for fe in &svc.frontends {
+                let base = vec![
+                    ("frontend", fe.frontend.clone()),
+                    ("service", svc.service.clone()),
+                    ("port_name", svc.port_name.clone()),
+                ];
+                add_both_ways(&mut f.packets, &mut f.bytes, &base, &fe.counters);
+            }
+            for be in &svc.backends {
+                let base = vec![
+                    ("backend", be.backend.clone()),
+                    ("service", svc.service.clone()),
+                    ("port_name", svc.port_name.clone()),
+                ];
+                add_both_ways(
+                    &mut f.backend_packets,
+                    &mut f.backend_bytes,
+                    &base,
+                    &be.counters,
+                );
+            }
+        }
+        f
+    }
+}
+
+fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &BTreeMap<Labels, u64>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = match self.dataplane.lock() {
+            Ok(dp) => dp.snapshot(),
+            Err(poisoned) => poisoned.into_inner().snapshot(),
+        };
+        let snapshot = match snapshot {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("metrics: reading counters failed: {e:#}");
+                return Ok(());
+            }
+        };
+        let f = Families::from_snapshot(&snapshot);
+        encode_counters(
+            &mut encoder,
+            "portmap_packets",
+            "Packets translated per frontend, per direction (request: client to backend; reply: backend to client).",
+            &f.packets,
+        )?;
+        encode_counters(
+            &mut encoder,
+            "portmap_bytes",
+            "IP bytes (headers included) translated per frontend, per direction.",
+            &f.bytes,
+        )?;
+        encode_counters(
+            &mut encoder,
+            "portmap_backend_packets",
+            "Packets translated per backend, per direction.",
+            &f.backend_packets,
+        )?;
+        encode_counters(
+            &mut encoder,
+            "portmap_backend_bytes",
+            "IP bytes (headers included) translated per backend, per direction.",
+            &f.backend_bytes,
+        )?;
+        let events: BTreeMap<Labels, u64> = snapshot
+            .events
+            .iter()
+            .map(|(name, n)| (vec![("event", name.clone())], *n))
+            .collect();
+        encode_counters(
+            &mut encoder,
+            "portmap_datapath_events",
+            "Things the dataplane did or declined to do (flows created or moved, malformed packets and fragments passed untouched, ...).",
+            &events,
+        )?;
+        Ok(())
+    }
+}
+
+pub fn registry(dataplane: Arc<Mutex<Dataplane>>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DataplaneCollector { dataplane }));
+    registry
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    // Reading the maps is a burst of syscalls: keep it off the async workers.
+    let body = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        encode(&mut body, &registry).map(|()| body)
+    })
+    .await;
+    match body {
+        Ok(Ok(body)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        _ => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Serves `/metrics` on `listener` until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(registry));
+    axum::serve(listener, app).await?;
+    Ok(())
+}
