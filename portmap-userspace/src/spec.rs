@@ -85,31 +85,37 @@ impl FromStr for PublishSpec {
                 ));
             }
         };
-        let backend = parse_ip(backend, "backend address")?;
-        if backend.is_unspecified() || backend.is_multicast() || is_broadcast(backend) {
-            return Err(format!(
-                "backend address {backend} is not a unicast address"
-            ));
-        }
+        // Checked in the order the fields are written, so the message names the
+        // first one that is wrong.
         let host = match host {
-            None if backend.is_ipv4() => HostAddr::AllV4,
-            None => HostAddr::AllV6,
-            Some(h) => match parse_ip(h, "host address")? {
+            None => None,
+            Some(h) => Some(match parse_ip(h, "host address")? {
                 IpAddr::V4(ip) if ip.is_unspecified() => HostAddr::AllV4,
                 IpAddr::V6(ip) if ip.is_unspecified() => HostAddr::AllV6,
                 ip if ip.is_multicast() || is_broadcast(ip) => {
                     return Err(format!("host address {ip} is not a unicast address"));
                 }
                 ip => HostAddr::Ip(ip),
-            },
+            }),
         };
+        let host_ports = parse_ports(host_ports, "host port")?;
+        let backend = parse_ip(backend, "backend address")?;
+        if backend.is_unspecified() || backend.is_multicast() || is_broadcast(backend) {
+            return Err(format!(
+                "backend address {backend} is not a unicast address"
+            ));
+        }
+        let backend_ports = parse_ports(backend_ports, "backend port")?;
+        let host = host.unwrap_or(if backend.is_ipv4() {
+            HostAddr::AllV4
+        } else {
+            HostAddr::AllV6
+        });
         if host.is_ipv4() != backend.is_ipv4() {
             return Err(format!(
                 "host address {host} and backend address {backend} are of different IP families"
             ));
         }
-        let host_ports = parse_ports(host_ports, "host port")?;
-        let backend_ports = parse_ports(backend_ports, "backend port")?;
         if host_ports.len() != backend_ports.len() {
             return Err(format!(
                 "host port range {}-{} has {} ports but backend port range {}-{} has {}",
@@ -285,6 +291,10 @@ mod tests {
             ("80:0.0.0.0:80", "not a unicast address"),
             ("80:224.0.0.1:80", "not a unicast address"),
             ("80:198.18.2.2", "colon-separated fields"),
+            (
+                "8080:[2001:db8::2]:80:extra",
+                "host address '8080' is not an IP address",
+            ),
             ("", "colon-separated fields"),
             (":80:198.18.2.2:80", "host address is empty"),
         ];

@@ -1,0 +1,152 @@
+//! The real `portmap run`, started in a namespace and stopped on drop.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{bin_path, metrics, netns::Netns};
+
+pub const METRICS_ADDR: &str = "127.0.0.1:9640";
+
+pub struct Portmap {
+    child: Option<Child>,
+    ns_name: String,
+    pub socket: PathBuf,
+    pub metrics_addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+/// Collects a child's stderr so the pipe never fills and failures can show it.
+fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut logs = into.lock().unwrap_or_else(|p| p.into_inner());
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
+}
+
+impl Portmap {
+    /// Starts `portmap run ARGS --control-socket <unique>` in `ns` (with
+    /// `--metrics-addr 127.0.0.1:9640` unless ARGS set it) and waits until
+    /// it serves metrics.
+    pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
+        let socket = PathBuf::from(format!("/run/portmap-tests/{}.sock", ns.name()));
+        let mut cmd = ns.command(bin_path("portmap"));
+        cmd.arg("run")
+            .args(args)
+            .arg("--control-socket")
+            .arg(&socket);
+        let metrics_addr: SocketAddr = match args.iter().position(|a| *a == "--metrics-addr") {
+            Some(i) => args[i + 1].parse()?,
+            None => {
+                cmd.args(["--metrics-addr", METRICS_ADDR]);
+                METRICS_ADDR.parse()?
+            }
+        };
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting portmap run")?;
+        let logs = Arc::new(Mutex::new(String::new()));
+        collect(child.stderr.take().context("no stderr")?, logs.clone());
+        let mut pm = Portmap {
+            child: Some(child),
+            ns_name: ns.name().to_string(),
+            socket,
+            metrics_addr,
+            logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = pm.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("portmap run exited with {status}:\n{}", pm.logs());
+            }
+            if metrics::scrape(ns, metrics_addr).is_ok() {
+                return Ok(pm);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "portmap run did not serve metrics within 15 s:\n{}",
+                    pm.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn metrics(&self, ns: &Netns) -> Result<metrics::Samples> {
+        assert_eq!(
+            ns.name(),
+            self.ns_name,
+            "scrape from the daemon's namespace"
+        );
+        metrics::scrape(ns, self.metrics_addr)
+    }
+
+    /// `portmap list ARGS --control-socket ...` output.
+    pub fn list(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new(bin_path("portmap"))
+            .arg("list")
+            .args(args)
+            .arg("--control-socket")
+            .arg(&self.socket)
+            .output()?;
+        if !out.status.success() {
+            bail!("portmap list: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Sends a signal and waits for exit (SIGKILL after 5 s).
+    pub fn stop_with(&mut self, signal: i32) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("portmap did not exit within 5 s of signal {signal} ({status})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+}
+
+impl Drop for Portmap {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        if std::thread::panicking() {
+            eprintln!("--- portmap logs ({}) ---\n{}", self.ns_name, self.logs());
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Running the real eBPF programs on crafted packets (BPF_PROG_TEST_RUN), with
+//! maps filled by the same code `portmap run` uses. Nothing is attached.
+
+use std::{collections::BTreeMap, collections::BTreeSet, net::IpAddr};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use portmap_common::abi::DatapathConfig;
+use portmap_userspace::{
+    dataplane::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, Limits, Snapshot},
+    model::DesiredState,
+};
+
+pub const XDP_PASS: u32 = 2;
+/// `TC_ACT_UNSPEC` as the program returns it.
+pub const TC_NEXT: i32 = -1;
+
+/// A loaded dataplane to feed packets to.
+pub struct Lab {
+    pub dp: Dataplane,
+}
+
+impl Lab {
+    /// Loads the programs and publishes `specs` (`-p` syntax) on a node that
+    /// has `node_addrs`.
+    pub fn new(specs: &[&str], node_addrs: &[&str]) -> Result<Self> {
+        let specs: Vec<_> = specs
+            .iter()
+            .map(|s| Ok((s.to_string(), s.parse().map_err(anyhow::Error::msg)?)))
+            .collect::<Result<_>>()?;
+        Self::with_state(&DesiredState::from_specs(&specs)?, node_addrs)
+    }
+
+    pub fn with_state(desired: &DesiredState, node_addrs: &[&str]) -> Result<Self> {
+        crate::require_root();
+        let limits = Limits {
+            frontends: 256,
+            backends: 256,
+            conntrack: 4096,
+        };
+        let mut dp = Dataplane::load(limits, DatapathConfig::default())?;
+        let addrs: BTreeSet<IpAddr> = node_addrs
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<_, _>>()?;
+        dp.set_node_addrs(&addrs)?;
+        dp.apply(desired)?;
+        Ok(Lab { dp })
+    }
+
+    /// Runs the XDP ingress program; returns its action and the packet after it.
+    pub fn xdp(&self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let prog: &Xdp = self
+            .dp
+            .ebpf()
+            .program(INGRESS_PROGRAM)
+            .context("no XDP program")?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 512];
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    /// Runs the tc egress program; returns its verdict and the packet after it.
+    pub fn tc(&self, packet: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let prog: &SchedClassifier = self
+            .dp
+            .ebpf()
+            .program(EGRESS_PROGRAM)
+            .context("no tc program")?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 512];
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, out))
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        self.dp.snapshot()
+    }
+
+    /// Datapath event counts by name.
+    pub fn events(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self.dp.snapshot()?.events.into_iter().collect())
+    }
+}

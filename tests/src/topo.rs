@@ -1,0 +1,120 @@
+//! The standard topology: client namespace → node namespace (portmap runs
+//! here, on its client-facing veth) → one namespace per backend.
+//!
+//! ```text
+//!  client            node                        backend i
+//!  198.18.0.2  ───   198.18.0.1  (eth-c)          
+//!  2001:db8::2       2001:db8::1                  
+//!                    198.19.i.1  (eth-bi)  ───   198.19.i.2
+//!                    2001:db8:1:i::1             2001:db8:1:i::2
+//! ```
+//! Extra node addresses on the client side: 198.18.0.3 and 2001:db8::3.
+//! Checksum offload is off on every veth, so a wrong checksum is dropped
+//! instead of being forgiven as "partial".
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+
+use crate::{netns::Netns, unique_name};
+
+pub const CLIENT_V4: &str = "198.18.0.2";
+pub const CLIENT_V6: &str = "2001:db8::2";
+pub const NODE_V4: &str = "198.18.0.1";
+pub const NODE_V6: &str = "2001:db8::1";
+pub const NODE_V4_ALT: &str = "198.18.0.3";
+pub const NODE_V6_ALT: &str = "2001:db8::3";
+/// The node's interface facing the client, where portmap attaches.
+pub const NODE_IFACE: &str = "eth-c";
+
+pub struct Topology {
+    // Field order is drop order: backends, then node, then client.
+    pub backends: Vec<Netns>,
+    pub node: Netns,
+    pub client: Netns,
+}
+
+pub fn backend_v4(i: usize) -> IpAddr {
+    format!("198.19.{i}.2").parse().expect("valid address")
+}
+
+pub fn backend_v6(i: usize) -> IpAddr {
+    format!("2001:db8:1:{i}::2").parse().expect("valid address")
+}
+
+fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    for (ns, ifname) in [(a, a_if), (b, b_if)] {
+        ns.ip(&["link", "set", ifname, "up"])?;
+        ns.exec("ethtool", &["-K", ifname, "tx", "off"])?;
+    }
+    Ok(())
+}
+
+fn addr(ns: &Netns, cidr: &str, ifname: &str) -> Result<()> {
+    if cidr.contains(':') {
+        ns.ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"])
+    } else {
+        ns.ip(&["addr", "add", cidr, "dev", ifname])
+    }
+}
+
+impl Topology {
+    /// `tag` goes into the namespace names (keep it short and unique per test).
+    pub fn new(tag: &str, backends: usize) -> Result<Self> {
+        crate::require_root();
+        let client = Netns::new(&unique_name(&format!("{tag}-c")))?;
+        let node = Netns::new(&unique_name(&format!("{tag}-n")))?;
+        let mut topo = Topology {
+            backends: Vec::new(),
+            node,
+            client,
+        };
+        link(&topo.client, "eth-n", &topo.node, NODE_IFACE)?;
+        addr(&topo.client, "198.18.0.2/24", "eth-n")?;
+        addr(&topo.client, "2001:db8::2/64", "eth-n")?;
+        for cidr in [
+            "198.18.0.1/24",
+            "198.18.0.3/24",
+            "2001:db8::1/64",
+            "2001:db8::3/64",
+        ] {
+            addr(&topo.node, cidr, NODE_IFACE)?;
+        }
+        topo.client
+            .ip(&["route", "add", "default", "via", NODE_V4])?;
+        topo.client
+            .ip(&["-6", "route", "add", "default", "via", NODE_V6])?;
+        for i in 0..backends {
+            let ns = Netns::new(&unique_name(&format!("{tag}-b{i}")))?;
+            let node_if = format!("eth-b{i}");
+            link(&topo.node, &node_if, &ns, "eth-n")?;
+            addr(&topo.node, &format!("198.19.{i}.1/24"), &node_if)?;
+            addr(&topo.node, &format!("2001:db8:1:{i}::1/64"), &node_if)?;
+            addr(&ns, &format!("198.19.{i}.2/24"), "eth-n")?;
+            addr(&ns, &format!("2001:db8:1:{i}::2/64"), "eth-n")?;
+            ns.ip(&["route", "add", "default", "via", &format!("198.19.{i}.1")])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:1:{i}::1"),
+            ])?;
+            topo.backends.push(ns);
+        }
+        Ok(topo)
+    }
+}
