@@ -161,7 +161,7 @@ pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
     e.state = state;
     e.last_seen_ns = now;
     let twin = twin_key(key, e);
-    if let Some(t) = CONNTRACK.get_ptr_mut(&twin) {
+    if let Some(t) = CONNTRACK.get_ptr_mut(twin) {
         // SAFETY: as for `entry`.
         let t = unsafe { &mut *t };
         t.state = state;
@@ -202,9 +202,9 @@ pub fn create(
     let reply_key = twin_key(&forward_key, &forward);
     // Reply entry first: a forward entry without its reply would translate
     // requests whose answers then go back untranslated.
-    CONNTRACK.insert(&reply_key, &reply, 0).ok()?;
-    if CONNTRACK.insert(&forward_key, &forward, 0).is_err() {
-        let _ = CONNTRACK.remove(&reply_key);
+    CONNTRACK.insert(reply_key, reply, 0).ok()?;
+    if CONNTRACK.insert(forward_key, forward, 0).is_err() {
+        let _ = CONNTRACK.remove(reply_key);
         return None;
     }
     Some(forward)

@@ -39,7 +39,7 @@ fn translate(ctx: &TcContext, flow: &Flow) -> Option<()> {
     let cfg = conntrack::config()?;
     let now = conntrack::now_ns();
     let key = conntrack::key_of(flow, CT_REPLY);
-    let entry = CONNTRACK.get_ptr_mut(&key)?;
+    let entry = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
     if !conntrack::reply_usable(&e, flow, now, cfg) {

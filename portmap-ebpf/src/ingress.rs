@@ -33,7 +33,7 @@ fn translate(ctx: &XdpContext, flow: &crate::parse::Flow) -> Option<()> {
     let now = conntrack::now_ns();
     let key = conntrack::key_of(flow, CT_FORWARD);
 
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a live map value, read once into a copy.
         let e = unsafe { *entry };
         match conntrack::decide(&e, flow, now, cfg) {

@@ -25,7 +25,7 @@ pub fn find_frontend(flow: &Flow) -> Option<FrontendValue> {
         proto: flow.proto,
         family: flow.family,
     };
-    if let Some(fe) = FRONTENDS.get_ptr(&key) {
+    if let Some(fe) = FRONTENDS.get_ptr(key) {
         // SAFETY: a live map value; copied at once so a concurrent update by
         // userspace (which replaces whole values) cannot change it under us.
         return Some(unsafe { *fe });
@@ -35,10 +35,10 @@ pub fn find_frontend(flow: &Flow) -> Option<FrontendValue> {
         family: flow.family,
         _pad: [0; 3],
     };
-    NODE_ADDRS.get_ptr(&node_key)?;
+    NODE_ADDRS.get_ptr(node_key)?;
     key.addr = RawAddr::UNSPECIFIED;
     // SAFETY: as above.
-    FRONTENDS.get_ptr(&key).map(|fe| unsafe { *fe })
+    FRONTENDS.get_ptr(key).map(|fe| unsafe { *fe })
 }
 
 /// Picks the backend for a new flow from the frontend's Maglev table.

@@ -99,12 +99,13 @@ fn enable_forwarding(desired: &DesiredState, node: &BTreeSet<IpAddr>) -> Result<
 
 fn warn_about_foreign_frontends(desired: &DesiredState, node: &BTreeSet<IpAddr>) {
     for fe in desired.services.iter().flat_map(|s| &s.frontends) {
-        if let HostAddr::Ip(ip) = fe.addr {
-            if !node.contains(&ip) && !ip.is_loopback() {
-                warn!(
-                    "frontend {fe}: {ip} is not an address of this node; it is translated only if routed here"
-                );
-            }
+        if let HostAddr::Ip(ip) = fe.addr
+            && !node.contains(&ip)
+            && !ip.is_loopback()
+        {
+            warn!(
+                "frontend {fe}: {ip} is not an address of this node; it is translated only if routed here"
+            );
         }
     }
 }

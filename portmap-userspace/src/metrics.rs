@@ -10,7 +10,7 @@ use axum::{Router, extract::State, http::header, response::IntoResponse, routing
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
-    metrics::{MetricType, counter::ConstCounter},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
@@ -99,6 +99,20 @@ fn encode_counters(
     Ok(())
 }
 
+fn encode_gauges<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (map, value) in series {
+        let labels = [("map", map)];
+        ConstGauge::new(value as i64).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = match self.dataplane.lock() {
@@ -142,6 +156,18 @@ impl Collector for DataplaneCollector {
             .iter()
             .map(|(name, n)| (vec![("event", name.clone())], *n))
             .collect();
+        encode_gauges(
+            &mut encoder,
+            "portmap_map_entries",
+            "Entries in use per map (MAGLEV: table slots; CONNTRACK: as of the last garbage collection, every 10 s).",
+            snapshot.maps.iter().map(|m| (m.map.as_str(), m.entries)),
+        )?;
+        encode_gauges(
+            &mut encoder,
+            "portmap_map_capacity",
+            "Capacity per map, as sized by the flags.",
+            snapshot.maps.iter().map(|m| (m.map.as_str(), m.capacity)),
+        )?;
         encode_counters(
             &mut encoder,
             "portmap_datapath_events",

@@ -151,7 +151,7 @@ impl Packet {
         match &self.l4 {
             L4::Tcp { flags, options } => {
                 let mut opts = options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(1); // NOP
                 }
                 let doff = ((20 + opts.len()) / 4) as u8;
@@ -203,7 +203,7 @@ impl Packet {
                 out.extend_from_slice(&[0x08, 0x00]);
                 let l4 = self.l4_bytes(&s.octets(), &d.octets());
                 let mut opts = self.ip_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0); // End of options list padding
                 }
                 let hlen = 20 + opts.len();
@@ -330,10 +330,8 @@ pub fn verify_checksums(p: &[u8]) -> Result<(), String> {
     };
     let segment = &p[i.l4..i.ip_end];
     match i.proto {
-        6 => {
-            if l4_checksum(&src, &dst, 6, segment, usize::MAX / 2) != 0 {
-                return Err("TCP checksum is wrong".into());
-            }
+        6 if l4_checksum(&src, &dst, 6, segment, usize::MAX / 2) != 0 => {
+            return Err("TCP checksum is wrong".into());
         }
         17 => {
             let field = u16::from_ne_bytes([segment[6], segment[7]]);

@@ -135,12 +135,12 @@ impl RegionAllocator {
     fn release(&mut self, region: Region) {
         let mut offset = region.offset;
         let mut len = region.len;
-        if let Some((&prev, &prev_len)) = self.free.range(..offset).next_back() {
-            if prev + prev_len == offset {
-                self.free.remove(&prev);
-                offset = prev;
-                len += prev_len;
-            }
+        if let Some((&prev, &prev_len)) = self.free.range(..offset).next_back()
+            && prev + prev_len == offset
+        {
+            self.free.remove(&prev);
+            offset = prev;
+            len += prev_len;
         }
         if let Some(&next_len) = self.free.get(&(offset + len)) {
             self.free.remove(&(offset + len));

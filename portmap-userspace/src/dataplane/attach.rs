@@ -61,10 +61,10 @@ impl Dataplane {
                 .try_into()?;
             // tcx (kernel ≥ 6.6) needs no qdisc; aya's netlink fallback on older
             // kernels needs clsact (left in place on exit, as tc users expect).
-            if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
-                if let Err(e) = tc::qdisc_add_clsact(iface) {
-                    log::debug!("{iface}: clsact qdisc not added ({e}); assuming it exists");
-                }
+            if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
+                && let Err(e) = tc::qdisc_add_clsact(iface)
+            {
+                log::debug!("{iface}: clsact qdisc not added ({e}); assuming it exists");
             }
             tc.attach(iface, TcAttachType::Egress)
                 .with_context(|| format!("attaching tc egress to {iface}"))?;

@@ -81,6 +81,7 @@ impl Dataplane {
                 Err(e) => return Err(e).context("removing from CONNTRACK"),
             }
         }
+        self.conntrack_entries = Some(report.scanned - report.removed);
         Ok(report)
     }
 }

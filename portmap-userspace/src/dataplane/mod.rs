@@ -29,8 +29,11 @@ pub use self::{
     apply::CapacityError,
     attach::XdpMode,
     gc::GcReport,
-    stats::{BackendStats, Counters, FrontendStats, ServiceStats, Snapshot},
+    stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
 };
+
+/// Capacity of `NODE_ADDRS`, as declared in the eBPF object.
+const NODE_ADDRS_CAPACITY: u64 = 1024;
 
 /// Names of the programs in the eBPF object.
 pub const INGRESS_PROGRAM: &str = "portmap_ingress";
@@ -77,6 +80,9 @@ pub struct Dataplane {
     regions: RegionAllocator,
     services: BTreeMap<String, AppliedService>,
     node_addrs: BTreeSet<IpAddr>,
+    limits: Limits,
+    /// Entries seen by the last conntrack walk (the map has no cheap count).
+    conntrack_entries: Option<u64>,
 }
 
 impl Dataplane {
@@ -116,6 +122,8 @@ impl Dataplane {
             regions,
             services: BTreeMap::new(),
             node_addrs: BTreeSet::new(),
+            limits,
+            conntrack_entries: None,
         })
     }
 
@@ -156,5 +164,40 @@ impl Dataplane {
 
     pub fn node_addrs(&self) -> &BTreeSet<IpAddr> {
         &self.node_addrs
+    }
+
+    /// How full each sized map is.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        let frontends: usize = self.services.values().map(|s| s.frontends.len()).sum();
+        let mut usage = vec![
+            MapUsage::new(
+                names::FRONTENDS,
+                frontends as u64,
+                self.limits.frontends.into(),
+            ),
+            MapUsage::new(
+                names::BACKENDS,
+                self.backend_ids.in_use().into(),
+                self.limits.backends.into(),
+            ),
+            MapUsage::new(
+                names::MAGLEV,
+                self.regions.in_use().into(),
+                self.regions.capacity().into(),
+            ),
+            MapUsage::new(
+                names::NODE_ADDRS,
+                self.node_addrs.len() as u64,
+                NODE_ADDRS_CAPACITY,
+            ),
+        ];
+        if let Some(entries) = self.conntrack_entries {
+            usage.push(MapUsage::new(
+                names::CONNTRACK,
+                entries,
+                self.limits.conntrack.into(),
+            ));
+        }
+        usage
     }
 }

@@ -53,11 +53,30 @@ pub struct ServiceStats {
     pub backends: Vec<BackendStats>,
 }
 
+/// How full a map is. Conntrack's count is from the last garbage collection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapUsage {
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+impl MapUsage {
+    pub fn new(map: &str, entries: u64, capacity: u64) -> Self {
+        Self {
+            map: map.to_string(),
+            entries,
+            capacity,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     pub services: Vec<ServiceStats>,
     /// `DatapathEvent` name → count.
     pub events: Vec<(String, u64)>,
+    pub maps: Vec<MapUsage>,
 }
 
 impl Dataplane {
@@ -107,6 +126,10 @@ impl Dataplane {
                 .context("reading datapath events")?;
             events.push((event.name().to_string(), values.iter().sum()));
         }
-        Ok(Snapshot { services, events })
+        Ok(Snapshot {
+            services,
+            events,
+            maps: self.map_usage(),
+        })
     }
 }
