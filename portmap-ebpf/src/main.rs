@@ -9,41 +9,62 @@
 //! One module per concern: `parse` reads headers, `lb` finds the frontend and
 //! picks a backend, `conntrack` keeps flows on their backend, `nat` rewrites
 //! addresses with their checksums, `counters` counts; `maps` declares every map.
-#![no_std]
-#![no_main]
+//!
+//! The programs exist only for the BPF target. Built for the host (as
+//! `cargo build --workspace` would), this is an empty binary that says so.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
 mod conntrack;
+#[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
 mod egress;
+#[cfg(target_arch = "bpf")]
 mod ingress;
+#[cfg(target_arch = "bpf")]
 mod lb;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
 mod nat;
+#[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
 mod parse;
 
+#[cfg(target_arch = "bpf")]
 use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("portmap-ebpf is built for bpfel-unknown-none by portmap-userspace's build script");
+}
+
+#[cfg(target_arch = "bpf")]
 #[xdp]
 pub fn portmap_ingress(ctx: XdpContext) -> u32 {
     ingress::run(&ctx)
 }
 
+#[cfg(target_arch = "bpf")]
 #[classifier]
 pub fn portmap_egress(ctx: TcContext) -> i32 {
     egress::run(&ctx)
 }
 
-#[cfg(not(test))]
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // The verifier rejects any path that could reach here, so it is never run.
     loop {}
 }
 
+#[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

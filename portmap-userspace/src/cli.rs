@@ -100,28 +100,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a duration like 30s, 5m or 6h"))?;
-    let secs = match unit {
-        "ms" => {
-            return if n == 0 {
-                Err("a timeout must be positive".into())
-            } else {
-                Ok(Duration::from_millis(n))
-            };
-        }
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
                 "'{s}' has an unknown unit '{unit}' (use ms, s, m, h or d)"
             ));
         }
     };
-    if secs == 0 {
-        return Err("a timeout must be positive".into());
+    match n.checked_mul(millis_per_unit) {
+        Some(0) => Err("a timeout must be positive".into()),
+        // The dataplane keeps nanoseconds in a u64: about 584 years.
+        Some(ms) if ms <= u64::MAX / 1_000_000 => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("'{s}' is too long")),
     }
-    Ok(Duration::from_secs(secs))
 }
 
 /// Reports bad input the way clap does: `error: ...`, usage, exit status 2.
@@ -160,6 +156,11 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("soon").is_err());
+        assert!(
+            parse_duration("99999999999999999d")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 
     #[test]

@@ -5,7 +5,10 @@
 
 use std::{
     io::{BufReader, Read as _, Write as _},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    os::unix::{
+        fs::{FileTypeExt as _, PermissionsExt as _},
+        net::UnixStream,
+    },
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -29,7 +32,10 @@ pub struct Status {
 /// Binds the socket, refusing if another daemon answers on it and replacing
 /// a stale one left by a daemon that died.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket", path.display());
+        }
         if UnixStream::connect(path).is_ok() {
             bail!(
                 "another portmap is running: its control socket {} answers",

@@ -199,18 +199,26 @@ async fn publish_and_wait(
 /// Keeps node addresses current and collects conntrack garbage.
 async fn maintain(dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
     let mut addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);
-    let mut gc_tick = tokio::time::interval(GC_INTERVAL);
+    // The first walk after one interval: the conntrack gauge appears once it
+    // has been measured, not as a 0 taken before any traffic.
+    let mut gc_tick = tokio::time::interval_at(tokio::time::Instant::now() + GC_INTERVAL, GC_INTERVAL);
     loop {
         tokio::select! {
             _ = addr_tick.tick() => {
                 let dp = dataplane.clone();
-                let r = tokio::task::spawn_blocking(move || -> Result<bool> {
+                let r = tokio::task::spawn_blocking(move || {
                     let addrs = node_addresses()?;
                     dp.lock().unwrap_or_else(|p| p.into_inner()).set_node_addrs(&addrs)
                 }).await?;
                 match r {
-                    Ok(true) => info!("node addresses changed"),
-                    Ok(false) => {}
+                    Ok((added, removed)) => {
+                        for ip in added {
+                            info!("node address {ip} added");
+                        }
+                        for ip in removed {
+                            info!("node address {ip} removed");
+                        }
+                    }
                     Err(e) => warn!("refreshing node addresses: {e:#}"),
                 }
             }

@@ -38,10 +38,13 @@ impl HostAddr {
 }
 
 impl fmt::Display for HostAddr {
-    /// As in the `frontend` metric label: `*` for all addresses, IPv6 in brackets.
+    /// As in the `frontend` metric label: IPv6 in brackets, `*` for all
+    /// addresses (`[*]` for all IPv6 addresses, so the two families' series
+    /// stay apart).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HostAddr::AllV4 | HostAddr::AllV6 => f.write_str("*"),
+            HostAddr::AllV4 => f.write_str("*"),
+            HostAddr::AllV6 => f.write_str("[*]"),
             HostAddr::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
             HostAddr::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
         }
@@ -254,6 +257,8 @@ mod tests {
         assert_eq!(s.host, HostAddr::Ip("2001:db8::1".parse().unwrap()));
         assert_eq!(s.backend, "2001:db8:1::2".parse::<IpAddr>().unwrap());
         assert_eq!(s.host.to_string(), "[2001:db8::1]");
+        assert_eq!(HostAddr::AllV4.to_string(), "*");
+        assert_eq!(HostAddr::AllV6.to_string(), "[*]");
     }
 
     #[test]

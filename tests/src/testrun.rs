@@ -15,6 +15,15 @@ pub const XDP_PASS: u32 = 2;
 /// `TC_ACT_UNSPEC` as the program returns it.
 pub const TC_NEXT: i32 = -1;
 
+/// The desired state of `-p` specs.
+pub fn desired(specs: &[&str]) -> Result<DesiredState> {
+    let specs: Vec<_> = specs
+        .iter()
+        .map(|s| Ok((s.to_string(), s.parse().map_err(anyhow::Error::msg)?)))
+        .collect::<Result<_>>()?;
+    Ok(DesiredState::from_specs(&specs)?)
+}
+
 /// A loaded dataplane to feed packets to.
 pub struct Lab {
     pub dp: Dataplane,
@@ -24,21 +33,26 @@ impl Lab {
     /// Loads the programs and publishes `specs` (`-p` syntax) on a node that
     /// has `node_addrs`.
     pub fn new(specs: &[&str], node_addrs: &[&str]) -> Result<Self> {
-        let specs: Vec<_> = specs
-            .iter()
-            .map(|s| Ok((s.to_string(), s.parse().map_err(anyhow::Error::msg)?)))
-            .collect::<Result<_>>()?;
-        Self::with_state(&DesiredState::from_specs(&specs)?, node_addrs)
+        Self::with_state(&desired(specs)?, node_addrs)
     }
 
     pub fn with_state(desired: &DesiredState, node_addrs: &[&str]) -> Result<Self> {
+        Self::with_config(desired, node_addrs, DatapathConfig::default())
+    }
+
+    /// As [`Lab::with_state`], with conntrack timeouts of the caller's choosing.
+    pub fn with_config(
+        desired: &DesiredState,
+        node_addrs: &[&str],
+        config: DatapathConfig,
+    ) -> Result<Self> {
         crate::require_root();
         let limits = Limits {
             frontends: 256,
             backends: 256,
             conntrack: 4096,
         };
-        let mut dp = Dataplane::load(limits, DatapathConfig::default())?;
+        let mut dp = Dataplane::load(limits, config)?;
         let addrs: BTreeSet<IpAddr> = node_addrs
             .iter()
             .map(|a| a.parse())

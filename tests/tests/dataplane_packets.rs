@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 
+use portmap_common::abi::DatapathConfig;
 use portmap_tests::{
     packet::{
         Ext, L4, Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, inspect, udp_checksum_field,
         verify_checksums,
     },
-    testrun::{Lab, TC_NEXT, XDP_PASS},
+    testrun::{Lab, TC_NEXT, XDP_PASS, desired},
 };
 
 fn sa(s: &str) -> SocketAddr {
@@ -474,4 +475,63 @@ fn tcp_flow_closes_and_port_reuse_starts_a_new_flow() {
         sa("198.19.0.2:3000"),
     );
     assert_eq!(lab.events().unwrap()["flow_created"], 2);
+}
+
+#[test]
+fn idle_flows_expire_and_closing_tcp_expires_sooner() {
+    const SECOND: u64 = 1_000_000_000;
+    let config = DatapathConfig {
+        tcp_new_timeout_ns: 30 * SECOND,
+        tcp_established_timeout_ns: 30 * SECOND,
+        tcp_closing_timeout_ns: SECOND / 2,
+        udp_timeout_ns: SECOND / 2,
+        ..DatapathConfig::default()
+    };
+    let lab = Lab::with_config(
+        &desired(&["8080:198.19.0.2:3000", "8080:198.19.0.2:3000/udp"]).unwrap(),
+        &NODE,
+        config,
+    )
+    .unwrap();
+    let created = || lab.events().unwrap()["flow_created"];
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(700));
+    let (c, fe, be) = (
+        sa("198.18.0.2:47000"),
+        sa("198.18.0.1:8080"),
+        sa("198.19.0.2:3000"),
+    );
+
+    // UDP: a second datagram within the timeout is the same flow; after the
+    // idle timeout the next one is a new flow.
+    let udp = Packet::udp(c, fe, b"u").build();
+    xdp(&lab, &udp);
+    xdp(&lab, &udp);
+    assert_eq!(created(), 1);
+    pause();
+    xdp(&lab, &udp);
+    assert_eq!(created(), 2, "UDP flow expired after its idle timeout");
+
+    // TCP established outlives the short closing timeout...
+    xdp(&lab, &Packet::tcp(c, fe, TCP_SYN).build());
+    lab.tc(&Packet::tcp(be, c, TCP_SYN | TCP_ACK).build())
+        .unwrap();
+    assert_eq!(created(), 3);
+    pause();
+    xdp(&lab, &Packet::tcp(c, fe, TCP_ACK).build());
+    assert_eq!(created(), 3, "an established TCP flow survives 0.7 s idle");
+    // ...but after a FIN the same idle time ends it.
+    xdp(&lab, &Packet::tcp(c, fe, TCP_FIN | TCP_ACK).build());
+    pause();
+    let (_, out) = lab.tc(&Packet::tcp(be, c, TCP_ACK).build()).unwrap();
+    assert_eq!(
+        inspect(&out).src,
+        be,
+        "an expired reply entry translates nothing"
+    );
+    xdp(&lab, &Packet::tcp(c, fe, TCP_ACK).build());
+    assert_eq!(
+        created(),
+        4,
+        "a closing TCP flow expired after its shorter timeout"
+    );
 }

@@ -141,25 +141,27 @@ impl Dataplane {
     }
 
     /// Makes `NODE_ADDRS` hold exactly `addrs` (for frontends published on
-    /// every node address). Returns whether anything changed.
-    pub fn set_node_addrs(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<bool> {
-        if *addrs == self.node_addrs {
-            return Ok(false);
-        }
-        for ip in addrs.difference(&self.node_addrs) {
+    /// every node address). Returns the addresses added and removed.
+    pub fn set_node_addrs(
+        &mut self,
+        addrs: &BTreeSet<IpAddr>,
+    ) -> Result<(Vec<IpAddr>, Vec<IpAddr>)> {
+        let added: Vec<IpAddr> = addrs.difference(&self.node_addrs).copied().collect();
+        let removed: Vec<IpAddr> = self.node_addrs.difference(addrs).copied().collect();
+        for ip in &added {
             self.maps
                 .node_addrs
                 .insert(node_addr_key(*ip), 1, 0)
                 .with_context(|| format!("adding node address {ip}"))?;
         }
-        for ip in self.node_addrs.difference(addrs) {
+        for ip in &removed {
             match self.maps.node_addrs.remove(&node_addr_key(*ip)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).with_context(|| format!("removing node address {ip}")),
             }
         }
         self.node_addrs.clone_from(addrs);
-        Ok(true)
+        Ok((added, removed))
     }
 
     pub fn node_addrs(&self) -> &BTreeSet<IpAddr> {

@@ -78,6 +78,8 @@ fn serve_udp(name: String, socket: UdpSocket) {
     let mut buf = [0u8; 65536];
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            // Transient (e.g. an ICMP error queued on the socket); do not spin.
+            thread::sleep(std::time::Duration::from_millis(10));
             continue;
         };
         let mut reply = match local {

@@ -1,0 +1,95 @@
+//! `cargo xtask test`: setup, build, run the whole test suite as root, and
+//! check that the tests cleaned up after themselves.
+
+use std::{fs, path::Path, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    setup,
+    util::{cmd, output, require_root, run, workspace_root},
+};
+
+/// State the tests create and must remove: namespaces and bpffs pins.
+const NETNS_PREFIX: &str = "pm-";
+const BPFFS: &str = "/sys/fs/bpf";
+const BPFFS_PREFIX: &str = "portmap";
+
+pub fn run_tests(extra: &[String]) -> Result<ExitCode> {
+    require_root(
+        "cargo xtask test",
+        "the tests create network namespaces and attach XDP programs",
+    )?;
+    setup::run_setup()?;
+    let root = workspace_root();
+
+    let before = leftovers()?;
+    if before.is_empty() {
+        println!(
+            "ok: no network namespace {NETNS_PREFIX}* nor {BPFFS}/{BPFFS_PREFIX}* before the tests"
+        );
+    } else {
+        println!(
+            "warning: left over before the tests (from an earlier run?): {}",
+            before.join(", ")
+        );
+    }
+
+    // Default members: portmap-ebpf is built for BPF by portmap-userspace's
+    // build script (which needs bpf-linker on PATH), never for the host.
+    println!("== cargo build");
+    run(cmd("cargo")
+        .arg("build")
+        .current_dir(&root)
+        .env("RUST_BACKTRACE", "1"))?;
+
+    let mut test = cmd("cargo");
+    test.arg("test")
+        .args(extra)
+        .current_dir(&root)
+        .env("RUST_BACKTRACE", "1");
+    println!("== {}", crate::util::describe(&test));
+    let status = test.status().context("cannot start `cargo test`")?;
+    let code = status.code().unwrap_or(1);
+
+    let after = leftovers()?;
+    if after.is_empty() {
+        println!("ok: no network namespace {NETNS_PREFIX}* nor {BPFFS}/{BPFFS_PREFIX}* left over");
+    } else {
+        for item in &after {
+            let note = if before.contains(item) {
+                " (already there before the tests)"
+            } else {
+                ""
+            };
+            println!("warning: left over after the tests: {item}{note}");
+        }
+        println!(
+            "warning: tests must clean up after themselves; remove these by hand (`ip netns del NAME`, `rm -r {BPFFS}/NAME`)"
+        );
+        if code == 0 {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Network namespaces named `pm-*` and `/sys/fs/bpf/portmap*` entries.
+pub fn leftovers() -> Result<Vec<String>> {
+    let mut found: Vec<String> = output(cmd("ip").args(["netns", "list"]))?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(NETNS_PREFIX))
+        .map(|name| format!("netns {name}"))
+        .collect();
+    if let Ok(entries) = fs::read_dir(BPFFS) {
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(BPFFS_PREFIX) {
+                found.push(Path::new(BPFFS).join(name).display().to_string());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
