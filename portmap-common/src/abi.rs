@@ -52,6 +52,15 @@ pub struct FrontendKey {
 /// Flag in [`FrontendValue::flags`]: with no backend, answer new flows with a
 /// TCP reset / ICMP unreachable instead of passing them to the stack.
 pub const FE_REJECT_NO_BACKENDS: u32 = 1 << 0;
+/// Flag in [`FrontendValue::flags`]: with no backend, drop new flows (e.g.
+/// `externalTrafficPolicy: Local` with no endpoint on this node).
+pub const FE_DROP_NO_BACKENDS: u32 = 1 << 2;
+/// Flag in [`FrontendValue::flags`]: only sources in the frontend's allowed
+/// ranges (`SOURCE_RANGES`) may reach it; others are dropped.
+pub const FE_SOURCE_RANGES: u32 = 1 << 3;
+/// Flag in [`FrontendValue::flags`]: the frontend is on a loopback address,
+/// reachable from this host only; XDP never translates to it.
+pub const FE_HOST_ONLY: u32 = 1 << 4;
 /// Flag in [`FrontendValue::flags`]: keep a client on one backend
 /// (`sessionAffinity: ClientIP`) for `affinity_timeout_s`.
 pub const FE_AFFINITY_CLIENT_IP: u32 = 1 << 1;
@@ -265,6 +274,23 @@ impl DatapathEvent {
     }
 }
 
+/// Longest frame template of the benchmark's load generator.
+pub const LOADGEN_MAX_FRAME: usize = 128;
+
+/// The single value of the load generator's `LOADGEN` array (benchmark object).
+///
+/// Each frame is `template[..len]` with its IPv4 source address's low 16 bits
+/// and its UDP/TCP source port set from a per-CPU sequence number, so frame `n`
+/// belongs to flow `n % flows` (or a new flow each time when `flows` is 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadgenConfig {
+    pub len: u32,
+    /// Number of distinct flows to cycle through; 0: every frame a new flow.
+    pub flows: u32,
+    pub template: [u8; LOADGEN_MAX_FRAME],
+}
+
 // The dataplane and userspace must agree on these sizes; implicit padding would
 // also make `aya::Pod` unsound. A change here is a map layout change.
 const _: () = {
@@ -277,4 +303,5 @@ const _: () = {
     assert!(size_of::<TrafficCounters>() == 32);
     assert!(size_of::<NodeAddrKey>() == 20);
     assert!(size_of::<DatapathConfig>() == 40);
+    assert!(size_of::<LoadgenConfig>() == 8 + LOADGEN_MAX_FRAME);
 };

@@ -32,5 +32,6 @@ mod pod {
         TrafficCounters,
         NodeAddrKey,
         DatapathConfig,
+        LoadgenConfig,
     );
 }

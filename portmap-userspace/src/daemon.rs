@@ -201,7 +201,8 @@ async fn maintain(dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
     let mut addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);
     // The first walk after one interval: the conntrack gauge appears once it
     // has been measured, not as a 0 taken before any traffic.
-    let mut gc_tick = tokio::time::interval_at(tokio::time::Instant::now() + GC_INTERVAL, GC_INTERVAL);
+    let mut gc_tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + GC_INTERVAL, GC_INTERVAL);
     loop {
         tokio::select! {
             _ = addr_tick.tick() => {

@@ -73,6 +73,96 @@ impl Endpoint {
     }
 }
 
+/// What a frontend does with a new flow when its service has no usable
+/// endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenEmpty {
+    /// Leave the packet to the node's stack (nothing is published).
+    #[default]
+    Pass,
+    /// Answer with a TCP reset or an ICMP port unreachable, as kube-proxy
+    /// does for a Service without endpoints.
+    Reject,
+    /// Drop, as kube-proxy does for `externalTrafficPolicy: Local` (or
+    /// `internalTrafficPolicy: Local`) with no endpoint on this node.
+    Drop,
+}
+
+/// An IPv4 or IPv6 prefix, e.g. `198.18.0.0/15`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// `ADDR/PREFIX`, or a bare address as a host prefix. Host bits must be
+    /// zero, so a typo like `10.0.0.1/8` is caught rather than widened.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an address/prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': prefix length must be 0-{max}"))?,
+        };
+        let cidr = Cidr { addr, prefix };
+        let network = match addr {
+            IpAddr::V4(a) => IpAddr::V4(
+                (u32::from(a) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)).into(),
+            ),
+            IpAddr::V6(a) => IpAddr::V6(
+                (u128::from(a) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0))
+                    .into(),
+            ),
+        };
+        if network != addr {
+            return Err(format!(
+                "'{s}' has host bits set (the network is {network}/{prefix})"
+            ));
+        }
+        Ok(cidr)
+    }
+}
+
 /// Frontends sharing one backend set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
@@ -86,8 +176,11 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// `sessionAffinity: ClientIP` timeout in seconds.
     pub affinity_timeout_s: Option<u32>,
-    /// With no usable endpoint, reject new flows instead of passing them.
-    pub reject_when_empty: bool,
+    /// What new flows get when no endpoint is usable.
+    pub when_empty: WhenEmpty,
+    /// Sources allowed to reach the frontends (`loadBalancerSourceRanges`,
+    /// `--allow-from`); empty allows all. Others are dropped in XDP.
+    pub source_ranges: Vec<Cidr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -133,7 +226,8 @@ impl DesiredState {
                         state: EndpointState::Ready,
                     }],
                     affinity_timeout_s: None,
-                    reject_when_empty: false,
+                    when_empty: WhenEmpty::Pass,
+                    source_ranges: Vec::new(),
                 });
             }
         }
@@ -214,6 +308,32 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("*:8005/tcp"), "{err}");
+    }
+
+    #[test]
+    fn cidrs() {
+        let net: Cidr = "198.18.0.0/15".parse().unwrap();
+        assert!(net.contains("198.19.255.1".parse().unwrap()));
+        assert!(!net.contains("198.20.0.1".parse().unwrap()));
+        assert!(!net.contains("2001:db8::1".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix, 0);
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("203.0.113.1".parse().unwrap())
+        );
+        assert_eq!("198.18.0.7".parse::<Cidr>().unwrap().prefix, 32);
+        assert!(
+            "10.0.0.1/8"
+                .parse::<Cidr>()
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("0-32"));
+        assert!("banana/3".parse::<Cidr>().is_err());
     }
 
     #[test]

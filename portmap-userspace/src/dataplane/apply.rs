@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, BACKEND_UNUSED, Backend, FE_AFFINITY_CLIENT_IP,
-    FE_REJECT_NO_BACKENDS, FrontendValue,
+    FE_DROP_NO_BACKENDS, FE_REJECT_NO_BACKENDS, FrontendValue,
 };
 
 use super::{
@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     maglev::{self, MaglevBackend},
-    model::{DesiredState, EndpointState, Frontend, Service},
+    model::{DesiredState, EndpointState, Frontend, Service, WhenEmpty},
 };
 
 /// What the dataplane holds for one service.
@@ -307,8 +307,10 @@ impl Dataplane {
         if svc.affinity_timeout_s.is_some() {
             flags |= FE_AFFINITY_CLIENT_IP;
         }
-        if svc.reject_when_empty {
-            flags |= FE_REJECT_NO_BACKENDS;
+        match svc.when_empty {
+            WhenEmpty::Pass => {}
+            WhenEmpty::Reject => flags |= FE_REJECT_NO_BACKENDS,
+            WhenEmpty::Drop => flags |= FE_DROP_NO_BACKENDS,
         }
         for fe in &svc.frontends {
             let (frontend_id, generation) = match applied.frontends.get(fe) {

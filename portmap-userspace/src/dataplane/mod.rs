@@ -70,6 +70,11 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap"))
 }
 
+/// The benchmark's eBPF object: `bench_pass`, `bench_loadgen`, `bench_sink`.
+pub fn bench_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-bench"))
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,

@@ -1,0 +1,141 @@
+//! Programs for `portmap bench`, in their own object so `portmap run` never
+//! loads them:
+//!
+//! - `bench_pass`: a bare `XDP_PASS`, the baseline of per-packet costs.
+//! - `bench_loadgen`: run with BPF_PROG_RUN live frames on the client's
+//!   interface. Live-frame pages are recycled as the receiver left them, so it
+//!   first copies the template back in, then makes the frame flow `n`
+//!   (source address low 16 bits and source port) and transmits it.
+//! - `bench_sink`: on a backend's interface, counts what arrives and drops it,
+//!   so a backend's application never limits the measurement.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("portmap-bench is built for bpfel-unknown-none by portmap-userspace's build script");
+}
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+        helpers::{bpf_get_smp_processor_id, bpf_xdp_store_bytes},
+        macros::{map, xdp},
+        maps::{Array, PerCpuArray},
+        programs::XdpContext,
+    };
+    use portmap_common::{
+        abi::{LOADGEN_MAX_FRAME, LoadgenConfig},
+        csum::CsumDelta,
+    };
+
+    /// The frame template and the number of flows.
+    #[map]
+    static LOADGEN: Array<LoadgenConfig> = Array::with_max_entries(1, 0);
+
+    /// Per-CPU frame sequence numbers of the load generator.
+    #[map]
+    static LOADGEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Per-CPU count of frames that reached the sink.
+    #[map]
+    static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Offsets in an untagged IPv4 frame.
+    const IP_CHECK: usize = 14 + 10;
+    const IP_SRC_LOW: usize = 14 + 14;
+    const IHL_BYTE: usize = 14;
+
+    #[xdp]
+    pub fn bench_pass(_ctx: XdpContext) -> u32 {
+        XDP_PASS
+    }
+
+    #[xdp]
+    pub fn bench_sink(_ctx: XdpContext) -> u32 {
+        if let Some(count) = SINK_COUNT.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; programs run with preemption disabled.
+            unsafe { *count += 1 };
+        }
+        XDP_DROP
+    }
+
+    #[xdp]
+    pub fn bench_loadgen(ctx: XdpContext) -> u32 {
+        try_loadgen(&ctx).unwrap_or(XDP_ABORTED)
+    }
+
+    #[inline(always)]
+    fn try_loadgen(ctx: &XdpContext) -> Option<u32> {
+        let cfg = LOADGEN.get(0)?;
+        let len = cfg.len as usize;
+        if len < 14 + 20 + 8 || len > LOADGEN_MAX_FRAME {
+            return None;
+        }
+        // SAFETY: the helper copies `len` (≤ LOADGEN_MAX_FRAME) bytes from a
+        // map value of at least that size into the frame, checking the frame's
+        // bounds itself.
+        let rc =
+            unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, cfg.template.as_ptr() as *mut _, len as u32) };
+        if rc != 0 {
+            return None;
+        }
+        let seq = LOADGEN_SEQ.get_ptr_mut(0)?;
+        // SAFETY: this CPU's slot of a per-CPU array.
+        let n = unsafe {
+            let n = *seq;
+            *seq = n + 1;
+            n
+        };
+        // SAFETY: no arguments; returns the current CPU.
+        let cpu = u64::from(unsafe { bpf_get_smp_processor_id() });
+        let flow = match cfg.flows {
+            0 => n.wrapping_add(cpu << 40),
+            flows => (n + cpu) % u64::from(flows),
+        };
+        // Source ports 1024-65535, then the next source address: about 4e9 flows.
+        const PORTS: u64 = 65536 - 1024;
+        let sport = (flow % PORTS + 1024) as u16;
+        let src_low = (flow / PORTS) as u16;
+
+        let start = ctx.data();
+        let end = ctx.data_end();
+        if start + len > end || start + IHL_BYTE + 1 > end {
+            return None;
+        }
+        // SAFETY: byte 14 lies inside the frame, checked just above.
+        let ihl = usize::from(unsafe { *((start + IHL_BYTE) as *const u8) } & 0x0f) * 4;
+        let l4 = 14 + ihl;
+        if start + l4 + 8 > end || start + IP_SRC_LOW + 2 > end || start + IP_CHECK + 2 > end {
+            return None;
+        }
+        // SAFETY: every field written below was bounds-checked just above; all
+        // are 2-byte fields written as byte arrays (no alignment needed).
+        unsafe {
+            let src_ptr = (start + IP_SRC_LOW) as *mut [u8; 2];
+            let old_src = u16::from_ne_bytes(*src_ptr);
+            let new_src = src_low.to_be();
+            *src_ptr = new_src.to_ne_bytes();
+            let check_ptr = (start + IP_CHECK) as *mut [u8; 2];
+            let mut delta = CsumDelta::new();
+            delta.replace16(old_src, new_src);
+            *check_ptr = delta.apply(u16::from_ne_bytes(*check_ptr)).to_ne_bytes();
+            // The template's UDP checksum is 0 ("none"), so only the port changes.
+            *((start + l4) as *mut [u8; 2]) = sport.to_be_bytes();
+        }
+        Some(XDP_TX)
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here, so it is never run.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
