@@ -70,7 +70,7 @@ mod programs {
     fn try_loadgen(ctx: &XdpContext) -> Option<u32> {
         let cfg = LOADGEN.get(0)?;
         let len = cfg.len as usize;
-        if len < 14 + 20 + 8 || len > LOADGEN_MAX_FRAME {
+        if !(14 + 20 + 8..=LOADGEN_MAX_FRAME).contains(&len) {
             return None;
         }
         // SAFETY: the helper copies `len` (≤ LOADGEN_MAX_FRAME) bytes from a
