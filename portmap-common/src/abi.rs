@@ -285,6 +285,7 @@ pub const LOADGEN_MAX_FRAME: usize = 128;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadgenConfig {
+    /// Frame length: 60, 64 or 128 bytes (the generator copies constant sizes).
     pub len: u32,
     /// Number of distinct flows to cycle through; 0: every frame a new flow.
     pub flows: u32,

@@ -45,11 +45,11 @@ fn run(ebpf: &Ebpf, name: &str, data: &[u8]) -> (u32, Vec<u8>) {
 #[test]
 fn loadgen_restores_the_template_and_rotates_flows() {
     let mut ebpf = loaded();
-    // Taken out of the object: the programs keep their reference to it.
+    // 14 + 20 + 8 + 22 = 64 bytes, one of the generator's frame sizes.
     let mut template = Packet::udp(
         "198.18.0.2:1".parse().unwrap(),
         "198.18.0.1:8080".parse().unwrap(),
-        &[7; 18],
+        &[7; 22],
     );
     template.l4 = L4::Udp {
         zero_checksum: true,
@@ -61,6 +61,7 @@ fn loadgen_restores_the_template_and_rotates_flows() {
         template: [0; LOADGEN_MAX_FRAME],
     };
     cfg.template[..frame.len()].copy_from_slice(&frame);
+    // Taken out of the object: the programs keep their reference to it.
     let mut map: Array<_, LoadgenConfig> =
         Array::try_from(ebpf.take_map("LOADGEN").unwrap()).unwrap();
     map.set(0, cfg, 0).unwrap();
@@ -73,7 +74,13 @@ fn loadgen_restores_the_template_and_rotates_flows() {
         verify_checksums(&out).unwrap();
         let i = inspect(&out);
         assert_eq!(i.dst, "198.18.0.1:8080".parse().unwrap());
-        assert_eq!(&out[i.l4 + 8..], &[7; 18]);
+        assert_eq!(
+            &out[i.l4 + 8..],
+            &[7; 22],
+            "frame {} bytes, l4 at {}",
+            out.len(),
+            i.l4
+        );
         flows.insert(i.src);
     }
     assert_eq!(flows.len(), 50, "every frame a new flow");
