@@ -23,6 +23,9 @@ pub enum Command {
     Run(RunArgs),
     /// Show what a running `portmap run` publishes, with its counters.
     List(ListArgs),
+    /// Measure portmap against kube-proxy's iptables and nftables modes and
+    /// plain forwarding, in namespaces of its own.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +136,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => daemon::run(args),
         Command::List(args) => list::run(&args),
+        Command::Bench(args) => crate::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

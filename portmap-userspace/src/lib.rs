@@ -1,10 +1,12 @@
 //! portmap's daemon and CLI as a library, so tests and benchmarks drive the
 //! same code as the `portmap` binary.
 
+pub mod bench;
 pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod k8s;
 pub mod list;
 pub mod maglev;
 pub mod metrics;

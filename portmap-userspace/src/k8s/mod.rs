@@ -1,0 +1,2 @@
+//! Kubernetes objects (Services, EndpointSlices, Pods) from manifest files,
+//! translated into the desired state. (Being written.)
