@@ -19,7 +19,11 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Version of the map layout below. A daemon that finds pinned maps of another
 /// version must migrate or refuse them, never read them as its own.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
+
+/// High bit of a `FRONTEND_GEN` entry: the id is free. The low bits keep the
+/// last generation, so generations only grow, across restarts too.
+pub const FRONTEND_GEN_FREE: u32 = 1 << 31;
 
 /// An IPv4 or IPv6 address in network byte order.
 #[repr(C)]
@@ -116,8 +120,12 @@ pub struct Backend {
     pub family: u8,
     pub state: u8,
     /// Bumped each time the slot is given to another backend; conntrack entries
-    /// carrying an older value are stale.
+    /// carrying an older value are stale. Kept when the slot is freed, so
+    /// generations only grow, across restarts too.
     pub generation: u32,
+    /// The service the backend belongs to (lets a restarted daemon adopt
+    /// backends that are in no table, e.g. terminating ones).
+    pub service_id: u32,
 }
 
 /// [`CtKey::direction`] of the entry a client's packets hit.
@@ -199,6 +207,42 @@ pub struct NodeAddrKey {
     pub _pad: [u8; 3],
 }
 
+/// Key of the `AFFINITY` map: a client of a service with
+/// `sessionAffinity: ClientIP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: RawAddr,
+    pub service_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `AFFINITY` map: the backend the client was last sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub backend_generation: u32,
+    pub last_used_ns: u64,
+}
+
+/// Data of an LPM key of the `SOURCE_RANGES` trie: an allowed source prefix of
+/// one service. The trie matches bits from the start, so the prefix length
+/// counts [`SOURCE_RANGE_KEY_BITS`] (service id in network byte order, family,
+/// padding) before the address bits: the two families never match each other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    pub service_id_be: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: RawAddr,
+}
+
+/// Bits of a [`SourceRangeKey`] before its address.
+pub const SOURCE_RANGE_KEY_BITS: u32 = 64;
+
 /// The single value of the `CONFIG` array: conntrack timeouts in nanoseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,10 +290,23 @@ pub enum DatapathEvent {
     ConntrackInsertFailed = 5,
     /// A reply was translated back to its frontend.
     ReplyTranslated = 6,
+    /// A new flow to a frontend with no backend was answered with ICMP port
+    /// unreachable.
+    Rejected = 7,
+    /// A new flow to a frontend with no backend was dropped (traffic policy
+    /// Local with no local endpoint).
+    DroppedNoBackend = 8,
+    /// A new flow from a source outside the frontend's allowed ranges was dropped.
+    DroppedSourceRange = 9,
+    /// A new flow kept its client's backend (session affinity).
+    AffinityHit = 10,
+    /// A packet translated by a program loaded with a non-zero variant (tests
+    /// of program upgrades tell the programs apart by it).
+    VariantTranslated = 11,
 }
 
 impl DatapathEvent {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 12;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -258,6 +315,11 @@ impl DatapathEvent {
         Self::Fragment,
         Self::ConntrackInsertFailed,
         Self::ReplyTranslated,
+        Self::Rejected,
+        Self::DroppedNoBackend,
+        Self::DroppedSourceRange,
+        Self::AffinityHit,
+        Self::VariantTranslated,
     ];
 
     /// The `event` label of the metric.
@@ -270,6 +332,11 @@ impl DatapathEvent {
             Self::Fragment => "fragment",
             Self::ConntrackInsertFailed => "conntrack_insert_failed",
             Self::ReplyTranslated => "reply_translated",
+            Self::Rejected => "rejected",
+            Self::DroppedNoBackend => "dropped_no_backend",
+            Self::DroppedSourceRange => "dropped_source_range",
+            Self::AffinityHit => "affinity_hit",
+            Self::VariantTranslated => "variant_translated",
         }
     }
 }
@@ -298,11 +365,14 @@ const _: () = {
     assert!(size_of::<RawAddr>() == 16);
     assert!(size_of::<FrontendKey>() == 20);
     assert!(size_of::<FrontendValue>() == 32);
-    assert!(size_of::<Backend>() == 24);
+    assert!(size_of::<Backend>() == 28);
     assert!(size_of::<CtKey>() == 40);
     assert!(size_of::<CtValue>() == 48);
     assert!(size_of::<TrafficCounters>() == 32);
     assert!(size_of::<NodeAddrKey>() == 20);
     assert!(size_of::<DatapathConfig>() == 40);
+    assert!(size_of::<AffinityKey>() == 24);
+    assert!(size_of::<AffinityValue>() == 16);
+    assert!(size_of::<SourceRangeKey>() == 24);
     assert!(size_of::<LoadgenConfig>() == 8 + LOADGEN_MAX_FRAME);
 };

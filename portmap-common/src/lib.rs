@@ -33,5 +33,8 @@ mod pod {
         NodeAddrKey,
         DatapathConfig,
         LoadgenConfig,
+        AffinityKey,
+        AffinityValue,
+        SourceRangeKey,
     );
 }

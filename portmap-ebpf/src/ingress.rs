@@ -1,35 +1,49 @@
 //! XDP ingress: DNAT of packets from clients to published frontends.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
-use portmap_common::abi::{CT_FORWARD, DIR_REQUEST, DatapathEvent};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    programs::XdpContext,
+};
+use portmap_common::abi::{
+    CT_FORWARD, DIR_REQUEST, DatapathEvent, FE_DROP_NO_BACKENDS, FE_REJECT_NO_BACKENDS,
+    FE_SOURCE_RANGES,
+};
 
 use crate::{
     conntrack::{self, Decision},
     counters::{count_event, count_traffic},
     lb,
-    maps::CONNTRACK,
+    maps::{CONNTRACK, program_variant},
     nat::{Side, rewrite_xdp},
-    parse::{NotAFlow, parse},
+    parse::{Flow, NotAFlow, parse},
+    reject::reject,
 };
 
-/// Every packet is passed on: translated if it belongs to a frontend,
-/// untouched otherwise (including anything malformed).
+/// Packets are translated if they belong to a frontend and passed on either
+/// way (malformed ones included). The exceptions are new flows that a
+/// frontend refuses: no backend with a reject or drop policy, or a source
+/// outside its allowed ranges.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     match parse(ctx) {
-        Ok(flow) => {
-            let _ = translate(ctx, &flow);
+        Ok(flow) => translate(ctx, &flow),
+        Err(NotAFlow::Malformed) => {
+            count_event(DatapathEvent::Malformed);
+            XDP_PASS
         }
-        Err(NotAFlow::Malformed) => count_event(DatapathEvent::Malformed),
-        Err(NotAFlow::Fragment) => count_event(DatapathEvent::Fragment),
-        Err(NotAFlow::Other) => {}
+        Err(NotAFlow::Fragment) => {
+            count_event(DatapathEvent::Fragment);
+            XDP_PASS
+        }
+        Err(NotAFlow::Other) => XDP_PASS,
     }
-    XDP_PASS
 }
 
 #[inline(always)]
-fn translate(ctx: &XdpContext, flow: &crate::parse::Flow) -> Option<()> {
-    let cfg = conntrack::config()?;
+fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
+    let Some(cfg) = conntrack::config() else {
+        return XDP_PASS;
+    };
     let now = conntrack::now_ns();
     let key = conntrack::key_of(flow, CT_FORWARD);
 
@@ -39,26 +53,53 @@ fn translate(ctx: &XdpContext, flow: &crate::parse::Flow) -> Option<()> {
         match conntrack::decide(&e, flow, now, cfg) {
             Decision::Use => {
                 conntrack::touch(&key, entry, flow, now);
-                rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port)?;
-                count_traffic(e.frontend_id, e.backend_id, DIR_REQUEST, flow.ip_len);
-                return Some(());
+                if rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port).is_some() {
+                    translated(e.frontend_id, e.backend_id, flow);
+                }
+                return XDP_PASS;
             }
             Decision::Reselect => count_event(DatapathEvent::FlowReselected),
             Decision::New => {}
         }
     }
 
-    let fe = lb::find_frontend(flow)?;
-    let Some((backend_id, backend)) = lb::pick_backend(&fe, flow) else {
-        count_event(DatapathEvent::NoBackend);
-        return None;
+    let Some(fe) = lb::find_frontend(flow) else {
+        return XDP_PASS;
     };
+    if fe.flags & FE_SOURCE_RANGES != 0 && !lb::source_allowed(&fe, flow) {
+        count_event(DatapathEvent::DroppedSourceRange);
+        return XDP_DROP;
+    }
+    let Some((backend_id, backend, sticky)) = lb::pick_backend(&fe, flow, now) else {
+        return if fe.flags & FE_REJECT_NO_BACKENDS != 0 {
+            count_event(DatapathEvent::Rejected);
+            reject(ctx, flow)
+        } else if fe.flags & FE_DROP_NO_BACKENDS != 0 {
+            count_event(DatapathEvent::DroppedNoBackend);
+            XDP_DROP
+        } else {
+            count_event(DatapathEvent::NoBackend);
+            XDP_PASS
+        };
+    };
+    if sticky {
+        count_event(DatapathEvent::AffinityHit);
+    }
     let Some(e) = conntrack::create(flow, &fe, backend_id, &backend, now) else {
         count_event(DatapathEvent::ConntrackInsertFailed);
-        return None;
+        return XDP_PASS;
     };
-    rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port)?;
-    count_traffic(e.frontend_id, e.backend_id, DIR_REQUEST, flow.ip_len);
-    count_event(DatapathEvent::FlowCreated);
-    Some(())
+    if rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port).is_some() {
+        translated(e.frontend_id, e.backend_id, flow);
+        count_event(DatapathEvent::FlowCreated);
+    }
+    XDP_PASS
+}
+
+#[inline(always)]
+fn translated(frontend_id: u32, backend_id: u32, flow: &Flow) {
+    count_traffic(frontend_id, backend_id, DIR_REQUEST, flow.ip_len);
+    if program_variant() != 0 {
+        count_event(DatapathEvent::VariantTranslated);
+    }
 }

@@ -1,52 +1,130 @@
-//! Frontend lookup and backend selection.
+//! Frontend lookup, source checks, and backend selection (session affinity,
+//! else Maglev).
 
+use aya_ebpf::maps::lpm_trie::Key;
 use portmap_common::{
     abi::{
-        BACKEND_UNUSED, Backend, FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, NodeAddrKey,
-        RawAddr,
+        AffinityKey, AffinityValue, BACKEND_ACTIVE, BACKEND_UNUSED, Backend, FAMILY_V4,
+        FE_AFFINITY_CLIENT_IP, FE_HOST_ONLY, FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS,
+        NodeAddrKey, RawAddr, SOURCE_RANGE_KEY_BITS, SourceRangeKey,
     },
     hash::flow_hash,
 };
 
 use crate::{
-    maps::{BACKENDS, FRONTENDS, MAGLEV, NODE_ADDRS},
+    maps::{AFFINITY, BACKENDS, FRONTENDS, MAGLEV, NODE_ADDRS, SOURCE_RANGES},
     parse::Flow,
 };
+
+/// Whether `addr` is a loopback address (127.0.0.0/8, ::1). Packets from the
+/// network to one are never translated: a port published on 127.0.0.1 must
+/// not be reachable from another host (moby#45610).
+#[inline(always)]
+fn is_loopback(addr: &RawAddr, family: u8) -> bool {
+    if family == FAMILY_V4 {
+        addr.0[0].to_ne_bytes()[0] == 127
+    } else {
+        addr.0[0] == 0 && addr.0[1] == 0 && addr.0[2] == 0 && addr.0[3] == 1u32.to_be()
+    }
+}
 
 /// The frontend `flow` is addressed to: one published on its exact destination
 /// address first, else one published on all addresses, if the destination is
 /// an address of this node (a packet routed through the node to another host's
-/// port is not ours, as Docker's `--dst-type LOCAL` rule has it).
+/// port is not ours, as Docker's `--dst-type LOCAL` rule has it). Host-only
+/// frontends are never found here.
 #[inline(always)]
 pub fn find_frontend(flow: &Flow) -> Option<FrontendValue> {
+    if is_loopback(&flow.dst, flow.family) {
+        return None;
+    }
     let mut key = FrontendKey {
         addr: flow.dst,
         port: flow.dport,
         proto: flow.proto,
         family: flow.family,
     };
-    if let Some(fe) = FRONTENDS.get_ptr(key) {
-        // SAFETY: a live map value; copied at once so a concurrent update by
-        // userspace (which replaces whole values) cannot change it under us.
-        return Some(unsafe { *fe });
-    }
-    let node_key = NodeAddrKey {
-        addr: flow.dst,
-        family: flow.family,
-        _pad: [0; 3],
+    // SAFETY (both reads): a live map value, copied at once so a concurrent
+    // update by userspace (which replaces whole values) cannot change it under us.
+    let fe = match FRONTENDS.get_ptr(key) {
+        Some(fe) => unsafe { *fe },
+        None => {
+            let node_key = NodeAddrKey {
+                addr: flow.dst,
+                family: flow.family,
+                _pad: [0; 3],
+            };
+            NODE_ADDRS.get_ptr(node_key)?;
+            key.addr = RawAddr::UNSPECIFIED;
+            unsafe { *FRONTENDS.get_ptr(key)? }
+        }
     };
-    NODE_ADDRS.get_ptr(node_key)?;
-    key.addr = RawAddr::UNSPECIFIED;
-    // SAFETY: as above.
-    FRONTENDS.get_ptr(key).map(|fe| unsafe { *fe })
+    if fe.flags & FE_HOST_ONLY != 0 {
+        return None;
+    }
+    Some(fe)
 }
 
-/// Picks the backend for a new flow from the frontend's Maglev table.
+/// Whether the flow's source is in one of the service's allowed prefixes.
 #[inline(always)]
-pub fn pick_backend(fe: &FrontendValue, flow: &Flow) -> Option<(u32, Backend)> {
+pub fn source_allowed(fe: &FrontendValue, flow: &Flow) -> bool {
+    let key = Key::new(
+        SOURCE_RANGE_KEY_BITS + 128,
+        SourceRangeKey {
+            service_id_be: fe.service_id.to_be(),
+            family: flow.family,
+            _pad: [0; 3],
+            addr: flow.src,
+        },
+    );
+    SOURCE_RANGES.get(key).is_some()
+}
+
+/// Picks the backend for a new flow: the client's previous one under session
+/// affinity while it is still active, else from the frontend's Maglev table.
+#[inline(always)]
+pub fn pick_backend(fe: &FrontendValue, flow: &Flow, now: u64) -> Option<(u32, Backend, bool)> {
     if fe.table_size == 0 {
         return None;
     }
+    if fe.flags & FE_AFFINITY_CLIENT_IP == 0 {
+        return maglev(fe, flow).map(|(id, b)| (id, b, false));
+    }
+    let key = AffinityKey {
+        client: flow.src,
+        service_id: fe.service_id,
+        family: flow.family,
+        _pad: [0; 3],
+    };
+    let timeout_ns = u64::from(fe.affinity_timeout_s) * 1_000_000_000;
+    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
+        // SAFETY: a live map value, read once into a copy.
+        let a = unsafe { *entry };
+        if now.saturating_sub(a.last_used_ns) <= timeout_ns
+            && let Some(b) = BACKENDS.get(a.backend_id)
+            && b.generation == a.backend_generation
+            && b.state == BACKEND_ACTIVE
+            && b.family == flow.family
+        {
+            // SAFETY: as above; a racing update of the time is harmless.
+            unsafe { (*entry).last_used_ns = now };
+            return Some((a.backend_id, *b, true));
+        }
+    }
+    let (id, backend) = maglev(fe, flow)?;
+    let value = AffinityValue {
+        backend_id: id,
+        backend_generation: backend.generation,
+        last_used_ns: now,
+    };
+    // Best effort: without the entry the next flow is hashed afresh.
+    let _ = AFFINITY.insert(key, value, 0);
+    Some((id, backend, false))
+}
+
+/// The backend the frontend's Maglev table gives the flow.
+#[inline(always)]
+fn maglev(fe: &FrontendValue, flow: &Flow) -> Option<(u32, Backend)> {
     let hash = flow_hash(&flow.src, &flow.dst, flow.sport, flow.dport, flow.proto);
     let slot = fe.table_offset.wrapping_add(hash % fe.table_size);
     let block = MAGLEV.get(slot / MAGLEV_BLOCK_SLOTS)?;

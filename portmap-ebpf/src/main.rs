@@ -33,6 +33,8 @@ mod nat;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod reject;
 
 #[cfg(target_arch = "bpf")]
 use aya_ebpf::{

@@ -12,15 +12,17 @@
 //! | `FRONTEND_STATS`, `BACKEND_STATS` | per-CPU array | id → packets, bytes | dataplane |
 //! | `EVENTS` | per-CPU array | `DatapathEvent` → count | dataplane |
 //! | `CONFIG` | array of 1 | conntrack timeouts, layout version | userspace |
+//! | `AFFINITY` | LRU hash | (service, client) → backend, last used | dataplane |
+//! | `SOURCE_RANGES` | LPM trie | (service, source prefix) → allowed | userspace |
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use portmap_common::abi::{
-    Backend, CtKey, CtValue, DatapathConfig, DatapathEvent, FrontendKey, FrontendValue,
-    MaglevBlock, NodeAddrKey, TrafficCounters,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, DatapathEvent,
+    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SourceRangeKey, TrafficCounters,
 };
 
 /// Frontends: where clients send. A frontend on all node addresses has an
@@ -66,3 +68,24 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DatapathEven
 /// Conntrack timeouts and the map layout version.
 #[map]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+/// Session affinity: the backend each client of a `ClientIP` service had.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(65536, 0);
+
+/// Allowed source prefixes of services that restrict their sources.
+#[map]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// Set by the loader to tell program builds apart in upgrade tests; 0 normally.
+#[unsafe(no_mangle)]
+static PROGRAM_VARIANT: u32 = 0;
+
+#[inline(always)]
+pub fn program_variant() -> u32 {
+    // SAFETY: a plain read of a global the loader may have set before load;
+    // volatile so the compiler does not fold it to its initial value.
+    unsafe { core::ptr::read_volatile(&PROGRAM_VARIANT) }
+}

@@ -10,14 +10,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     time::Instant,
 };
 
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, BACKEND_UNUSED, Backend, FE_AFFINITY_CLIENT_IP,
-    FE_DROP_NO_BACKENDS, FE_REJECT_NO_BACKENDS, FrontendValue,
+    FE_DROP_NO_BACKENDS, FE_HOST_ONLY, FE_REJECT_NO_BACKENDS, FE_SOURCE_RANGES, FRONTEND_GEN_FREE,
+    FrontendValue, SOURCE_RANGE_KEY_BITS, SourceRangeKey,
 };
 
 use super::{
@@ -27,7 +28,8 @@ use super::{
 };
 use crate::{
     maglev::{self, MaglevBackend},
-    model::{DesiredState, EndpointState, Frontend, Service, WhenEmpty},
+    model::{Cidr, DesiredState, EndpointState, Frontend, Service, WhenEmpty},
+    spec::HostAddr,
 };
 
 /// What the dataplane holds for one service.
@@ -39,6 +41,8 @@ pub(crate) struct AppliedService {
     pub frontends: BTreeMap<Frontend, FrontendSlot>,
     pub backends: BTreeMap<SocketAddr, BackendSlot>,
     pub table: Option<AppliedTable>,
+    /// Prefixes in `SOURCE_RANGES` for this service.
+    pub source_ranges: BTreeSet<Cidr>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +75,19 @@ pub enum CapacityError {
         capacity: u32,
         flag: &'static str,
     },
+}
+
+/// The `SOURCE_RANGES` key of a service's allowed prefix.
+fn source_range_key(service_id: u32, cidr: &Cidr) -> aya::maps::lpm_trie::Key<SourceRangeKey> {
+    aya::maps::lpm_trie::Key::new(
+        SOURCE_RANGE_KEY_BITS + u32::from(cidr.prefix),
+        SourceRangeKey {
+            service_id_be: service_id.to_be(),
+            family: family_of(cidr.addr),
+            _pad: [0; 3],
+            addr: raw_addr(cidr.addr),
+        },
+    )
 }
 
 /// The endpoints that take new flows: the ready ones, or, when none is ready,
@@ -216,6 +233,7 @@ impl Dataplane {
                     frontends: BTreeMap::new(),
                     backends: BTreeMap::new(),
                     table: None,
+                    source_ranges: BTreeSet::new(),
                 },
             );
         }
@@ -243,19 +261,16 @@ impl Dataplane {
                 Some(slot) if slot.state == ep.state => {}
                 Some(slot) => {
                     slot.state = ep.state;
-                    self.write_backend(
-                        slot.id,
-                        ep.addr,
-                        ep.port,
-                        backend_state(ep.state),
-                        slot.generation,
-                    )?;
+                    let state = backend_state(ep.state);
+                    let (id, generation) = (slot.id, slot.generation);
+                    self.write_backend(id, addr, state, generation, applied.service_id)?;
                 }
                 None => {
                     let (id, generation) =
                         self.backend_ids.alloc(now).context("no free backend id")?;
                     zero_counters(&mut self.maps.backend_stats, id)?;
-                    self.write_backend(id, ep.addr, ep.port, backend_state(ep.state), generation)?;
+                    let state = backend_state(ep.state);
+                    self.write_backend(id, addr, state, generation, applied.service_id)?;
                     applied.backends.insert(
                         addr,
                         BackendSlot {
@@ -312,7 +327,18 @@ impl Dataplane {
             WhenEmpty::Reject => flags |= FE_REJECT_NO_BACKENDS,
             WhenEmpty::Drop => flags |= FE_DROP_NO_BACKENDS,
         }
+        if !svc.source_ranges.is_empty() {
+            flags |= FE_SOURCE_RANGES;
+        }
+        self.sync_source_ranges(applied, &svc.source_ranges)?;
         for fe in &svc.frontends {
+            // On a loopback address: for this host only, never for XDP.
+            let host_only = matches!(fe.addr, HostAddr::Ip(ip) if ip.is_loopback());
+            let flags = if host_only {
+                flags | FE_HOST_ONLY
+            } else {
+                flags
+            };
             let (frontend_id, generation) = match applied.frontends.get(fe) {
                 Some(slot) => (slot.value.frontend_id, slot.value.generation),
                 None => {
@@ -409,6 +435,10 @@ impl Dataplane {
         if let Some(table) = applied.table.take() {
             self.regions.free(table.region, now);
         }
+        if let Err(e) = self.sync_source_ranges(&mut applied, &[]) {
+            self.services.insert(key.to_string(), applied);
+            return Err(e);
+        }
         self.service_ids.free(applied.service_id, now);
         Ok(())
     }
@@ -429,23 +459,20 @@ impl Dataplane {
                 Err(e) => return Err(e).with_context(|| format!("unpublishing frontend {fe}")),
             }
         }
+        // The generation stays (with the free bit), so the id's next one is higher.
+        let retired = slot.value.generation | FRONTEND_GEN_FREE;
         self.maps
             .frontend_gen
-            .set(slot.value.frontend_id, 0, 0)
+            .set(slot.value.frontend_id, retired, 0)
             .context("clearing FRONTEND_GEN")?;
         self.frontend_ids.free(slot.value.frontend_id, now);
         Ok(())
     }
 
     /// Marks a backend unused: flows still on it are moved at their next packet.
+    /// The slot keeps its generation, so the next one given out is higher.
     fn retire_backend(&mut self, addr: SocketAddr, slot: BackendSlot, now: Instant) -> Result<()> {
-        self.write_backend(
-            slot.id,
-            addr.ip(),
-            addr.port(),
-            BACKEND_UNUSED,
-            slot.generation,
-        )?;
+        self.write_backend(slot.id, addr, BACKEND_UNUSED, slot.generation, 0)?;
         self.backend_ids.free(slot.id, now);
         Ok(())
     }
@@ -453,21 +480,49 @@ impl Dataplane {
     fn write_backend(
         &mut self,
         id: u32,
-        ip: IpAddr,
-        port: u16,
+        addr: SocketAddr,
         state: u8,
         generation: u32,
+        service_id: u32,
     ) -> Result<()> {
         let backend = Backend {
-            addr: raw_addr(ip),
-            port: port.to_be(),
-            family: family_of(ip),
+            addr: raw_addr(addr.ip()),
+            port: addr.port().to_be(),
+            family: family_of(addr.ip()),
             state,
             generation,
+            service_id,
         };
         self.maps
             .backends
             .set(id, backend, 0)
-            .with_context(|| format!("writing backend {id} ({})", SocketAddr::new(ip, port)))
+            .with_context(|| format!("writing backend {id} ({addr})"))
+    }
+
+    /// Makes `SOURCE_RANGES` hold exactly `ranges` for the service. New
+    /// prefixes go in before the flag that enforces them is set, and old ones
+    /// leave after, so a source that stays allowed is never dropped.
+    fn sync_source_ranges(&mut self, applied: &mut AppliedService, ranges: &[Cidr]) -> Result<()> {
+        let wanted: BTreeSet<Cidr> = ranges.iter().copied().collect();
+        for cidr in wanted.difference(&applied.source_ranges) {
+            self.maps
+                .source_ranges
+                .insert(&source_range_key(applied.service_id, cidr), 1, 0)
+                .with_context(|| format!("allowing source {cidr}"))?;
+        }
+        let stale: Vec<Cidr> = applied.source_ranges.difference(&wanted).copied().collect();
+        applied.source_ranges.extend(wanted.iter().copied());
+        for cidr in stale {
+            match self
+                .maps
+                .source_ranges
+                .remove(&source_range_key(applied.service_id, &cidr))
+            {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing source {cidr}")),
+            }
+            applied.source_ranges.remove(&cidr);
+        }
+        Ok(())
     }
 }

@@ -10,12 +10,12 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use portmap_common::abi::{
     Backend, CtKey, CtValue, DatapathConfig, FAMILY_V4, FAMILY_V6, FrontendKey, FrontendValue,
-    MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr, TrafficCounters,
+    MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr, SourceRangeKey, TrafficCounters,
 };
 
 use crate::{model::Frontend, spec::HostAddr};
@@ -32,6 +32,8 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const EVENTS: &str = "EVENTS";
     pub const CONFIG: &str = "CONFIG";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
 }
 
 pub struct Maps {
@@ -45,6 +47,7 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, TrafficCounters>,
     pub events: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, DatapathConfig>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -78,6 +81,7 @@ impl Maps {
             backend_stats: typed!(ebpf, names::BACKEND_STATS),
             events: typed!(ebpf, names::EVENTS),
             config: typed!(ebpf, names::CONFIG),
+            source_ranges: typed!(ebpf, names::SOURCE_RANGES),
         })
     }
 }
