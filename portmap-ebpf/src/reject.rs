@@ -19,7 +19,7 @@ use portmap_common::{
 };
 
 use crate::{
-    packet::{PacketBuf, ptr_at},
+    packet::ptr_at,
     parse::Flow,
 };
 
