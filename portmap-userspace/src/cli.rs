@@ -4,7 +4,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
-use crate::{control, daemon, dataplane::XdpMode, list, spec::PublishSpec};
+use crate::{
+    control, daemon,
+    dataplane::{DEFAULT_PIN_DIR, XdpMode},
+    list,
+    spec::PublishSpec,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +31,16 @@ pub enum Command {
     /// Measure portmap against kube-proxy's iptables and nftables modes and
     /// plain forwarding, in namespaces of its own.
     Bench(crate::bench::BenchArgs),
+    /// Remove a dataplane left pinned (by `--keep-datapath` or a crash):
+    /// detaches its programs and frees its maps, ending the flows it carries.
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The pin directory of the dataplane to remove.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub bpffs_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +66,22 @@ pub struct RunArgs {
     /// Unix socket that `portmap list` talks to.
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
+
+    /// Where maps and program links are pinned (on a bpf filesystem, mounted
+    /// if needed). A dataplane pinned there by an earlier `portmap run` is
+    /// adopted: its flows carry on.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub bpffs_dir: PathBuf,
+
+    /// On exit, leave the dataplane pinned and forwarding, for the next
+    /// `portmap run` to adopt (upgrades, restarts). Without it, exit detaches
+    /// everything.
+    #[arg(long)]
+    pub keep_datapath: bool,
+
+    /// Load a variant of the programs (for upgrade tests).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub datapath_variant: u32,
 
     /// Most frontends (published address, port and protocol) at once.
     #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
@@ -137,6 +168,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => daemon::run(args),
         Command::List(args) => list::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
+        Command::Reset(args) => daemon::reset(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,9 +15,9 @@ use portmap_common::abi::DatapathConfig;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{RunArgs, usage_error},
+    cli::{ResetArgs, RunArgs, usage_error},
     control,
-    dataplane::{Dataplane, Limits},
+    dataplane::{Attached, Dataplane, Limits, PinDir},
     metrics,
     model::DesiredState,
     node_addrs::{interface_exists, interface_names, node_addresses},
@@ -144,16 +144,29 @@ async fn publish_and_wait(
         backends: args.max_backends,
         conntrack: args.conntrack_entries,
     };
-    let mut dataplane = Dataplane::load(limits, config_of(&args))?;
-    let node = node_addresses().context("reading the node's addresses")?;
-    dataplane.set_node_addrs(&node)?;
-    dataplane.apply(&desired)?;
-    warn_about_foreign_frontends(&desired, &node);
-    enable_forwarding(&desired, &node)?;
-    let modes = dataplane.attach(&args.ifaces, args.xdp_mode)?;
-    for (iface, mode) in &modes {
-        info!("attached to {iface} (XDP {mode:?}, tc egress)");
+    let pins = PinDir::open(&args.bpffs_dir)
+        .with_context(|| format!("--bpffs-dir {}", args.bpffs_dir.display()))?;
+    let mut dataplane =
+        Dataplane::load_pinned(limits, config_of(&args), pins, args.datapath_variant)?;
+    if dataplane.adopted() > 0 {
+        info!(
+            "adopted the dataplane pinned in {} ({} services); its flows carry on",
+            args.bpffs_dir.display(),
+            dataplane.adopted()
+        );
     }
+    let dataplane = match start(&mut dataplane, &args, &desired) {
+        Ok(()) => dataplane,
+        Err(e) => {
+            // A dataplane this process created goes; an adopted one stays as
+            // it was found, forwarding.
+            let keep = dataplane.adopted() > 0;
+            if let Err(cleanup) = dataplane.shutdown(keep) {
+                warn!("cleaning up after a failed start: {cleanup:#}");
+            }
+            return Err(e);
+        }
+    };
     for svc in &desired.services {
         for fe in &svc.frontends {
             let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
@@ -168,6 +181,7 @@ async fn publish_and_wait(
 
     let dataplane = Arc::new(Mutex::new(dataplane));
     let registry = metrics::registry(dataplane.clone());
+    let keep = args.keep_datapath;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::serve(metrics_listener, registry));
     tasks.spawn(control::serve(
@@ -190,10 +204,53 @@ async fn publish_and_wait(
     };
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    // The last reference: dropping it detaches the programs and frees the maps.
-    drop(dataplane);
-    info!("detached");
+    dataplane
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .shutdown(keep)?;
+    if keep {
+        info!(
+            "left the dataplane pinned in {} and forwarding",
+            args.bpffs_dir.display()
+        );
+    } else {
+        info!("detached");
+    }
     outcome
+}
+
+/// Programs and attaches a loaded dataplane.
+fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> Result<()> {
+    let node = node_addresses().context("reading the node's addresses")?;
+    dataplane.set_node_addrs(&node)?;
+    dataplane.apply(desired)?;
+    warn_about_foreign_frontends(desired, &node);
+    enable_forwarding(desired, &node)?;
+    for (iface, how) in dataplane.attach(&args.ifaces, args.xdp_mode)? {
+        match how {
+            Attached::Fresh(mode) => info!("attached to {iface} (XDP {mode:?}, tc egress)"),
+            Attached::Replaced => {
+                info!("{iface}: replaced the programs in the pinned links (no detach)")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `portmap reset`: removes a pinned dataplane.
+pub fn reset(args: &ResetArgs) -> Result<()> {
+    if !args.bpffs_dir.exists() {
+        println!("nothing pinned in {}", args.bpffs_dir.display());
+        return Ok(());
+    }
+    let pins = PinDir::open(&args.bpffs_dir)
+        .with_context(|| format!("--bpffs-dir {}", args.bpffs_dir.display()))?;
+    pins.remove_all()?;
+    println!(
+        "removed the dataplane pinned in {}",
+        args.bpffs_dir.display()
+    );
+    Ok(())
 }
 
 /// Keeps node addresses current and collects conntrack garbage.

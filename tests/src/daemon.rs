@@ -19,6 +19,8 @@ pub struct Portmap {
     child: Option<Child>,
     ns_name: String,
     pub socket: PathBuf,
+    /// The pin directory (`--bpffs-dir`), unique to the namespace.
+    pub pins: PathBuf,
     pub metrics_addr: SocketAddr,
     logs: Arc<Mutex<String>>,
 }
@@ -35,16 +37,20 @@ fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>
 }
 
 impl Portmap {
-    /// Starts `portmap run ARGS --control-socket <unique>` in `ns` (with
-    /// `--metrics-addr 127.0.0.1:9640` unless ARGS set it) and waits until
-    /// it serves metrics.
+    /// Starts `portmap run ARGS --control-socket <unique> --bpffs-dir
+    /// <unique>` in `ns` (with `--metrics-addr 127.0.0.1:9640` unless ARGS set
+    /// it) and waits until it serves metrics. Started again in the same
+    /// namespace, it finds the same pin directory (a restart).
     pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
         let socket = PathBuf::from(format!("/run/portmap-tests/{}.sock", ns.name()));
-        let mut cmd = ns.command(bin_path("portmap"));
+        let pins = pin_dir(ns);
+        let mut cmd = ns.command_net_only(bin_path("portmap"))?;
         cmd.arg("run")
             .args(args)
             .arg("--control-socket")
-            .arg(&socket);
+            .arg(&socket)
+            .arg("--bpffs-dir")
+            .arg(&pins);
         let metrics_addr: SocketAddr = match args.iter().position(|a| *a == "--metrics-addr") {
             Some(i) => args[i + 1].parse()?,
             None => {
@@ -63,12 +69,15 @@ impl Portmap {
             child: Some(child),
             ns_name: ns.name().to_string(),
             socket,
+            pins,
             metrics_addr,
             logs,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = pm.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                // Pins it did not make (a dataplane it refused to adopt) are not ours to remove.
+                pm.pins = PathBuf::new();
                 bail!("portmap run exited with {status}:\n{}", pm.logs());
             }
             if metrics::scrape(ns, metrics_addr).is_ok() {
@@ -137,6 +146,28 @@ impl Portmap {
     pub fn stop(&mut self) -> Result<ExitStatus> {
         self.stop_with(libc::SIGTERM)
     }
+
+    /// Forgets the process without stopping it or removing its pins: for
+    /// tests that kill it and start another on the same pins.
+    pub fn abandon(mut self) -> Option<Child> {
+        self.pins = PathBuf::new();
+        self.child.take()
+    }
+}
+
+/// The pin directory the harness gives portmap in `ns`.
+pub fn pin_dir(ns: &Netns) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/portmap-test-{}", ns.name()))
+}
+
+/// Removes what a test left pinned on purpose (`portmap reset`).
+pub fn reset_pins(pins: &std::path::Path) {
+    if !pins.as_os_str().is_empty() && pins.exists() {
+        let _ = std::process::Command::new(bin_path("portmap"))
+            .args(["reset", "--bpffs-dir"])
+            .arg(pins)
+            .output();
+    }
 }
 
 impl Drop for Portmap {
@@ -145,6 +176,7 @@ impl Drop for Portmap {
             let _ = self.stop();
         }
         let _ = std::fs::remove_file(&self.socket);
+        reset_pins(&self.pins);
         if std::thread::panicking() {
             eprintln!("--- portmap logs ({}) ---\n{}", self.ns_name, self.logs());
         }

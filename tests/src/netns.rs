@@ -29,9 +29,39 @@ impl Netns {
         &self.name
     }
 
+    /// A handle on an existing namespace that does not delete it on drop
+    /// (for threads that work inside a namespace another value owns).
+    pub fn view(name: &str) -> NetnsView {
+        NetnsView(std::mem::ManuallyDrop::new(Netns {
+            name: name.to_string(),
+        }))
+    }
+
     /// `ip -n NAME ARGS...`
     pub fn ip(&self, args: &[&str]) -> Result<()> {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A command that runs in this network namespace only, keeping the mount
+    /// namespace (unlike `ip netns exec`, which gives it a private `/sys`):
+    /// what a daemon on a node sees, e.g. the host's `/sys/fs/bpf`.
+    pub fn command_net_only(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        use std::os::unix::process::CommandExt as _;
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure runs between fork and exec and only calls
+        // setns(2), which is async-signal-safe; `file` keeps the fd open
+        // until then (the closure owns it).
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
     }
 
     /// A command that runs inside the namespace (`ip netns exec NAME ...`).
@@ -79,6 +109,17 @@ impl Netns {
         let path = format!("/proc/sys/{key}");
         let value = value.to_string();
         self.run(move || std::fs::write(&path, value).with_context(|| format!("writing {path}")))
+    }
+}
+
+/// A [`Netns`] that is not deleted when dropped; see [`Netns::view`].
+pub struct NetnsView(std::mem::ManuallyDrop<Netns>);
+
+impl std::ops::Deref for NetnsView {
+    type Target = Netns;
+
+    fn deref(&self) -> &Netns {
+        &self.0
     }
 }
 

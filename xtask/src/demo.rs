@@ -14,7 +14,7 @@ use std::{path::PathBuf, thread, time::Duration, time::Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    sandbox::{Proc, Sandbox, indent, ip, netns_exec},
+    sandbox::{Proc, Sandbox, indent, ip, netns_enter, netns_exec},
     setup,
     util::{check_interrupted, cmd, output, require_root, run, target_dir, workspace_root},
 };
@@ -59,6 +59,8 @@ pub fn run_demo() -> Result<()> {
     // first, then their namespaces go.
     let mut sandbox = Sandbox::default();
     sandbox.remove_on_teardown(&socket);
+    let pins = PathBuf::from(format!("/sys/fs/bpf/portmap-demo-{pid}"));
+    sandbox.reset_pins_on_teardown(&portmap, &pins);
     println!(
         "== topology: {} (198.18.0.2, 2001:db8::2) ⇄ {} (198.18.0.1, 2001:db8::1 | 198.19.0.1, 2001:db8:1::1) ⇄ {} (198.19.0.2, 2001:db8:1::2)",
         ns.client, ns.node, ns.app
@@ -81,6 +83,7 @@ pub fn run_demo() -> Result<()> {
     server.wait_line("ready", STARTUP_TIMEOUT)?;
 
     let socket_arg = socket.display().to_string();
+    let pins_arg = pins.display().to_string();
     let daemon_args = [
         "run",
         "--iface",
@@ -93,9 +96,11 @@ pub fn run_demo() -> Result<()> {
         METRICS_ADDR,
         "--control-socket",
         &socket_arg,
+        "--bpffs-dir",
+        &pins_arg,
     ];
     println!("== node$ portmap {}", daemon_args.join(" "));
-    let mut daemon_cmd = netns_exec(&ns.node, &portmap);
+    let mut daemon_cmd = netns_enter(&ns.node, &portmap);
     daemon_cmd.args(daemon_args);
     let mut daemon = Proc::spawn("portmap", daemon_cmd)?;
     let metrics_url = format!("http://{METRICS_ADDR}/metrics");

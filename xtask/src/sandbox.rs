@@ -27,6 +27,8 @@ pub struct Sandbox {
     files: Vec<PathBuf>,
     /// Directories to remove if they end up empty (ones that did not exist).
     dirs: Vec<PathBuf>,
+    /// Pin directories to remove with `portmap reset` (the portmap binary, the directory).
+    pins: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Sandbox {
@@ -49,9 +51,22 @@ impl Sandbox {
         }
     }
 
+    /// Removes the pin directory `dir` on teardown (if `portmap` left it).
+    pub fn reset_pins_on_teardown(&mut self, portmap: &Path, dir: &Path) {
+        self.pins.push((portmap.to_path_buf(), dir.to_path_buf()));
+    }
+
     /// Deletes everything; returns what was removed and what could not be.
     pub fn teardown(&mut self) -> (Vec<String>, Vec<String>) {
         let (mut removed, mut failed) = (Vec::new(), Vec::new());
+        for (portmap, dir) in self.pins.drain(..) {
+            if dir.exists() {
+                match output(cmd(&portmap).arg("reset").arg("--bpffs-dir").arg(&dir)) {
+                    Ok(_) => removed.push(dir.display().to_string()),
+                    Err(e) => failed.push(format!("{}: {e:#}", dir.display())),
+                }
+            }
+        }
         for ns in self.namespaces.drain(..).rev() {
             if !Path::new("/run/netns").join(&ns).exists() {
                 continue;
@@ -102,6 +117,17 @@ pub fn ip(ns: &str, args: &str) -> Result<()> {
 pub fn netns_exec(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = cmd("ip");
     c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// Runs `program` in network namespace `ns` only, in the host's mount
+/// namespace (`ip netns exec` would give it a private /sys, and a daemon's
+/// pins on /sys/fs/bpf would end with it), as a node's daemon runs.
+pub fn netns_enter(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = cmd("nsenter");
+    c.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
     c
 }
 

@@ -34,6 +34,31 @@ impl IdAllocator {
         }
     }
 
+    /// Resumes after another process: `generations[id]` is the last
+    /// generation given to each id (0: never used) and `in_use` the ids still
+    /// held. The next generation of every id is higher than its last.
+    pub fn resume(
+        capacity: u32,
+        mut generations: Vec<u32>,
+        in_use: &std::collections::BTreeSet<u32>,
+    ) -> Self {
+        let last_used = generations
+            .iter()
+            .rposition(|g| *g != 0)
+            .map_or(0, |i| i + 1);
+        let next_unused = (last_used as u32)
+            .max(in_use.last().map_or(0, |id| id + 1))
+            .min(capacity);
+        generations.truncate(next_unused as usize);
+        Self {
+            capacity,
+            next_unused,
+            free: (0..next_unused).filter(|id| !in_use.contains(id)).collect(),
+            cooling: VecDeque::new(),
+            generations,
+        }
+    }
+
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -117,6 +142,25 @@ impl RegionAllocator {
         self.capacity
     }
 
+    /// Resumes after another process, with `used` regions handed out.
+    pub fn resume(capacity: u32, used: &[Region]) -> Self {
+        let mut pool = Self::new(0);
+        pool.capacity = capacity;
+        let mut sorted = used.to_vec();
+        sorted.sort_by_key(|r| r.offset);
+        let mut at = 0;
+        for r in sorted {
+            if r.offset > at {
+                pool.free.insert(at, r.offset - at);
+            }
+            at = at.max(r.offset + r.len);
+        }
+        if at < capacity {
+            pool.free.insert(at, capacity - at);
+        }
+        pool
+    }
+
     /// Slots in regions handed out and not yet reusable.
     pub fn in_use(&self) -> u32 {
         self.capacity - self.free.values().sum::<u32>()
@@ -196,6 +240,33 @@ mod tests {
         assert_eq!(ids.alloc(t0 + GRACE / 2), None);
         assert_eq!(ids.alloc(t0 + GRACE), Some((0, 2)));
         assert_eq!(ids.in_use(), 2);
+    }
+
+    #[test]
+    fn resumed_allocators_keep_generations_growing() {
+        let t0 = Instant::now();
+        let in_use = [1u32, 3].into_iter().collect();
+        let mut ids = IdAllocator::resume(8, vec![5, 2, 0, 7], &in_use);
+        assert_eq!(ids.in_use(), 2);
+        assert_eq!(ids.alloc(t0), Some((0, 6)), "free id 0 was at generation 5");
+        assert_eq!(ids.alloc(t0), Some((2, 1)));
+        assert_eq!(ids.alloc(t0), Some((4, 1)));
+        let mut pool = RegionAllocator::resume(
+            100,
+            &[
+                Region {
+                    offset: 10,
+                    len: 20,
+                },
+                Region {
+                    offset: 50,
+                    len: 10,
+                },
+            ],
+        );
+        assert_eq!(pool.in_use(), 30);
+        assert!(pool.can_fit(&[40, 20, 10], t0));
+        assert!(!pool.can_fit(&[41], t0));
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Dataplane {
     /// Makes the maps publish exactly `desired`.
     pub fn apply(&mut self, desired: &DesiredState) -> Result<()> {
         desired.validate()?;
+        self.claim_adopted(desired);
         let now = Instant::now();
         self.check_capacity(desired, now)?;
 

@@ -1,10 +1,23 @@
-//! Attaching the programs to interfaces. Links are owned by the loaded object:
-//! dropping the [`Dataplane`] detaches everything.
+//! Attaching the programs to interfaces, through links pinned in the pin
+//! directory when there is one.
+//!
+//! A link pinned by a previous daemon is not detached and re-attached: the new
+//! program replaces the old one in it atomically (`bpf_link_update`), so no
+//! packet meets an interface without a program during an upgrade.
+
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc};
-use aya::util::KernelVersion;
-use log::warn;
+use aya::{
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+    },
+    util::KernelVersion,
+};
+use log::{info, warn};
 
 use super::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM};
 
@@ -20,56 +33,189 @@ pub enum XdpMode {
     Auto,
 }
 
+/// Link pin names: `xdp-IFACE`, `tc-egress-IFACE`.
+const XDP_LINK: &str = "xdp";
+const TC_LINK: &str = "tc-egress";
+
+/// A link this process holds.
+#[derive(Debug)]
+pub(super) enum HeldLink {
+    /// Pinned by this process.
+    Pinned(PinnedLink),
+    /// Pinned by an earlier process; this one swapped its program.
+    Adopted { path: PathBuf, link: FdLink },
+}
+
+impl HeldLink {
+    /// Lets go of the link; with `unpin`, the pin goes too, so the program is
+    /// detached once no process holds the link.
+    pub(super) fn release(self, unpin: bool) -> Result<()> {
+        match (self, unpin) {
+            (HeldLink::Pinned(link), true) => drop(link.unpin().context("unpinning a link")?),
+            (HeldLink::Adopted { path, link }, true) => {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                drop(link);
+            }
+            (held, false) => drop(held),
+        }
+        Ok(())
+    }
+}
+
+/// How an interface got its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    Fresh(XdpMode),
+    /// The previous daemon's link, now running this daemon's program.
+    Replaced,
+}
+
 impl Dataplane {
     /// Attaches the XDP program (ingress) and the tc program (egress) to each
-    /// interface. Returns the XDP mode used on each.
-    pub fn attach(&mut self, ifaces: &[String], mode: XdpMode) -> Result<Vec<(String, XdpMode)>> {
-        let mut used = Vec::with_capacity(ifaces.len());
+    /// interface, and unpins links a previous daemon left on interfaces no
+    /// longer asked for. Returns how each interface was attached.
+    pub fn attach(&mut self, ifaces: &[String], mode: XdpMode) -> Result<Vec<(String, Attached)>> {
+        let mut result = Vec::with_capacity(ifaces.len());
         for iface in ifaces {
-            let xdp: &mut Xdp = self
-                .ebpf
-                .program_mut(INGRESS_PROGRAM)
-                .context("no XDP program in the object")?
-                .try_into()?;
-            let got = match mode {
-                XdpMode::Native => {
-                    xdp.attach(iface, AyaXdpMode::Driver)
-                        .with_context(|| format!("attaching XDP (native) to {iface}"))?;
-                    XdpMode::Native
-                }
-                XdpMode::Generic => {
-                    xdp.attach(iface, AyaXdpMode::Skb)
-                        .with_context(|| format!("attaching XDP (generic) to {iface}"))?;
-                    XdpMode::Generic
-                }
-                XdpMode::Auto => match xdp.attach(iface, AyaXdpMode::Driver) {
-                    Ok(_) => XdpMode::Native,
-                    Err(e) => {
-                        warn!(
-                            "{iface}: native XDP unavailable ({e}); using generic XDP, which is slower"
-                        );
-                        xdp.attach(iface, AyaXdpMode::Skb)
-                            .with_context(|| format!("attaching XDP (generic) to {iface}"))?;
-                        XdpMode::Generic
-                    }
-                },
-            };
-            let tc: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(EGRESS_PROGRAM)
-                .context("no tc program in the object")?
-                .try_into()?;
-            // tcx (kernel ≥ 6.6) needs no qdisc; aya's netlink fallback on older
-            // kernels needs clsact (left in place on exit, as tc users expect).
-            if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
-                && let Err(e) = tc::qdisc_add_clsact(iface)
-            {
-                log::debug!("{iface}: clsact qdisc not added ({e}); assuming it exists");
-            }
-            tc.attach(iface, TcAttachType::Egress)
-                .with_context(|| format!("attaching tc egress to {iface}"))?;
-            used.push((iface.clone(), got));
+            let how = self.attach_xdp(iface, mode)?;
+            self.attach_tc(iface)?;
+            result.push((iface.clone(), how));
         }
-        Ok(used)
+        if let Some(pins) = &self.pins {
+            for kind in [XDP_LINK, TC_LINK] {
+                for old in pins.linked_ifaces(kind)? {
+                    if !ifaces.contains(&old) {
+                        let path = pins.link_path(kind, &old);
+                        let link = PinnedLink::from_pin(&path)
+                            .with_context(|| format!("opening {}", path.display()))?;
+                        drop(link.unpin()?);
+                        info!("{old}: detached ({kind}); no longer in --iface");
+                    }
+                }
+            }
+        }
+        Ok(result)
+    }
+
+    fn pinned_link(&self, kind: &str, iface: &str) -> Result<Option<(PathBuf, FdLink)>> {
+        let Some(pins) = &self.pins else {
+            return Ok(None);
+        };
+        let path = pins.link_path(kind, iface);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let pinned =
+            PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Some((path, FdLink::from(pinned))))
+    }
+
+    /// Pins a link this process just created, if there is a pin directory.
+    fn hold(&mut self, kind: &str, iface: &str, link: FdLink) -> Result<()> {
+        match &self.pins {
+            Some(pins) => {
+                let path = pins.link_path(kind, iface);
+                let pinned = link
+                    .pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
+                self.links.push(HeldLink::Pinned(pinned));
+            }
+            // Unpinned (tests): dropping the FdLink would detach; keep it.
+            None => self.links.push(HeldLink::Adopted {
+                path: PathBuf::new(),
+                link,
+            }),
+        }
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<Attached> {
+        let pinned = self.pinned_link(XDP_LINK, iface)?;
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(INGRESS_PROGRAM)
+            .context("no XDP program in the object")?
+            .try_into()?;
+        if let Some((path, link)) = pinned {
+            let link = XdpLink::try_from(link).context("the pinned XDP link is not an XDP link")?;
+            let id = xdp
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the XDP program on {iface}"))?;
+            let link = FdLink::try_from(xdp.take_link(id)?)?;
+            self.links.push(HeldLink::Adopted { path, link });
+            return Ok(Attached::Replaced);
+        }
+        let attach = |xdp: &mut Xdp, m| xdp.attach(iface, m);
+        let (id, got) = match mode {
+            XdpMode::Native => (
+                attach(xdp, AyaXdpMode::Driver)
+                    .with_context(|| format!("attaching XDP (native) to {iface}"))?,
+                XdpMode::Native,
+            ),
+            XdpMode::Generic => (
+                attach(xdp, AyaXdpMode::Skb)
+                    .with_context(|| format!("attaching XDP (generic) to {iface}"))?,
+                XdpMode::Generic,
+            ),
+            XdpMode::Auto => match attach(xdp, AyaXdpMode::Driver) {
+                Ok(id) => (id, XdpMode::Native),
+                Err(e) => {
+                    warn!(
+                        "{iface}: native XDP unavailable ({e}); using generic XDP, which is slower"
+                    );
+                    (
+                        attach(xdp, AyaXdpMode::Skb)
+                            .with_context(|| format!("attaching XDP (generic) to {iface}"))?,
+                        XdpMode::Generic,
+                    )
+                }
+            },
+        };
+        match FdLink::try_from(xdp.take_link(id)?) {
+            Ok(link) => self.hold(XDP_LINK, iface, link)?,
+            // Netlink attachment (kernels without XDP links) cannot be pinned:
+            // it lives as long as this process.
+            Err(e) => {
+                warn!("{iface}: XDP attached without a link ({e}); it cannot outlive this process")
+            }
+        }
+        Ok(Attached::Fresh(got))
+    }
+
+    fn attach_tc(&mut self, iface: &str) -> Result<()> {
+        let pinned = self.pinned_link(TC_LINK, iface)?;
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(EGRESS_PROGRAM)
+            .context("no tc program in the object")?
+            .try_into()?;
+        if let Some((path, link)) = pinned {
+            let link = SchedClassifierLink::try_from(link)
+                .context("the pinned tc link is not a tcx link")?;
+            let id = tc
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the tc program on {iface}"))?;
+            let link = FdLink::try_from(tc.take_link(id)?)?;
+            self.links.push(HeldLink::Adopted { path, link });
+            return Ok(());
+        }
+        // tcx (kernel ≥ 6.6) needs no qdisc; aya's netlink fallback on older
+        // kernels needs clsact (left in place on exit, as tc users expect).
+        if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
+            && let Err(e) = tc::qdisc_add_clsact(iface)
+        {
+            log::debug!("{iface}: clsact qdisc not added ({e}); assuming it exists");
+        }
+        let id = tc
+            .attach(iface, TcAttachType::Egress)
+            .with_context(|| format!("attaching tc egress to {iface}"))?;
+        match FdLink::try_from(tc.take_link(id)?) {
+            Ok(link) => self.hold(TC_LINK, iface, link)?,
+            Err(e) => {
+                warn!("{iface}: tc attached without a link ({e}); it cannot outlive this process")
+            }
+        }
+        Ok(())
     }
 }

@@ -34,6 +34,22 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const AFFINITY: &str = "AFFINITY";
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+
+    /// Every map, pinned by these names.
+    pub const ALL: [&str; 12] = [
+        FRONTENDS,
+        FRONTEND_GEN,
+        BACKENDS,
+        MAGLEV,
+        CONNTRACK,
+        NODE_ADDRS,
+        FRONTEND_STATS,
+        BACKEND_STATS,
+        EVENTS,
+        CONFIG,
+        AFFINITY,
+        SOURCE_RANGES,
+    ];
 }
 
 pub struct Maps {

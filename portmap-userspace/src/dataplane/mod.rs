@@ -1,11 +1,13 @@
 //! The userspace side of the dataplane: loads the eBPF object, owns its maps,
 //! and keeps them equal to a desired state.
 
+mod adopt;
 mod alloc;
 mod apply;
 mod attach;
 mod gc;
 pub mod maps;
+mod pin;
 mod stats;
 
 use std::{
@@ -23,12 +25,14 @@ use portmap_common::abi::{DatapathConfig, MAGLEV_BLOCK_SLOTS};
 use self::{
     alloc::{IdAllocator, RegionAllocator},
     apply::AppliedService,
+    attach::HeldLink,
     maps::{Maps, names, node_addr_key},
 };
 pub use self::{
     apply::CapacityError,
-    attach::XdpMode,
+    attach::{Attached, XdpMode},
     gc::GcReport,
+    pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
 };
 
@@ -88,20 +92,67 @@ pub struct Dataplane {
     limits: Limits,
     /// Entries seen by the last conntrack walk (the map has no cheap count).
     conntrack_entries: Option<u64>,
+    /// Where maps and links are pinned, if they are.
+    pins: Option<PinDir>,
+    /// Links this process holds (pinned ones keep their programs attached
+    /// when it exits).
+    links: Vec<HeldLink>,
+    /// Services found pinned at load, from a previous daemon.
+    adopted: usize,
 }
 
 impl Dataplane {
-    /// Loads and verifies the programs and creates the maps, attaching nothing.
+    /// Loads and verifies the programs and creates the maps, attaching
+    /// nothing and pinning nothing (for tests and tools).
     pub fn load(limits: Limits, config: DatapathConfig) -> Result<Self> {
+        Self::load_with(limits, config, None, 0)
+    }
+
+    /// Loads the programs with their maps pinned in `pins`. Maps a previous
+    /// daemon pinned there are checked, reused, and adopted: the flows they
+    /// carry keep their backends. `variant` is 0 except in upgrade tests.
+    pub fn load_pinned(
+        limits: Limits,
+        config: DatapathConfig,
+        pins: PinDir,
+        variant: u32,
+    ) -> Result<Self> {
+        Self::load_with(limits, config, Some(pins), variant)
+    }
+
+    fn load_with(
+        limits: Limits,
+        config: DatapathConfig,
+        pins: Option<PinDir>,
+        variant: u32,
+    ) -> Result<Self> {
         let maglev_blocks = limits.maglev_slots().div_ceil(MAGLEV_BLOCK_SLOTS);
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::FRONTENDS, limits.frontends)
-            .map_max_entries(names::FRONTEND_GEN, limits.frontends)
-            .map_max_entries(names::FRONTEND_STATS, limits.frontends)
-            .map_max_entries(names::BACKENDS, limits.backends)
-            .map_max_entries(names::BACKEND_STATS, limits.backends)
-            .map_max_entries(names::MAGLEV, maglev_blocks)
-            .map_max_entries(names::CONNTRACK, limits.conntrack)
+        let sizes = [
+            (names::FRONTENDS, limits.frontends),
+            (names::FRONTEND_GEN, limits.frontends),
+            (names::FRONTEND_STATS, limits.frontends),
+            (names::BACKENDS, limits.backends),
+            (names::BACKEND_STATS, limits.backends),
+            (names::MAGLEV, maglev_blocks),
+            (names::CONNTRACK, limits.conntrack),
+        ];
+        let adopting = pins.as_ref().is_some_and(PinDir::has_maps);
+        if let Some(pins) = pins.as_ref().filter(|_| adopting) {
+            pins.check_compatible(ebpf_object(), &sizes)?;
+        }
+        let mut loader = EbpfLoader::new();
+        for (name, entries) in sizes {
+            loader.map_max_entries(name, entries);
+        }
+        if let Some(pins) = &pins {
+            for name in names::ALL {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
+        if variant != 0 {
+            loader.override_global("PROGRAM_VARIANT", &variant, true);
+        }
+        let mut ebpf = loader
             .load(ebpf_object())
             .context("loading the eBPF object")?;
         for (name, program) in ebpf.programs_mut() {
@@ -117,7 +168,7 @@ impl Dataplane {
             .set(0, config, 0)
             .context("writing the datapath config")?;
         let regions = RegionAllocator::new(maps.maglev.slots());
-        Ok(Self {
+        let mut dataplane = Self {
             ebpf,
             maps,
             config,
@@ -129,7 +180,38 @@ impl Dataplane {
             node_addrs: BTreeSet::new(),
             limits,
             conntrack_entries: None,
-        })
+            pins,
+            links: Vec::new(),
+            adopted: 0,
+        };
+        if adopting {
+            dataplane.adopted = dataplane.adopt().context("adopting the pinned dataplane")?;
+        }
+        Ok(dataplane)
+    }
+
+    /// Services adopted from a previous daemon's pinned maps at load.
+    pub fn adopted(&self) -> usize {
+        self.adopted
+    }
+
+    /// Stops this process's hold on the dataplane. With `keep`, pinned maps
+    /// and links stay, and the programs keep forwarding for the next daemon
+    /// to adopt; without, everything is unpinned, and so detached. (The
+    /// object itself may still be referenced by in-flight requests; it holds
+    /// no link once this returns.)
+    pub fn shutdown(&mut self, keep: bool) -> Result<()> {
+        let links = std::mem::take(&mut self.links);
+        let mut result = Ok(());
+        for link in links {
+            if let Err(e) = link.release(!keep) {
+                result = Err(e);
+            }
+        }
+        if !keep && let Some(pins) = &self.pins {
+            pins.remove_all()?;
+        }
+        result
     }
 
     /// The loaded object, for attaching its programs or running them in tests.
