@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Publish ports: attach the dataplane and keep it programmed until stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what a running `portmap run` publishes, with its counters.
     List(ListArgs),
     /// Measure portmap against kube-proxy's iptables and nftables modes and
@@ -53,6 +53,31 @@ pub struct RunArgs {
     /// (IPv6 addresses in brackets). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
     pub publish: Vec<(String, PublishSpec)>,
+
+    /// Kubernetes manifests to publish: a YAML/JSON file or a directory of
+    /// them (repeatable), with Services, EndpointSlices and Pods as
+    /// `kubectl get svc,endpointslices,pods -A -o yaml` prints them. Watched:
+    /// edits are applied live; a bad edit is reported and changes nothing.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+
+    /// This node's name, for `nodeName` and the `Local` traffic policies.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// An address nodePorts are published on (repeatable). Default: every
+    /// address of this node.
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Vec<std::net::IpAddr>,
+
+    /// Range nodePorts are assigned from when a Service leaves them out.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
+    pub node_port_range: std::ops::RangeInclusive<u16>,
+
+    /// Range ClusterIPs are assigned from when a Service leaves them out
+    /// (repeatable; one per family).
+    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    pub service_cidr: Vec<crate::model::Cidr>,
 
     /// Where to serve Prometheus metrics (`/metrics`).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9640")]
@@ -123,6 +148,27 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("'{s}' is not a range like 30000-32767"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("'{p}' is not a port 1-65535"))
+    };
+    let (a, b) = (port(a)?, port(b)?);
+    if a > b {
+        return Err(format!("{a}-{b} ends before it starts"));
+    }
+    Ok(a..=b)
+}
+
+fn parse_cidr(s: &str) -> Result<crate::model::Cidr, String> {
+    s.parse()
+}
+
 fn parse_publish(s: &str) -> Result<(String, PublishSpec), String> {
     s.parse().map(|spec| (s.to_string(), spec))
 }
@@ -165,7 +211,7 @@ pub fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => daemon::run(args),
+        Command::Run(args) => daemon::run(*args),
         Command::List(args) => list::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
         Command::Reset(args) => daemon::reset(&args),

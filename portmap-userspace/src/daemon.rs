@@ -16,17 +16,22 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cli::{ResetArgs, RunArgs, usage_error},
+    config::{ConfigError, Loaded, Sources},
     control,
-    dataplane::{Attached, Dataplane, Limits, PinDir},
+    dataplane::{Attached, Dataplane, Limits, MapUsage, PinDir},
+    k8s::NodeConfig,
     metrics,
     model::DesiredState,
     node_addrs::{interface_exists, interface_names, node_addresses},
+    reload::Reloader,
     spec::HostAddr,
 };
 
 /// How often node addresses are re-read and conntrack collected.
 const NODE_ADDR_INTERVAL: Duration = Duration::from_secs(2);
 const GC_INTERVAL: Duration = Duration::from_secs(10);
+/// How often watched manifest files are checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 fn config_of(args: &RunArgs) -> DatapathConfig {
     let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -41,7 +46,7 @@ fn config_of(args: &RunArgs) -> DatapathConfig {
 
 /// Checks everything about the input before anything is touched; bad input
 /// exits with status 2 and a message naming the flag and the value.
-fn validate(args: &RunArgs) -> DesiredState {
+fn validate(args: &RunArgs) -> (Sources, Loaded) {
     for iface in &args.ifaces {
         if !interface_exists(iface) {
             usage_error(
@@ -62,9 +67,23 @@ fn validate(args: &RunArgs) -> DesiredState {
             );
         }
     }
-    match DesiredState::from_specs(&args.publish) {
-        Ok(state) => state,
-        Err(e) => usage_error(
+    let sources = Sources {
+        specs: args.publish.clone(),
+        manifests: args.manifests.clone(),
+        node: NodeConfig {
+            node_name: args.node_name.clone(),
+            node_ips: args.node_ip.clone(),
+            node_port_range: args.node_port_range.clone(),
+            service_cidrs: args.service_cidr.clone(),
+        },
+    };
+    match sources.load(None) {
+        Ok(loaded) => (sources, loaded),
+        Err(ConfigError::Manifest(e)) => usage_error(
+            ErrorKind::InvalidValue,
+            format!("invalid value for '--manifests <PATH>': {e}"),
+        ),
+        Err(ConfigError::Model(e)) => usage_error(
             ErrorKind::InvalidValue,
             format!("invalid value for '--publish <SPEC>': {e}"),
         ),
@@ -111,16 +130,23 @@ fn warn_about_foreign_frontends(desired: &DesiredState, node: &BTreeSet<IpAddr>)
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
-    let desired = validate(&args);
+    let (sources, loaded) = validate(&args);
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    for line in loaded.assignments.describe() {
+        info!("{line}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, desired))
+    let reloader = Reloader::new(sources, &loaded);
+    runtime.block_on(serve(args, loaded.desired, reloader))
 }
 
-async fn serve(args: RunArgs, desired: DesiredState) -> Result<()> {
+async fn serve(args: RunArgs, desired: DesiredState, reloader: Reloader) -> Result<()> {
     // Sockets first: if one cannot be bound, nothing has been attached yet.
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -128,7 +154,8 @@ async fn serve(args: RunArgs, desired: DesiredState) -> Result<()> {
     let control_listener = control::bind(&args.control_socket)
         .with_context(|| format!("--control-socket {}", args.control_socket.display()))?;
     let socket_path = args.control_socket.clone();
-    let result = publish_and_wait(args, desired, metrics_listener, control_listener).await;
+    let result =
+        publish_and_wait(args, desired, reloader, metrics_listener, control_listener).await;
     let _ = std::fs::remove_file(&socket_path);
     result
 }
@@ -136,6 +163,7 @@ async fn serve(args: RunArgs, desired: DesiredState) -> Result<()> {
 async fn publish_and_wait(
     args: RunArgs,
     desired: DesiredState,
+    reloader: Reloader,
     metrics_listener: tokio::net::TcpListener,
     control_listener: tokio::net::UnixListener,
 ) -> Result<()> {
@@ -180,7 +208,7 @@ async fn publish_and_wait(
     );
 
     let dataplane = Arc::new(Mutex::new(dataplane));
-    let registry = metrics::registry(dataplane.clone());
+    let registry = metrics::registry(dataplane.clone(), reloader.status.clone());
     let keep = args.keep_datapath;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::serve(metrics_listener, registry));
@@ -189,7 +217,7 @@ async fn publish_and_wait(
         dataplane.clone(),
         args.ifaces.clone(),
     ));
-    tasks.spawn(maintain(dataplane.clone()));
+    tasks.spawn(maintain(dataplane.clone(), reloader));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -253,21 +281,37 @@ pub fn reset(args: &ResetArgs) -> Result<()> {
     Ok(())
 }
 
-/// Keeps node addresses current and collects conntrack garbage.
-async fn maintain(dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
+/// Keeps node addresses current, reloads changed manifests (and on SIGHUP),
+/// and collects conntrack garbage, warning when a map runs full.
+async fn maintain(dataplane: Arc<Mutex<Dataplane>>, reloader: Reloader) -> Result<()> {
+    let reloader = Arc::new(Mutex::new(reloader));
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut reload_tick = tokio::time::interval(RELOAD_INTERVAL);
     let mut addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);
     // The first walk after one interval: the conntrack gauge appears once it
     // has been measured, not as a 0 taken before any traffic.
     let mut gc_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + GC_INTERVAL, GC_INTERVAL);
     loop {
+        let dp = dataplane.clone();
         tokio::select! {
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading");
+                let reloader = reloader.clone();
+                tokio::task::spawn_blocking(move || lock(&reloader).poll(&dp, true)).await?;
+            }
+            _ = reload_tick.tick() => {
+                let reloader = reloader.clone();
+                if lock(&reloader).watches_files() {
+                    tokio::task::spawn_blocking(move || lock(&reloader).poll(&dp, false)).await?;
+                }
+            }
             _ = addr_tick.tick() => {
-                let dp = dataplane.clone();
                 let r = tokio::task::spawn_blocking(move || {
                     let addrs = node_addresses()?;
-                    dp.lock().unwrap_or_else(|p| p.into_inner()).set_node_addrs(&addrs)
-                }).await?;
+                    lock(&dp).set_node_addrs(&addrs)
+                })
+                .await?;
                 match r {
                     Ok((added, removed)) => {
                         for ip in added {
@@ -281,16 +325,42 @@ async fn maintain(dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
                 }
             }
             _ = gc_tick.tick() => {
-                let dp = dataplane.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    dp.lock().unwrap_or_else(|p| p.into_inner()).collect_garbage()
-                }).await?;
+                    let mut dp = lock(&dp);
+                    let report = dp.collect_garbage()?;
+                    Ok::<_, anyhow::Error>((report, dp.map_usage()))
+                })
+                .await?;
                 match r {
-                    Ok(report) if report.removed > 0 => log::debug!("conntrack: removed {} of {} entries", report.removed, report.scanned),
-                    Ok(_) => {}
+                    Ok((report, usage)) => {
+                        if report.removed > 0 {
+                            log::debug!("conntrack: removed {} of {} entries", report.removed, report.scanned);
+                        }
+                        warn_if_full(&usage);
+                    }
                     Err(e) => warn!("conntrack garbage collection: {e:#}"),
                 }
             }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Says so when a map is at 90 % or more: conntrack then evicts the least
+/// recently used flows, and other maps refuse new services or backends.
+fn warn_if_full(usage: &[MapUsage]) {
+    for m in usage {
+        if m.capacity > 0 && m.entries * 10 >= m.capacity * 9 {
+            warn!(
+                "map {} is {}% full ({} of {}); raise its size flag (see --help) before it refuses or evicts",
+                m.map,
+                m.entries * 100 / m.capacity,
+                m.entries,
+                m.capacity
+            );
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
@@ -12,4 +13,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod node_addrs;
+pub mod reload;
 pub mod spec;

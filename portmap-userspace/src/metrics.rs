@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
 };
 
 use anyhow::Result;
@@ -14,7 +14,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::dataplane::{Counters, Dataplane, Snapshot};
+use crate::{
+    dataplane::{Counters, Dataplane, Snapshot},
+    reload::ReloadStatus,
+};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -178,9 +181,53 @@ impl Collector for DataplaneCollector {
     }
 }
 
-pub fn registry(dataplane: Arc<Mutex<Dataplane>>) -> Registry {
+/// Reload outcomes (see [`ReloadStatus`]).
+#[derive(Debug)]
+struct ReloadCollector(Arc<ReloadStatus>);
+
+impl Collector for ReloadCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let outcomes: BTreeMap<Labels, u64> = [
+            ("success", self.0.successes.load(Ordering::Relaxed)),
+            ("failure", self.0.failures.load(Ordering::Relaxed)),
+        ]
+        .into_iter()
+        .map(|(result, n)| (vec![("result", result.to_string())], n))
+        .collect();
+        encode_counters(
+            &mut encoder,
+            "portmap_config_reloads",
+            "Reloads of changed manifests (or on SIGHUP), by result; a failed one leaves the last good state in force.",
+            &outcomes,
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "portmap_config_last_reload_successful",
+            "1 if the last reload (or the start) applied, 0 if it failed.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(self.0.last_ok.load(Ordering::Relaxed)))
+            .encode(metric.encode_family(&NoLabels)?)?;
+        Ok(())
+    }
+}
+
+/// An empty label set.
+struct NoLabels;
+
+impl prometheus_client::encoding::EncodeLabelSet for NoLabels {
+    fn encode(
+        &self,
+        _encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+}
+
+pub fn registry(dataplane: Arc<Mutex<Dataplane>>, reloads: Arc<ReloadStatus>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(DataplaneCollector { dataplane }));
+    registry.register_collector(Box::new(ReloadCollector(reloads)));
     registry
 }
 

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod kube;
 pub mod load;
 pub mod metrics;
 pub mod netns;

@@ -79,7 +79,9 @@ impl Report {
                 c.failed(),
                 c.failed() + c.ok()
             );
-            assert!(c.ok() > 0, "{what}: none happened");
+            // Long-lived connections are optional (none when started with 0).
+            let optional = what.starts_with("long-lived") && self.long_lived_backends.is_empty();
+            assert!(c.ok() > 0 || optional, "{what}: none happened");
         }
         for (i, backends) in self.long_lived_backends.iter().enumerate() {
             assert_eq!(

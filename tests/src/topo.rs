@@ -10,7 +10,8 @@
 //! ```
 //! Extra node addresses on the client side: 198.18.0.3 and 2001:db8::3.
 //! Checksum offload is off on every veth, so a wrong checksum is dropped
-//! instead of being forgiven as "partial".
+//! instead of being forgiven as "partial". GRO is on at the client's end, so
+//! frames XDP sends back to it (ICMP rejects) are received, as by a NIC.
 
 use std::net::IpAddr;
 
@@ -82,6 +83,10 @@ impl Topology {
             client,
         };
         link(&topo.client, "eth-n", &topo.node, NODE_IFACE)?;
+        // A veth takes frames sent into it by XDP (XDP_TX, XDP_REDIRECT)
+        // only with NAPI on, i.e. GRO on or an XDP program: as the client's
+        // NIC would, it takes the ICMP errors portmap answers with.
+        topo.client.exec("ethtool", &["-K", "eth-n", "gro", "on"])?;
         addr(&topo.client, "198.18.0.2/24", "eth-n")?;
         addr(&topo.client, "2001:db8::2/64", "eth-n")?;
         for cidr in [

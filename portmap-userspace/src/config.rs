@@ -1,0 +1,138 @@
+//! Where the desired state comes from: `-p` specs and Kubernetes manifest
+//! files, merged and checked as one. Manifest files are watched: a change is
+//! read, translated and checked as a whole before anything is applied, so a
+//! bad edit leaves the last good state in force.
+
+use std::{
+    hash::{Hash as _, Hasher as _},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::Result;
+
+use crate::{
+    k8s::{self, Assignments, NodeConfig},
+    model::DesiredState,
+    spec::PublishSpec,
+};
+
+/// Everything the desired state is made from.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub specs: Vec<(String, PublishSpec)>,
+    pub manifests: Vec<PathBuf>,
+    pub node: NodeConfig,
+}
+
+/// A desired state, with what was assigned and what was worth saying.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub desired: DesiredState,
+    pub assignments: Assignments,
+    pub warnings: Vec<String>,
+}
+
+/// Why the sources could not make a desired state.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A manifest failed to read, parse or check: the message names the
+    /// file, object, field and value.
+    #[error("{0}")]
+    Manifest(#[from] k8s::ManifestError),
+    /// `-p` specs and manifests together are inconsistent (e.g. the same
+    /// frontend twice).
+    #[error("{0}")]
+    Model(#[from] crate::model::ModelError),
+}
+
+impl Sources {
+    /// Reads and translates everything. `previous` keeps assigned ClusterIPs
+    /// and nodePorts stable across reloads.
+    pub fn load(&self, previous: Option<&Assignments>) -> Result<Loaded, ConfigError> {
+        let mut desired = DesiredState::from_specs(&self.specs)?;
+        let (assignments, warnings) = if self.manifests.is_empty() {
+            (Assignments::default(), Vec::new())
+        } else {
+            let manifests = k8s::read_manifests(&self.manifests)?;
+            let t = k8s::translate(&manifests, &self.node, previous)?;
+            desired.services.extend(t.services);
+            (t.assignments, t.warnings)
+        };
+        desired.validate()?;
+        Ok(Loaded {
+            desired,
+            assignments,
+            warnings,
+        })
+    }
+
+    /// Changes whenever a manifest file (or a directory's list of files) does.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for path in &self.manifests {
+            stamp(path, &mut h);
+            if let Ok(entries) = std::fs::read_dir(path) {
+                let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                files.sort();
+                for file in files {
+                    stamp(&file, &mut h);
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+/// Mixes a file's identity into `h`: size and modification time, following
+/// symlinks (ConfigMap volumes swap a `..data` link on update).
+fn stamp(path: &Path, h: &mut impl std::hash::Hasher) {
+    path.hash(h);
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            meta.len().hash(h);
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH).hash(h);
+        }
+        Err(e) => e.kind().hash(h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_and_manifests_cannot_claim_one_frontend() {
+        let dir = std::env::temp_dir().join(format!("portmap-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("svc.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.10\n  ports: [{port: 80, nodePort: 30080}]\n",
+        )
+        .unwrap();
+        let spec: PublishSpec = "30080:198.19.0.2:80".parse().unwrap();
+        let sources = Sources {
+            specs: vec![("30080:198.19.0.2:80".into(), spec)],
+            manifests: vec![file.clone()],
+            node: NodeConfig::default(),
+        };
+        let err = sources.load(None).unwrap_err().to_string();
+        assert!(err.contains("*:30080/tcp is published twice"), "{err}");
+
+        let before = sources.fingerprint();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, "apiVersion: v1\nkind: List\nitems: []\n").unwrap();
+        assert_ne!(
+            sources.fingerprint(),
+            before,
+            "an edit changes the fingerprint"
+        );
+        assert_eq!(
+            sources.load(None).unwrap().desired.services.len(),
+            1,
+            "only the -p spec left"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,268 @@
+//! Service ports to [`model::Service`] units: one per IP family and scope
+//! (ClusterIPs; nodePorts and externalIPs; load-balancer ingress).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    Family, Manifests, NodeConfig, Translation,
+    alloc::{self, Assignments},
+    endpoints::{self, Backend, Index},
+    error::{ManifestError, Source},
+    plan::{self, Plan, PortPlan},
+};
+use crate::{
+    model::{self, DesiredState, Endpoint, Frontend, WhenEmpty},
+    spec::HostAddr,
+};
+
+/// Which frontends of a Service port a unit holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// ClusterIPs: `internalTrafficPolicy`.
+    Internal,
+    /// nodePorts and externalIPs: `externalTrafficPolicy`.
+    External,
+    /// Load-balancer ingress IPs: `externalTrafficPolicy` and
+    /// `loadBalancerSourceRanges`.
+    Lb,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::Internal => "internal",
+            Scope::External => "external",
+            Scope::Lb => "lb",
+        }
+    }
+}
+
+/// See [`super::translate`].
+pub(super) fn translate(
+    m: &Manifests,
+    node: &NodeConfig,
+    previous: Option<&Assignments>,
+) -> Result<Translation, ManifestError> {
+    let mut warnings = m.warnings.clone();
+    let mut objects: Vec<_> = m.services.iter().collect();
+    objects.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut plans = Vec::new();
+    for obj in objects {
+        if let Some(plan) = plan::plan(obj, node, &mut warnings)? {
+            plans.push(plan);
+        }
+    }
+    let mut assignments = Assignments::default();
+    alloc::assign_cluster_ips(&mut plans, node, previous, &mut assignments)?;
+    alloc::assign_node_ports(&mut plans, node, previous, &mut assignments)?;
+
+    let index = Index::new(m);
+    let mut out = Units {
+        node,
+        owners: BTreeMap::new(),
+        warnings,
+        services: Vec::new(),
+    };
+    for plan in &plans {
+        for port in &plan.ports {
+            let backends = endpoints::backends(plan, port, &index, &mut out.warnings)?;
+            for family in [Family::V4, Family::V6] {
+                if plan.families.contains(&family) {
+                    out.add(plan, port, family, &backends)?;
+                }
+            }
+        }
+    }
+    let mut warnings = out.warnings;
+    let state = DesiredState {
+        services: out.services,
+    };
+    state
+        .validate()
+        .map_err(|e| ManifestError::new(e.to_string()))?;
+    let mut seen = BTreeSet::new();
+    warnings.retain(|w| seen.insert(w.clone()));
+    Ok(Translation {
+        services: state.services,
+        assignments,
+        warnings,
+    })
+}
+
+/// Who publishes a frontend, to name both when two do.
+struct Owner<'a> {
+    source: &'a Source,
+    unit: String,
+    field: String,
+}
+
+/// The units built so far.
+struct Units<'a> {
+    node: &'a NodeConfig,
+    owners: BTreeMap<Frontend, Owner<'a>>,
+    warnings: Vec<String>,
+    services: Vec<model::Service>,
+}
+
+impl<'a> Units<'a> {
+    /// Adds the units of one port and family.
+    fn add(
+        &mut self,
+        plan: &Plan<'a>,
+        port: &PortPlan,
+        family: Family,
+        backends: &[Backend],
+    ) -> Result<(), ManifestError> {
+        let node = self.node;
+        let fe = |addr: HostAddr, port_number: u16| Frontend {
+            addr,
+            port: port_number,
+            proto: port.proto,
+        };
+        let of_family = |ip: &std::net::IpAddr| Family::of(*ip) == family;
+
+        // (frontend, field) per scope.
+        let mut internal = Vec::new();
+        for (i, ip) in plan
+            .cluster_ips
+            .iter()
+            .enumerate()
+            .filter(|(_, ip)| of_family(ip))
+        {
+            let field = match plan.given_ips.iter().find(|(_, given)| given == ip) {
+                Some((field, _)) => field.clone(),
+                None if i == 0 => "spec.clusterIP (assigned)".to_string(),
+                None => format!("spec.clusterIPs[{i}] (assigned)"),
+            };
+            internal.push((fe(HostAddr::Ip(*ip), port.port), field));
+        }
+        let mut external = Vec::new();
+        if let Some(np) = port.node_port {
+            let field = format!("{}.nodePort", port.field());
+            if node.node_ips.is_empty() {
+                let all = match family {
+                    Family::V4 => HostAddr::AllV4,
+                    Family::V6 => HostAddr::AllV6,
+                };
+                external.push((fe(all, np), field));
+            } else {
+                for ip in node.node_ips.iter().filter(|ip| of_family(ip)) {
+                    external.push((fe(HostAddr::Ip(*ip), np), field.clone()));
+                }
+            }
+        }
+        for (field, ip) in plan.external_ips.iter().filter(|(_, ip)| of_family(ip)) {
+            external.push((fe(HostAddr::Ip(*ip), port.port), field.clone()));
+        }
+        let ranges: Vec<model::Cidr> = plan
+            .source_ranges
+            .iter()
+            .filter(|c| of_family(&c.addr))
+            .copied()
+            .collect();
+        let mut lb = Vec::new();
+        for (field, ip) in plan.ingress_ips.iter().filter(|(_, ip)| of_family(ip)) {
+            if ranges.is_empty() && !plan.source_ranges.is_empty() {
+                // Allowing all would be the opposite of what was asked.
+                self.warnings.push(plan.source.warn(
+                    field,
+                    format_args!(
+                        "spec.loadBalancerSourceRanges has no {family} range: {ip} not published"
+                    ),
+                ));
+                continue;
+            }
+            lb.push((fe(HostAddr::Ip(*ip), port.port), field.clone()));
+        }
+
+        let family_backends: Vec<&Backend> =
+            backends.iter().filter(|b| of_family(&b.addr)).collect();
+        for (scope, frontends) in [
+            (Scope::Internal, internal),
+            (Scope::External, external),
+            (Scope::Lb, lb),
+        ] {
+            let mut list = Vec::new();
+            for (frontend, field) in frontends {
+                let key = unit_key(plan, port, family, scope);
+                if let Some(other) = self.owners.get(&frontend) {
+                    if other.unit == key {
+                        continue; // the same address listed twice
+                    }
+                    let by = if other.source == plan.source {
+                        "this Service".to_string()
+                    } else {
+                        other.source.named()
+                    };
+                    let other_field = &other.field;
+                    return Err(plan.source.err(
+                        field,
+                        format!(
+                            "frontend {frontend} is already published by {by} through {other_field}"
+                        ),
+                    ));
+                }
+                let owner = Owner {
+                    source: plan.source,
+                    unit: key,
+                    field,
+                };
+                self.owners.insert(frontend, owner);
+                list.push(frontend);
+            }
+            if list.is_empty() {
+                continue;
+            }
+            list.sort();
+            let local = match scope {
+                Scope::Internal => plan.internal_local,
+                Scope::External | Scope::Lb => plan.external_local,
+            };
+            let here = node.node_name.as_deref();
+            let endpoints: Vec<Endpoint> = family_backends
+                .iter()
+                .filter(|b| !local || b.node.as_deref() == here)
+                .map(|b| Endpoint {
+                    addr: b.addr,
+                    port: b.port,
+                    state: b.state,
+                })
+                .collect();
+            // kube-proxy drops when only the Local policy left nothing, and
+            // rejects when the Service has no endpoints at all.
+            let when_empty = if local && endpoints.is_empty() && !family_backends.is_empty() {
+                WhenEmpty::Drop
+            } else {
+                WhenEmpty::Reject
+            };
+            self.services.push(model::Service {
+                key: unit_key(plan, port, family, scope),
+                name: plan.id.clone(),
+                port_name: port.name.clone(),
+                frontends: list,
+                endpoints,
+                affinity_timeout_s: plan.affinity_timeout_s,
+                when_empty,
+                source_ranges: if scope == Scope::Lb {
+                    ranges.clone()
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// E.g. `default/web:http/tcp ipv4 internal` (the port number when the port
+/// has no name).
+fn unit_key(plan: &Plan<'_>, port: &PortPlan, family: Family, scope: Scope) -> String {
+    format!(
+        "{}:{}/{} {} {}",
+        plan.id,
+        port.label(),
+        port.proto.as_str(),
+        family.label(),
+        scope.as_str()
+    )
+}
