@@ -30,6 +30,39 @@ fn monotonic_ns() -> u64 {
 const CLOCK_SLACK_NS: u64 = 1_000_000_000;
 
 impl Dataplane {
+    /// Forgets every flow: conntrack and session-affinity entries (for tests
+    /// that run independent cases on one loaded dataplane).
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let keys: Vec<CtKey> = self
+            .maps
+            .conntrack
+            .keys()
+            .collect::<Result<_, _>>()
+            .context("walking CONNTRACK")?;
+        for key in keys {
+            let _ = self.maps.conntrack.remove(&key);
+        }
+        let affinity: Vec<_> = self
+            .maps
+            .affinity
+            .keys()
+            .collect::<Result<_, _>>()
+            .context("walking AFFINITY")?;
+        for key in affinity {
+            let _ = self.maps.affinity.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// The conntrack entries (for tests comparing them with a model).
+    pub fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        self.maps
+            .conntrack
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("walking CONNTRACK")
+    }
+
     pub fn collect_garbage(&mut self) -> Result<GcReport> {
         let now = monotonic_ns();
         let cfg = self.config;

@@ -14,8 +14,9 @@ use aya::{
     util::nr_cpus,
 };
 use portmap_common::abi::{
-    Backend, CtKey, CtValue, DatapathConfig, FAMILY_V4, FAMILY_V6, FrontendKey, FrontendValue,
-    MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr, SourceRangeKey, TrafficCounters,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, FAMILY_V4, FAMILY_V6,
+    FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr,
+    SourceRangeKey, TrafficCounters,
 };
 
 use crate::{model::Frontend, spec::HostAddr};
@@ -64,6 +65,7 @@ pub struct Maps {
     pub events: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, DatapathConfig>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -98,6 +100,7 @@ impl Maps {
             events: typed!(ebpf, names::EVENTS),
             config: typed!(ebpf, names::CONFIG),
             source_ranges: typed!(ebpf, names::SOURCE_RANGES),
+            affinity: typed!(ebpf, names::AFFINITY),
         })
     }
 }
