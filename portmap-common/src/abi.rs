@@ -19,7 +19,7 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Version of the map layout below. A daemon that finds pinned maps of another
 /// version must migrate or refuse them, never read them as its own.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// High bit of a `FRONTEND_GEN` entry: the id is free. The low bits keep the
 /// last generation, so generations only grow, across restarts too.
@@ -218,6 +218,12 @@ pub struct AffinityKey {
     pub _pad: [u8; 3],
 }
 
+/// Bit of [`AffinityKey::family`]: the client is a network namespace, not an
+/// address. The socket programs know a socket's namespace (its cookie, in the
+/// first two words of `client`) but not the source address an unbound socket
+/// will get; all sockets of a namespace (the node, a pod) are one client.
+pub const AFFINITY_BY_NETNS: u8 = 0x80;
+
 /// Value of the `AFFINITY` map: the backend the client was last sent to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -243,16 +249,53 @@ pub struct SourceRangeKey {
 /// Bits of a [`SourceRangeKey`] before its address.
 pub const SOURCE_RANGE_KEY_BITS: u32 = 64;
 
+/// Key of the `SOCK_REVNAT` map: a socket the socket programs sent to a
+/// backend, and that backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevKey {
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    pub addr: RawAddr,
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of the `SOCK_REVNAT` map: the frontend the application addressed,
+/// shown as the source of UDP replies (`recvmsg`) and by `getpeername`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevValue {
+    pub addr: RawAddr,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub frontend_id: u32,
+    /// The entry is stale once `FRONTEND_GEN[frontend_id]` differs.
+    pub frontend_generation: u32,
+}
+
+/// [`DatapathConfig::flags`]: forward translated packets in XDP (the fast
+/// path) when the egress interface is in `DEVMAP`.
+pub const DP_FAST_PATH: u32 = 1 << 0;
+
 /// The single value of the `CONFIG` array: conntrack timeouts in nanoseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatapathConfig {
     pub layout_version: u32,
-    pub _pad: u32,
+    /// `DP_*` flags.
+    pub flags: u32,
     pub tcp_new_timeout_ns: u64,
     pub tcp_established_timeout_ns: u64,
     pub tcp_closing_timeout_ns: u64,
     pub udp_timeout_ns: u64,
+    /// Cookie of the daemon's network namespace (the node's): the socket
+    /// programs translate loopback destinations and host-only frontends only
+    /// for sockets in it. 0: unknown, no socket is the node's.
+    pub host_netns_cookie: u64,
 }
 
 const SECOND_NS: u64 = 1_000_000_000;
@@ -261,11 +304,12 @@ impl Default for DatapathConfig {
     fn default() -> Self {
         Self {
             layout_version: MAP_LAYOUT_VERSION,
-            _pad: 0,
+            flags: 0,
             tcp_new_timeout_ns: 60 * SECOND_NS,
             tcp_established_timeout_ns: 6 * 3600 * SECOND_NS,
             tcp_closing_timeout_ns: 10 * SECOND_NS,
             udp_timeout_ns: 60 * SECOND_NS,
+            host_netns_cookie: 0,
         }
     }
 }
@@ -303,10 +347,19 @@ pub enum DatapathEvent {
     /// A packet translated by a program loaded with a non-zero variant (tests
     /// of program upgrades tell the programs apart by it).
     VariantTranslated = 11,
+    /// A translated packet was forwarded by XDP_REDIRECT (the fast path).
+    FastPathRedirected = 12,
+    /// Fast path fallback to the kernel: the next hop's MAC is not known yet.
+    FastPathNoNeighbour = 13,
+    /// Fast path fallback to the kernel: the packet exceeds the egress MTU.
+    FastPathFragNeeded = 14,
+    /// Fast path fallback to the kernel: no route, local delivery, TTL spent,
+    /// VLAN tag, or an egress interface the fast path does not use.
+    FastPathOther = 15,
 }
 
 impl DatapathEvent {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 16;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -320,6 +373,10 @@ impl DatapathEvent {
         Self::DroppedSourceRange,
         Self::AffinityHit,
         Self::VariantTranslated,
+        Self::FastPathRedirected,
+        Self::FastPathNoNeighbour,
+        Self::FastPathFragNeeded,
+        Self::FastPathOther,
     ];
 
     /// The `event` label of the metric.
@@ -337,6 +394,10 @@ impl DatapathEvent {
             Self::DroppedSourceRange => "dropped_source_range",
             Self::AffinityHit => "affinity_hit",
             Self::VariantTranslated => "variant_translated",
+            Self::FastPathRedirected => "fast_path_redirected",
+            Self::FastPathNoNeighbour => "fast_path_fallback_no_neighbour",
+            Self::FastPathFragNeeded => "fast_path_fallback_frag_needed",
+            Self::FastPathOther => "fast_path_fallback_other",
         }
     }
 }
@@ -370,9 +431,11 @@ const _: () = {
     assert!(size_of::<CtValue>() == 48);
     assert!(size_of::<TrafficCounters>() == 32);
     assert!(size_of::<NodeAddrKey>() == 20);
-    assert!(size_of::<DatapathConfig>() == 40);
+    assert!(size_of::<DatapathConfig>() == 48);
     assert!(size_of::<AffinityKey>() == 24);
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<SourceRangeKey>() == 24);
+    assert!(size_of::<SockRevKey>() == 32);
+    assert!(size_of::<SockRevValue>() == 28);
     assert!(size_of::<LoadgenConfig>() == 8 + LOADGEN_MAX_FRAME);
 };

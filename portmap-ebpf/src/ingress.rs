@@ -5,14 +5,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portmap_common::abi::{
-    CT_FORWARD, DIR_REQUEST, DatapathEvent, FE_DROP_NO_BACKENDS, FE_REJECT_NO_BACKENDS,
-    FE_SOURCE_RANGES,
+    CT_FORWARD, CtValue, DIR_REQUEST, DatapathConfig, DatapathEvent, FE_DROP_NO_BACKENDS,
+    FE_REJECT_NO_BACKENDS, FE_SOURCE_RANGES,
 };
 
 use crate::{
     conntrack::{self, Decision},
     counters::{count_event, count_traffic},
-    lb,
+    fastpath, lb,
     maps::{CONNTRACK, program_variant},
     nat::{Side, rewrite_xdp},
     parse::{Flow, NotAFlow, parse},
@@ -53,10 +53,7 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
         match conntrack::decide(&e, flow, now, cfg) {
             Decision::Use => {
                 conntrack::touch(&key, entry, flow, now);
-                if rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port).is_some() {
-                    translated(e.frontend_id, e.backend_id, flow);
-                }
-                return XDP_PASS;
+                return forward(ctx, cfg, flow, &e, false);
             }
             Decision::Reselect => count_event(DatapathEvent::FlowReselected),
             Decision::New => {}
@@ -89,11 +86,33 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
         count_event(DatapathEvent::ConntrackInsertFailed);
         return XDP_PASS;
     };
-    if rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port).is_some() {
-        translated(e.frontend_id, e.backend_id, flow);
+    forward(ctx, cfg, flow, &e, true)
+}
+
+/// Translates the packet to the backend of its conntrack entry and sends it
+/// on: by the fast path if XDP can, else to the kernel.
+#[inline(always)]
+fn forward(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, e: &CtValue, created: bool) -> u32 {
+    // The route is looked up for the translated packet before anything is
+    // rewritten, so a fallback leaves nothing half-done.
+    let hop = fastpath::route(
+        ctx,
+        cfg,
+        flow,
+        (&flow.src, flow.sport),
+        (&e.nat_addr, e.nat_port),
+    );
+    if rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port).is_none() {
+        return XDP_PASS;
+    }
+    translated(e.frontend_id, e.backend_id, flow);
+    if created {
         count_event(DatapathEvent::FlowCreated);
     }
-    XDP_PASS
+    match hop {
+        Some(hop) => fastpath::send(ctx, flow, &hop),
+        None => XDP_PASS,
+    }
 }
 
 #[inline(always)]

@@ -22,6 +22,8 @@ mod counters;
 #[cfg(target_arch = "bpf")]
 mod egress;
 #[cfg(target_arch = "bpf")]
+mod fastpath;
+#[cfg(target_arch = "bpf")]
 mod ingress;
 #[cfg(target_arch = "bpf")]
 mod lb;
@@ -35,6 +37,8 @@ mod packet;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod reject;
+#[cfg(target_arch = "bpf")]
+mod reply;
 
 #[cfg(target_arch = "bpf")]
 use aya_ebpf::{
@@ -51,6 +55,13 @@ fn main() {
 #[xdp]
 pub fn portmap_ingress(ctx: XdpContext) -> u32 {
     ingress::run(&ctx)
+}
+
+/// XDP on backend-facing interfaces: replies forwarded by the fast path.
+#[cfg(target_arch = "bpf")]
+#[xdp]
+pub fn portmap_reply(ctx: XdpContext) -> u32 {
+    reply::run(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

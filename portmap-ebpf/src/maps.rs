@@ -14,15 +14,18 @@
 //! | `CONFIG` | array of 1 | conntrack timeouts, layout version | userspace |
 //! | `AFFINITY` | LRU hash | (service, client) → backend, last used | dataplane |
 //! | `SOURCE_RANGES` | LPM trie | (service, source prefix) → allowed | userspace |
+//! | `SOCK_REVNAT` | LRU hash | (socket, backend) → frontend the socket addressed | socket programs |
+//! | `DEVMAP` | devmap hash | interfaces the fast path redirects into | userspace |
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use portmap_common::abi::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, DatapathEvent,
-    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SourceRangeKey, TrafficCounters,
+    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SockRevKey, SockRevValue,
+    SourceRangeKey, TrafficCounters,
 };
 
 /// Frontends: where clients send. A frontend on all node addresses has an
@@ -74,10 +77,22 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(65536, 0);
 
+/// Interfaces the fast path may redirect into: the published and backend
+/// interfaces portmap runs on (ifindex → ifindex).
+#[map]
+pub static DEVMAP: DevMapHash = DevMapHash::with_max_entries(64, 0);
+
 /// Allowed source prefixes of services that restrict their sources.
 #[map]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
     LpmTrie::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// Socket-level reverse translation: for each socket the socket programs
+/// sent to a backend, the frontend it addressed (UDP reply sources,
+/// `getpeername`). Least recently used entries go first.
+#[map]
+pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(65536, 0);
 
 /// Set by the loader to tell program builds apart in upgrade tests; 0 normally.
 #[unsafe(no_mangle)]

@@ -49,6 +49,13 @@ pub struct RunArgs {
     #[arg(long = "iface", value_name = "IF", required = true)]
     pub ifaces: Vec<String>,
 
+    /// Interface towards backends (repeatable): turns on the XDP fast path.
+    /// Translated packets are forwarded by XDP_REDIRECT between the --iface
+    /// and --backend-iface interfaces, and replies are translated back in XDP
+    /// here; what XDP cannot forward falls back to the kernel, counted.
+    #[arg(long = "backend-iface", value_name = "IF")]
+    pub backend_ifaces: Vec<String>,
+
     /// Publish a port: [HOST_IP:]HOST_PORT[-END]:BACKEND_IP:BACKEND_PORT[-END][/tcp|/udp]
     /// (IPv6 addresses in brackets). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]

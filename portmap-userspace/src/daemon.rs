@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::error::ErrorKind;
 use log::{info, warn};
-use portmap_common::abi::DatapathConfig;
+use portmap_common::abi::{DP_FAST_PATH, DatapathConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -40,6 +40,11 @@ fn config_of(args: &RunArgs) -> DatapathConfig {
         tcp_established_timeout_ns: ns(args.tcp_timeout),
         tcp_closing_timeout_ns: ns(args.tcp_closing_timeout),
         udp_timeout_ns: ns(args.udp_timeout),
+        flags: if args.backend_ifaces.is_empty() {
+            0
+        } else {
+            DP_FAST_PATH
+        },
         ..DatapathConfig::default()
     }
 }
@@ -47,23 +52,27 @@ fn config_of(args: &RunArgs) -> DatapathConfig {
 /// Checks everything about the input before anything is touched; bad input
 /// exits with status 2 and a message naming the flag and the value.
 fn validate(args: &RunArgs) -> (Sources, Loaded) {
-    for iface in &args.ifaces {
+    let mut seen = BTreeSet::new();
+    for (flag, iface) in args.ifaces.iter().map(|i| ("--iface <IF>", i)).chain(
+        args.backend_ifaces
+            .iter()
+            .map(|i| ("--backend-iface <IF>", i)),
+    ) {
         if !interface_exists(iface) {
             usage_error(
                 ErrorKind::InvalidValue,
                 format!(
-                    "invalid value '{iface}' for '--iface <IF>': no such network interface (have: {})",
+                    "invalid value '{iface}' for '{flag}': no such network interface (have: {})",
                     interface_names().join(", ")
                 ),
             );
         }
-    }
-    let mut seen = BTreeSet::new();
-    for iface in &args.ifaces {
         if !seen.insert(iface) {
             usage_error(
                 ErrorKind::InvalidValue,
-                format!("invalid value '{iface}' for '--iface <IF>': given twice"),
+                format!(
+                    "invalid value '{iface}' for '{flag}': given twice (an interface is either published or towards backends)"
+                ),
             );
         }
     }
@@ -254,7 +263,7 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
     dataplane.apply(desired)?;
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
-    for (iface, how) in dataplane.attach(&args.ifaces, args.xdp_mode)? {
+    for (iface, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
         match how {
             Attached::Fresh(mode) => info!("attached to {iface} (XDP {mode:?}, tc egress)"),
             Attached::Replaced => {

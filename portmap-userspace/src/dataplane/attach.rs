@@ -19,7 +19,7 @@ use aya::{
 };
 use log::{info, warn};
 
-use super::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM};
+use super::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, REPLY_PROGRAM};
 
 /// How the XDP program is attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -33,9 +33,11 @@ pub enum XdpMode {
     Auto,
 }
 
-/// Link pin names: `xdp-IFACE`, `tc-egress-IFACE`.
+/// Link pin names: `xdp-IFACE`, `tc-egress-IFACE`, `reply-xdp-IFACE` (no
+/// name is a prefix of another followed by `-`).
 const XDP_LINK: &str = "xdp";
 const TC_LINK: &str = "tc-egress";
+const REPLY_LINK: &str = "reply-xdp";
 
 /// A link this process holds.
 #[derive(Debug)]
@@ -75,27 +77,64 @@ impl Dataplane {
     /// Attaches the XDP program (ingress) and the tc program (egress) to each
     /// interface, and unpins links a previous daemon left on interfaces no
     /// longer asked for. Returns how each interface was attached.
-    pub fn attach(&mut self, ifaces: &[String], mode: XdpMode) -> Result<Vec<(String, Attached)>> {
-        let mut result = Vec::with_capacity(ifaces.len());
+    pub fn attach(
+        &mut self,
+        ifaces: &[String],
+        backend_ifaces: &[String],
+        mode: XdpMode,
+    ) -> Result<Vec<(String, Attached)>> {
+        let mut result = Vec::with_capacity(ifaces.len() + backend_ifaces.len());
         for iface in ifaces {
-            let how = self.attach_xdp(iface, mode)?;
+            let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, iface, mode)?;
             self.attach_tc(iface)?;
             result.push((iface.clone(), how));
         }
+        for iface in backend_ifaces {
+            let how = self.attach_xdp(REPLY_PROGRAM, REPLY_LINK, iface, mode)?;
+            result.push((iface.clone(), how));
+        }
+        let all: Vec<&String> = ifaces.iter().chain(backend_ifaces).collect();
+        self.set_fast_path_ifaces(&all)?;
         if let Some(pins) = &self.pins {
-            for kind in [XDP_LINK, TC_LINK] {
+            for (kind, wanted) in [
+                (XDP_LINK, ifaces),
+                (TC_LINK, ifaces),
+                (REPLY_LINK, backend_ifaces),
+            ] {
                 for old in pins.linked_ifaces(kind)? {
-                    if !ifaces.contains(&old) {
+                    if !wanted.contains(&old) {
                         let path = pins.link_path(kind, &old);
                         let link = PinnedLink::from_pin(&path)
                             .with_context(|| format!("opening {}", path.display()))?;
                         drop(link.unpin()?);
-                        info!("{old}: detached ({kind}); no longer in --iface");
+                        info!("{old}: detached ({kind}); no longer asked for");
                     }
                 }
             }
         }
         Ok(result)
+    }
+
+    /// Makes `DEVMAP` hold exactly these interfaces: the fast path redirects
+    /// only into interfaces portmap runs on.
+    fn set_fast_path_ifaces(&mut self, ifaces: &[&String]) -> Result<()> {
+        let wanted: Vec<u32> = ifaces.iter().map(|i| if_index(i)).collect::<Result<_>>()?;
+        let present: Vec<u32> = self
+            .maps
+            .devmap
+            .keys()
+            .collect::<Result<_, _>>()
+            .context("reading DEVMAP")?;
+        for index in &wanted {
+            self.maps
+                .devmap
+                .insert(*index, *index, None, 0)
+                .with_context(|| format!("adding interface {index} to DEVMAP"))?;
+        }
+        for index in present.into_iter().filter(|i| !wanted.contains(i)) {
+            let _ = self.maps.devmap.remove(index);
+        }
+        Ok(())
     }
 
     fn pinned_link(&self, kind: &str, iface: &str) -> Result<Option<(PathBuf, FdLink)>> {
@@ -130,12 +169,18 @@ impl Dataplane {
         Ok(())
     }
 
-    fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<Attached> {
-        let pinned = self.pinned_link(XDP_LINK, iface)?;
+    fn attach_xdp(
+        &mut self,
+        program: &str,
+        kind: &str,
+        iface: &str,
+        mode: XdpMode,
+    ) -> Result<Attached> {
+        let pinned = self.pinned_link(kind, iface)?;
         let xdp: &mut Xdp = self
             .ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .context("no XDP program in the object")?
+            .program_mut(program)
+            .with_context(|| format!("no XDP program {program} in the object"))?
             .try_into()?;
         if let Some((path, link)) = pinned {
             let link = XdpLink::try_from(link).context("the pinned XDP link is not an XDP link")?;
@@ -173,7 +218,7 @@ impl Dataplane {
             },
         };
         match FdLink::try_from(xdp.take_link(id)?) {
-            Ok(link) => self.hold(XDP_LINK, iface, link)?,
+            Ok(link) => self.hold(kind, iface, link)?,
             // Netlink attachment (kernels without XDP links) cannot be pinned:
             // it lives as long as this process.
             Err(e) => {
@@ -217,5 +262,14 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+}
+
+fn if_index(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("interface {name}")),
+        index => Ok(index),
     }
 }

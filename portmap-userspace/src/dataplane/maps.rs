@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
 use portmap_common::abi::{
@@ -35,9 +35,10 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const AFFINITY: &str = "AFFINITY";
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+    pub const DEVMAP: &str = "DEVMAP";
 
     /// Every map, pinned by these names.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         FRONTENDS,
         FRONTEND_GEN,
         BACKENDS,
@@ -50,6 +51,7 @@ pub mod names {
         CONFIG,
         AFFINITY,
         SOURCE_RANGES,
+        DEVMAP,
     ];
 }
 
@@ -66,6 +68,7 @@ pub struct Maps {
     pub config: Array<MapData, DatapathConfig>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub devmap: DevMapHash<MapData>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -101,6 +104,7 @@ impl Maps {
             config: typed!(ebpf, names::CONFIG),
             source_ranges: typed!(ebpf, names::SOURCE_RANGES),
             affinity: typed!(ebpf, names::AFFINITY),
+            devmap: typed!(ebpf, names::DEVMAP),
         })
     }
 }
