@@ -14,6 +14,10 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::MapInfo;
 use portmap_common::abi::{DatapathConfig, MAP_LAYOUT_VERSION};
 
+/// Map flags the kernel sets by itself (devmaps are made read-only for
+/// programs), so a pinned map shows them although no definition asks.
+const KERNEL_MAP_FLAGS: u32 = 1 << 7; // BPF_F_RDONLY_PROG
+
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -160,7 +164,7 @@ impl PinDir {
                 .map_or(def.max_entries(), |(_, m)| *m);
             let (want, have) = (
                 (def.key_size(), def.value_size(), def.map_flags()),
-                (info.key_size(), info.value_size(), info.map_flags()),
+                (info.key_size(), info.value_size(), info.map_flags() & !KERNEL_MAP_FLAGS),
             );
             if want != have {
                 problems.push(format!(
