@@ -356,10 +356,13 @@ pub enum DatapathEvent {
     /// Fast path fallback to the kernel: no route, local delivery, TTL spent,
     /// VLAN tag, or an egress interface the fast path does not use.
     FastPathOther = 15,
+    /// An ICMP error about a translated flow was translated too (its quote
+    /// back to the frontend towards a client, or on to the backend).
+    IcmpTranslated = 16,
 }
 
 impl DatapathEvent {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -377,6 +380,7 @@ impl DatapathEvent {
         Self::FastPathNoNeighbour,
         Self::FastPathFragNeeded,
         Self::FastPathOther,
+        Self::IcmpTranslated,
     ];
 
     /// The `event` label of the metric.
@@ -398,6 +402,7 @@ impl DatapathEvent {
             Self::FastPathNoNeighbour => "fast_path_fallback_no_neighbour",
             Self::FastPathFragNeeded => "fast_path_fallback_frag_needed",
             Self::FastPathOther => "fast_path_fallback_other",
+            Self::IcmpTranslated => "icmp_translated",
         }
     }
 }

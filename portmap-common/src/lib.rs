@@ -36,5 +36,7 @@ mod pod {
         AffinityKey,
         AffinityValue,
         SourceRangeKey,
+        SockRevKey,
+        SockRevValue,
     );
 }

@@ -1,14 +1,18 @@
 //! tc egress: reverse NAT of backend replies leaving towards clients.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use portmap_common::abi::{CT_REPLY, DIR_REPLY, DatapathEvent};
+use portmap_common::{
+    abi::{CT_REPLY, DIR_REPLY, DatapathEvent},
+    csum::CsumDelta,
+};
 
 use crate::{
     conntrack,
     counters::{count_event, count_traffic},
+    icmp::{self, QuoteSide},
     maps::CONNTRACK,
     nat::{Side, rewrite_tc},
-    parse::{Flow, parse},
+    parse::{Flow, IcmpAt, NotAFlow, parse},
 };
 
 /// Headers are read directly from the skb's linear part; this much of it is
@@ -28,10 +32,47 @@ pub fn run(ctx: &TcContext) -> i32 {
     if linear < want {
         let _ = ctx.pull_data(want);
     }
-    if let Ok(flow) = parse(ctx) {
-        let _ = translate(ctx, &flow);
+    match parse(ctx) {
+        Ok(flow) => {
+            let _ = translate(ctx, &flow);
+        }
+        Err(NotAFlow::Icmp(at)) => {
+            let _ = translate_icmp(ctx, &at);
+        }
+        Err(_) => {}
     }
     TC_ACT_UNSPEC
+}
+
+/// An ICMP error to a client about a request it sent quotes the request as
+/// translated (to the backend); the quote is put back to the frontend, so the
+/// client's stack finds the socket (path MTU discovery, unreachables).
+#[inline(always)]
+fn translate_icmp(ctx: &TcContext, at: &IcmpAt) -> Option<()> {
+    let q = icmp::quote(ctx, at)?;
+    // Sent to the client the quoted request came from.
+    if q.src != at.dst {
+        return None;
+    }
+    let entry = CONNTRACK.get_ptr(icmp::flow_key(&q, at.family, icmp::EGRESS_DIRECTION))?;
+    // SAFETY: a live map value, read once into a copy.
+    let e = unsafe { *entry };
+    if !conntrack::frontend_current(&e) {
+        return None;
+    }
+    // Direct writes need the skb linear and private up to the end of the quote.
+    ctx.pull_data(at.ip_end as u32).ok()?;
+    icmp::rewrite_quote(
+        ctx,
+        at,
+        &q,
+        QuoteSide::Dst,
+        &e.nat_addr,
+        e.nat_port,
+        CsumDelta::new(),
+    )?;
+    count_event(DatapathEvent::IcmpTranslated);
+    Some(())
 }
 
 #[inline(always)]

@@ -90,10 +90,16 @@ pub fn route(
     }
     // Only into interfaces portmap was given (a redirect into one that cannot
     // take XDP frames would lose the packet), and never with the TTL spent.
-    let hop_limit_off = flow.l3_off + if flow.family == FAMILY_V4 { 8 } else { 7 };
-    let ttl: *const u8 = ptr_at(ctx, hop_limit_off)?;
+    // TTL with the protocol (IPv4), hop limit with the next header (IPv6):
+    // two bytes, as a 1-byte bounds check confuses the verifier.
+    let (word_off, ttl_at) = if flow.family == FAMILY_V4 {
+        (flow.l3_off + 8, 0)
+    } else {
+        (flow.l3_off + 6, 1)
+    };
+    let word: *const [u8; 2] = ptr_at(ctx, word_off)?;
     // SAFETY: bounds checked by `ptr_at` just above.
-    if DEVMAP.get(p.ifindex).is_none() || unsafe { *ttl } <= 1 {
+    if DEVMAP.get(p.ifindex).is_none() || unsafe { (*word)[ttl_at] } <= 1 {
         count_event(DatapathEvent::FastPathOther);
         return None;
     }
@@ -130,11 +136,11 @@ pub fn send(ctx: &XdpContext, flow: &Flow, hop: &NextHop) -> u32 {
             *check = d.apply(u16::from_ne_bytes(*check)).to_ne_bytes();
         }
     } else {
-        let Some(hop_limit) = ptr_at::<u8>(ctx, flow.l3_off + 7) else {
+        let Some(word) = ptr_at::<[u8; 2]>(ctx, flow.l3_off + 6) else {
             return XDP_PASS;
         };
-        // SAFETY: bounds checked by `ptr_at` just above.
-        unsafe { *hop_limit -= 1 };
+        // SAFETY: bounds checked by `ptr_at` just above (next header, hop limit).
+        unsafe { (*word)[1] -= 1 };
     }
     // SAFETY: bounds checked by `ptr_at` above.
     unsafe {

@@ -12,10 +12,12 @@ use portmap_common::abi::{
 use crate::{
     conntrack::{self, Decision},
     counters::{count_event, count_traffic},
-    fastpath, lb,
+    fastpath,
+    icmp::{self, QuoteSide},
+    lb,
     maps::{CONNTRACK, program_variant},
     nat::{Side, rewrite_xdp},
-    parse::{Flow, NotAFlow, parse},
+    parse::{Flow, IcmpAt, NotAFlow, parse},
     reject::reject,
 };
 
@@ -35,8 +37,33 @@ pub fn run(ctx: &XdpContext) -> u32 {
             count_event(DatapathEvent::Fragment);
             XDP_PASS
         }
+        Err(NotAFlow::Icmp(at)) => {
+            translate_icmp(ctx, &at);
+            XDP_PASS
+        }
         Err(NotAFlow::Other) => XDP_PASS,
     }
+}
+
+/// A client's ICMP error about a reply it got from a frontend goes on to the
+/// backend, quoting the reply as the backend sent it.
+#[inline(always)]
+fn translate_icmp(ctx: &XdpContext, at: &IcmpAt) -> Option<()> {
+    let q = icmp::quote(ctx, at)?;
+    // Sent back to the frontend the quoted reply came from.
+    if q.src != at.dst {
+        return None;
+    }
+    let entry = CONNTRACK.get_ptr(icmp::flow_key(&q, at.family, icmp::INGRESS_DIRECTION))?;
+    // SAFETY: a live map value, read once into a copy.
+    let e = unsafe { *entry };
+    if !conntrack::frontend_current(&e) {
+        return None;
+    }
+    let extra = icmp::redirect_to(ctx, at, &e.nat_addr)?;
+    icmp::rewrite_quote(ctx, at, &q, QuoteSide::Src, &e.nat_addr, e.nat_port, extra)?;
+    count_event(DatapathEvent::IcmpTranslated);
+    Some(())
 }
 
 #[inline(always)]

@@ -5,6 +5,10 @@
 //!   conntrack entry per flow.
 //! - `portmap_egress` (tc egress, same interfaces): translates the backend's
 //!   replies back so they come from the frontend the client used.
+//! - `portmap_connect4/6`, `portmap_sendmsg4/6`, `portmap_recvmsg4/6`,
+//!   `portmap_getpeername4/6` (cgroup `sock_addr`, in `sock`): the same
+//!   translation at connect and send time for sockets of the node and its
+//!   pods, whose traffic never crosses XDP.
 //!
 //! One module per concern: `parse` reads headers, `lb` finds the frontend and
 //! picks a backend, `conntrack` keeps flows on their backend, `nat` rewrites
@@ -24,6 +28,8 @@ mod egress;
 #[cfg(target_arch = "bpf")]
 mod fastpath;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod ingress;
 #[cfg(target_arch = "bpf")]
 mod lb;
@@ -37,6 +43,8 @@ mod packet;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod reject;
+#[cfg(target_arch = "bpf")]
+mod sock;
 #[cfg(target_arch = "bpf")]
 mod reply;
 

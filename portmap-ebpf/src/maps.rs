@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use portmap_common::abi::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, DatapathEvent,
-    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SockRevKey, SockRevValue,
-    SourceRangeKey, TrafficCounters,
+    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SockRevKey, SockRevValue, SourceRangeKey,
+    TrafficCounters,
 };
 
 /// Frontends: where clients send. A frontend on all node addresses has an

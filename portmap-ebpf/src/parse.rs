@@ -36,6 +36,20 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Where an ICMP or ICMPv6 message sits in a packet.
+pub struct IcmpAt {
+    pub family: u8,
+    pub l3_off: usize,
+    /// The ICMP header.
+    pub l4_off: usize,
+    /// End of the IP packet.
+    pub ip_end: usize,
+    pub dst: RawAddr,
+}
+
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+
 /// A TCP or UDP packet's identity and layout.
 pub struct Flow {
     pub family: u8,
@@ -57,8 +71,10 @@ pub struct Flow {
 /// Why a packet is not a flow portmap translates. Every case is passed to the
 /// kernel untouched; the distinction only decides what is counted.
 pub enum NotAFlow {
-    /// Not IP, or IP carrying something other than TCP or UDP.
+    /// Not IP, or IP carrying something other than TCP, UDP or ICMP.
     Other,
+    /// ICMP (IPv4) or ICMPv6: perhaps an error about a translated flow.
+    Icmp(IcmpAt),
     /// Headers cut short or inconsistent with each other.
     Malformed,
     /// An IP fragment.
@@ -139,7 +155,7 @@ fn parse_ipv6(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
     let mut next = ip.next_hdr;
     let mut off = l3_off + Ipv6Hdr::LEN;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
-        if next == PROTO_TCP || next == PROTO_UDP {
+        if next == PROTO_TCP || next == PROTO_UDP || next == PROTO_ICMPV6 {
             break;
         }
         let len = match next {
@@ -252,6 +268,15 @@ fn parse_l4(buf: &impl PacketBuf, mut flow: Flow, ip_end: usize) -> Result<Flow,
             }
             flow.sport = u16::from_ne_bytes(udp.src);
             flow.dport = u16::from_ne_bytes(udp.dst);
+        }
+        PROTO_ICMP | PROTO_ICMPV6 if (flow.proto == PROTO_ICMP) == (flow.family == FAMILY_V4) => {
+            return Err(NotAFlow::Icmp(IcmpAt {
+                family: flow.family,
+                l3_off: flow.l3_off,
+                l4_off,
+                ip_end,
+                dst: flow.dst,
+            }));
         }
         _ => return Err(NotAFlow::Other),
     }

@@ -18,10 +18,7 @@ use portmap_common::{
     csum::fold,
 };
 
-use crate::{
-    packet::ptr_at,
-    parse::Flow,
-};
+use crate::{packet::ptr_at, parse::Flow};
 
 const IPV4_HDR: usize = 20;
 const IPV6_HDR: usize = 40;

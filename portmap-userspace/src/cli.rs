@@ -61,6 +61,13 @@ pub struct RunArgs {
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
     pub publish: Vec<(String, PublishSpec)>,
 
+    /// Only sources in this prefix may reach the `-p` ports (repeatable; one
+    /// list for all of them). Others are dropped in XDP and counted
+    /// (`dropped_source_range`), as `loadBalancerSourceRanges` does for
+    /// LoadBalancer Services.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub allow_from: Vec<crate::model::Cidr>,
+
     /// Kubernetes manifests to publish: a YAML/JSON file or a directory of
     /// them (repeatable), with Services, EndpointSlices and Pods as
     /// `kubectl get svc,endpointslices,pods -A -o yaml` prints them. Watched:
@@ -94,6 +101,19 @@ pub struct RunArgs {
     /// else generic with a warning).
     #[arg(long, value_enum, default_value_t)]
     pub xdp_mode: XdpMode,
+
+    /// cgroup v2 directory whose processes get socket-level load balancing:
+    /// their connects and UDP sends to a frontend (localhost:PORT, a node
+    /// address, a ClusterIP, ...) go straight to a backend. Default: the root
+    /// of the unified hierarchy (every process; cgroup2 is mounted on
+    /// /sys/fs/cgroup/unified if it is mounted nowhere).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_socket_lb")]
+    pub cgroup: Option<PathBuf>,
+
+    /// No socket-level load balancing: only traffic arriving on --iface is
+    /// translated (localhost:PORT and the node's own processes are not).
+    #[arg(long)]
+    pub no_socket_lb: bool,
 
     /// Unix socket that `portmap list` talks to.
     #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]

@@ -13,7 +13,7 @@ use anyhow::Result;
 
 use crate::{
     k8s::{self, Assignments, NodeConfig},
-    model::DesiredState,
+    model::{Cidr, DesiredState},
     spec::PublishSpec,
 };
 
@@ -21,6 +21,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Sources {
     pub specs: Vec<(String, PublishSpec)>,
+    /// `--allow-from`: the only sources the `-p` ports accept (empty: all).
+    pub allow_from: Vec<Cidr>,
     pub manifests: Vec<PathBuf>,
     pub node: NodeConfig,
 }
@@ -51,6 +53,9 @@ impl Sources {
     /// and nodePorts stable across reloads.
     pub fn load(&self, previous: Option<&Assignments>) -> Result<Loaded, ConfigError> {
         let mut desired = DesiredState::from_specs(&self.specs)?;
+        for svc in &mut desired.services {
+            svc.source_ranges.clone_from(&self.allow_from);
+        }
         let (assignments, warnings) = if self.manifests.is_empty() {
             (Assignments::default(), Vec::new())
         } else {
@@ -114,6 +119,7 @@ mod tests {
         let spec: PublishSpec = "30080:198.19.0.2:80".parse().unwrap();
         let sources = Sources {
             specs: vec![("30080:198.19.0.2:80".into(), spec)],
+            allow_from: Vec::new(),
             manifests: vec![file.clone()],
             node: NodeConfig::default(),
         };

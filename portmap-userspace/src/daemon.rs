@@ -18,7 +18,9 @@ use crate::{
     cli::{ResetArgs, RunArgs, usage_error},
     config::{ConfigError, Loaded, Sources},
     control,
-    dataplane::{Attached, Dataplane, Limits, MapUsage, PinDir},
+    dataplane::{
+        Attached, Dataplane, Limits, MapUsage, PinDir, SockAttached, default_cgroup, is_cgroup2,
+    },
     k8s::NodeConfig,
     metrics,
     model::DesiredState,
@@ -76,8 +78,33 @@ fn validate(args: &RunArgs) -> (Sources, Loaded) {
             );
         }
     }
+    if let Some(cgroup) = &args.cgroup {
+        let why = if !cgroup.is_dir() {
+            Some("no such directory")
+        } else if !is_cgroup2(cgroup) {
+            Some("not a directory of a cgroup v2 (unified) hierarchy")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            usage_error(
+                ErrorKind::InvalidValue,
+                format!(
+                    "invalid value '{}' for '--cgroup <PATH>': {why}",
+                    cgroup.display()
+                ),
+            );
+        }
+    }
+    for spec in &args.publish {
+        let v4 = spec.1.backend.is_ipv4();
+        if !args.allow_from.is_empty() && !args.allow_from.iter().any(|c| c.addr.is_ipv4() == v4) {
+            warn!("-p {}: no --allow-from prefix of its family, so no source may reach it", spec.0);
+        }
+    }
     let sources = Sources {
         specs: args.publish.clone(),
+        allow_from: args.allow_from.clone(),
         manifests: args.manifests.clone(),
         node: NodeConfig {
             node_name: args.node_name.clone(),
@@ -219,6 +246,10 @@ async fn publish_and_wait(
     let dataplane = Arc::new(Mutex::new(dataplane));
     let registry = metrics::registry(dataplane.clone(), reloader.status.clone());
     let keep = args.keep_datapath;
+    // Before anything answers: once metrics are served, a SIGTERM must detach,
+    // not kill the process with the signal's default action.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::serve(metrics_listener, registry));
     tasks.spawn(control::serve(
@@ -228,8 +259,6 @@ async fn publish_and_wait(
     ));
     tasks.spawn(maintain(dataplane.clone(), reloader));
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let outcome = tokio::select! {
         _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
         _ = sigint.recv() => { info!("SIGINT: detaching"); Ok(()) }
@@ -260,7 +289,11 @@ async fn publish_and_wait(
 fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> Result<()> {
     let node = node_addresses().context("reading the node's addresses")?;
     dataplane.set_node_addrs(&node)?;
-    dataplane.apply(desired)?;
+    let report = dataplane.apply(desired)?;
+    if !report.is_complete() {
+        let failed: Vec<String> = report.failed.iter().map(|(key, why)| format!("{key}: {why}")).collect();
+        anyhow::bail!("could not publish everything:\n  {}", failed.join("\n  "));
+    }
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
     for (iface, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
@@ -270,6 +303,29 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
                 info!("{iface}: replaced the programs in the pinned links (no detach)")
             }
         }
+    }
+    attach_sockets(dataplane, args)
+}
+
+/// Socket-level load balancing on `--cgroup` (or off, `--no-socket-lb`).
+fn attach_sockets(dataplane: &mut Dataplane, args: &RunArgs) -> Result<()> {
+    let cgroup = match (&args.cgroup, args.no_socket_lb) {
+        (_, true) => None,
+        (Some(path), false) => Some(path.clone()),
+        (None, false) => Some(default_cgroup().context("finding the cgroup v2 hierarchy")?),
+    };
+    let how = dataplane.attach_sockets(cgroup.as_deref())?;
+    let cgroup = cgroup.unwrap_or_default();
+    match how {
+        SockAttached::Off => info!("socket-level load balancing off (--no-socket-lb)"),
+        SockAttached::Fresh => info!(
+            "socket-level load balancing on cgroup {} (connect, sendmsg, recvmsg, getpeername)",
+            cgroup.display()
+        ),
+        SockAttached::Replaced => info!(
+            "cgroup {}: replaced the socket programs in the pinned links (no detach)",
+            cgroup.display()
+        ),
     }
     Ok(())
 }

@@ -133,25 +133,25 @@ impl Collector for DataplaneCollector {
         encode_counters(
             &mut encoder,
             "portmap_packets",
-            "Packets translated per frontend, per direction (request: client to backend; reply: backend to client).",
+            "Packets translated per frontend, per direction (request: client to backend; reply: backend to client). Socket-level load balancing (local processes and pods in --cgroup) counts one request per TCP connect or UDP connect and one per UDP message sent to an address, and no replies.",
             &f.packets,
         )?;
         encode_counters(
             &mut encoder,
             "portmap_bytes",
-            "IP bytes (headers included) translated per frontend, per direction.",
+            "IP bytes (headers included) translated per frontend, per direction. Socket-level load balancing adds none (it translates addresses, not packets).",
             &f.bytes,
         )?;
         encode_counters(
             &mut encoder,
             "portmap_backend_packets",
-            "Packets translated per backend, per direction.",
+            "Packets translated per backend, per direction; socket-level load balancing counts per connect or UDP message, as for frontends.",
             &f.backend_packets,
         )?;
         encode_counters(
             &mut encoder,
             "portmap_backend_bytes",
-            "IP bytes (headers included) translated per backend, per direction.",
+            "IP bytes (headers included) translated per backend, per direction; none for socket-level load balancing.",
             &f.backend_bytes,
         )?;
         let events: BTreeMap<Labels, u64> = snapshot

@@ -80,7 +80,7 @@ impl Reloader {
             warn!("{w}");
         }
         let mut dp = dataplane.lock().unwrap_or_else(|p| p.into_inner());
-        dp.apply(&loaded.desired)?;
+        let report = dp.apply(&loaded.desired)?;
         drop(dp);
         for line in loaded.assignments.describe() {
             if !self.assignments.describe().contains(&line) {
@@ -88,6 +88,17 @@ impl Reloader {
             }
         }
         self.assignments = loaded.assignments;
+        if !report.is_complete() {
+            // The rest is applied; each of these keeps what it had.
+            for (key, why) in &report.failed {
+                warn!("{key}: not applied: {why}");
+            }
+            anyhow::bail!(
+                "{} of {} services could not be applied",
+                report.failed.len(),
+                loaded.desired.services.len()
+            );
+        }
         Ok(loaded.desired.services.len())
     }
 }

@@ -39,8 +39,9 @@ fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>
 impl Portmap {
     /// Starts `portmap run ARGS --control-socket <unique> --bpffs-dir
     /// <unique>` in `ns` (with `--metrics-addr 127.0.0.1:9640` unless ARGS set
-    /// it) and waits until it serves metrics. Started again in the same
-    /// namespace, it finds the same pin directory (a restart).
+    /// it, and `--no-socket-lb` unless ARGS give `--cgroup`) and waits until
+    /// it serves metrics. Started again in the same namespace, it finds the
+    /// same pin directory (a restart).
     pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
         let socket = PathBuf::from(format!("/run/portmap-tests/{}.sock", ns.name()));
         let pins = pin_dir(ns);
@@ -51,6 +52,15 @@ impl Portmap {
             .arg(&socket)
             .arg("--bpffs-dir")
             .arg(&pins);
+        // Socket-level load balancing attaches to the root cgroup by default,
+        // i.e. to every process of the machine: tests give it a cgroup of
+        // their own (`crate::cgroup`) or turn it off.
+        if !args
+            .iter()
+            .any(|a| *a == "--cgroup" || *a == "--no-socket-lb")
+        {
+            cmd.arg("--no-socket-lb");
+        }
         let metrics_addr: SocketAddr = match args.iter().position(|a| *a == "--metrics-addr") {
             Some(i) => args[i + 1].parse()?,
             None => {

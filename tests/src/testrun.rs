@@ -58,7 +58,8 @@ impl Lab {
             .map(|a| a.parse())
             .collect::<Result<_, _>>()?;
         dp.set_node_addrs(&addrs)?;
-        dp.apply(desired)?;
+        let report = dp.apply(desired)?;
+        anyhow::ensure!(report.is_complete(), "not applied: {:?}", report.failed);
         Ok(Lab { dp })
     }
 

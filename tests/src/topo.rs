@@ -123,3 +123,11 @@ impl Topology {
         Ok(topo)
     }
 }
+
+impl Drop for Topology {
+    /// A test that fails between stopping one daemon and starting the next
+    /// may leave a kept dataplane pinned; nothing outlives the topology.
+    fn drop(&mut self) {
+        crate::daemon::reset_pins(&crate::daemon::pin_dir(&self.node));
+    }
+}

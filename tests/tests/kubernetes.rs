@@ -358,9 +358,10 @@ fn traffic_policy_local_and_services_without_endpoints() {
     let udp = udp_socket(&topo.client, sa("198.18.128.82", 53)).unwrap();
     udp.connect(sa("198.18.128.82", 53)).unwrap();
     let mut buf = [0u8; 64];
-    // Every datagram is answered with a port unreachable (counted above), but
-    // the client's kernel does not always hand it to a connected UDP socket
-    // before the read times out; a few tries, and never an answer.
+    // Every datagram is answered with a port unreachable (counted above); on
+    // a loaded machine the client's veth may take its time to deliver it, so
+    // a patient read and a few tries, and never an answer.
+    udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let refused = (0..4).any(|_| {
         udp.send(b"q").unwrap();
         match udp.recv(&mut buf) {

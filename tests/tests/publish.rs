@@ -368,3 +368,115 @@ fn tcx_egress_programs(node: &portmap_tests::netns::Netns) -> Vec<String> {
             .collect()
     })
 }
+
+/// `getsockopt` of an int socket option.
+fn sockopt_int(fd: i32, level: i32, name: i32) -> std::io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn path_mtu_discovery_works_through_the_translation() {
+    use std::os::fd::AsRawFd as _;
+    let topo = Topology::new("pmtu", 1).unwrap();
+    let (b4, b6) = (backend_v4(0), backend_v6(0));
+    let _server =
+        Server::start(&topo.backends[0], "b0", &[], &[at(b4, 3000), at(b6, 3000)]).unwrap();
+    // The backend link is narrower than the client's.
+    topo.node
+        .ip(&["link", "set", "eth-b0", "mtu", "1280"])
+        .unwrap();
+    topo.backends[0]
+        .ip(&["link", "set", "eth-n", "mtu", "1280"])
+        .unwrap();
+    let pm = Portmap::start(
+        &topo.node,
+        &[
+            "--iface",
+            NODE_IFACE,
+            "-p",
+            "8080:198.19.0.2:3000/udp",
+            "-p",
+            "8080:[2001:db8:1:0::2]:3000/udp",
+        ],
+    )
+    .unwrap();
+    for (frontend, level, discover, do_, mtu) in [
+        (
+            sa(NODE_V4, 8080),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+            libc::IP_MTU,
+        ),
+        (
+            sa(NODE_V6, 8080),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+            libc::IPV6_MTU,
+        ),
+    ] {
+        let socket = udp_socket(&topo.client, frontend).unwrap();
+        socket.connect(frontend).unwrap();
+        let fd = socket.as_raw_fd();
+        // SAFETY: setsockopt with a pointer to an int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                discover,
+                (&do_ as *const i32).cast(),
+                size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(udp_ask(&socket, frontend, "small").unwrap().1, frontend);
+        // Too big for the backend link, with DF: the node answers with
+        // "fragmentation needed" (IPv6: "packet too big"), quoting the packet
+        // as translated. Translated back, it reaches this socket's path.
+        let big = vec![b'x'; 1400];
+        let _ = socket.send(&big);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let learned = sockopt_int(fd, level, mtu).unwrap();
+            if learned == 1280 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{frontend}: path MTU still {learned}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let _ = socket.send(&big);
+        }
+        // Now the stack refuses what would not get through, instead of
+        // sending it into a black hole.
+        assert_eq!(
+            socket.send(&big).unwrap_err().raw_os_error(),
+            Some(libc::EMSGSIZE)
+        );
+    }
+    let m = pm.metrics(&topo.node).unwrap();
+    assert!(
+        m.sum(
+            "portmap_datapath_events_total",
+            &[("event", "icmp_translated")]
+        ) >= 2.0
+    );
+}

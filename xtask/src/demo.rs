@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: `docker run -p 8080:3000` through the XDP dataplane, in
-//! throwaway network namespaces on this machine:
+//! throwaway network namespaces on this machine, then `curl localhost:8080` on
+//! the node itself (socket-level load balancing, in a throwaway cgroup):
 //!
 //! ```text
 //!  client ns                node ns                          app ns ("container")
@@ -14,7 +15,7 @@ use std::{path::PathBuf, thread, time::Duration, time::Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    sandbox::{Proc, Sandbox, indent, ip, netns_enter, netns_exec},
+    sandbox::{Proc, Sandbox, in_cgroup, indent, ip, netns_enter, netns_exec},
     setup,
     util::{check_interrupted, cmd, output, require_root, run, target_dir, workspace_root},
 };
@@ -66,6 +67,10 @@ pub fn run_demo() -> Result<()> {
         ns.client, ns.node, ns.app
     );
     topology(&mut sandbox, &ns)?;
+    // The node's processes: socket-level load balancing applies to this
+    // cgroup only, not to the rest of the machine.
+    let cgroup = sandbox.add_cgroup(&format!("portmap-demo-{pid}"))?;
+    println!("== node processes run in cgroup {}", cgroup.display());
     check_interrupted()?;
 
     let server_args = [
@@ -84,6 +89,7 @@ pub fn run_demo() -> Result<()> {
 
     let socket_arg = socket.display().to_string();
     let pins_arg = pins.display().to_string();
+    let cgroup_arg = cgroup.display().to_string();
     let daemon_args = [
         "run",
         "--iface",
@@ -98,6 +104,8 @@ pub fn run_demo() -> Result<()> {
         &socket_arg,
         "--bpffs-dir",
         &pins_arg,
+        "--cgroup",
+        &cgroup_arg,
     ];
     println!("== node$ portmap {}", daemon_args.join(" "));
     let mut daemon_cmd = netns_enter(&ns.node, &portmap);
@@ -113,6 +121,8 @@ pub fn run_demo() -> Result<()> {
     );
     let v4 = request(&ns.client, "http://198.18.0.1:8080/");
     let v6 = request(&ns.client, "http://[2001:db8::1]:8080/");
+    println!("# and on the node itself, as Docker users do right after `docker run -p 8080:3000`");
+    let local = request_on_node(&ns.node, &cgroup, "http://localhost:8080/");
     check_interrupted()?;
 
     println!("== portmap list --control-socket {socket_arg}");
@@ -153,12 +163,13 @@ pub fn run_demo() -> Result<()> {
     println!("== summary");
     let ok4 = verdict("IPv4", "198.18.0.1:8080", &v4);
     let ok6 = verdict("IPv6", "[2001:db8::1]:8080", &v6);
+    let ok_local = verdict("node", "localhost:8080", &local);
     println!("  portmap: {stop_note}");
     println!("  removed: {}", removed.join(", "));
     for f in &failed {
         println!("  warning: not removed: {f}");
     }
-    if !(ok4 && ok6) {
+    if !(ok4 && ok6 && ok_local) {
         bail!("the demo failed: a request did not reach the app through portmap");
     }
     Ok(())
@@ -227,6 +238,21 @@ fn request(client: &str, url: &str) -> Result<String> {
     let mut c = netns_exec(client, "curl");
     c.args(["-sS", "-g", "--max-time", "5", url]);
     println!("== client$ curl {url}");
+    let result = output(&mut c);
+    match &result {
+        Ok(body) => print!("{}", indent(body)),
+        Err(e) => println!("    failed: {e:#}"),
+    }
+    result
+}
+
+/// `curl` on the node, from a process in `cgroup`; prints the command and
+/// the reply.
+fn request_on_node(node: &str, cgroup: &std::path::Path, url: &str) -> Result<String> {
+    let mut c = netns_exec(node, "curl");
+    c.args(["-sS", "--max-time", "5", url]);
+    in_cgroup(&mut c, cgroup)?;
+    println!("== node$ curl {url}");
     let result = output(&mut c);
     match &result {
         Ok(body) => print!("{}", indent(body)),

@@ -29,6 +29,8 @@ pub struct Sandbox {
     dirs: Vec<PathBuf>,
     /// Pin directories to remove with `portmap reset` (the portmap binary, the directory).
     pins: Vec<(PathBuf, PathBuf)>,
+    /// cgroup v2 directories to remove (after killing what runs in them).
+    cgroups: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -56,6 +58,15 @@ impl Sandbox {
         self.pins.push((portmap.to_path_buf(), dir.to_path_buf()));
     }
 
+    /// Creates the cgroup `NAME` at the root of the unified hierarchy; it is
+    /// removed on teardown.
+    pub fn add_cgroup(&mut self, name: &str) -> Result<PathBuf> {
+        let path = cgroup2_mount()?.join(name);
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        self.cgroups.push(path.clone());
+        Ok(path)
+    }
+
     /// Deletes everything; returns what was removed and what could not be.
     pub fn teardown(&mut self) -> (Vec<String>, Vec<String>) {
         let (mut removed, mut failed) = (Vec::new(), Vec::new());
@@ -74,6 +85,12 @@ impl Sandbox {
             match output(cmd("ip").args(["netns", "del", &ns])) {
                 Ok(_) => removed.push(format!("netns {ns}")),
                 Err(e) => failed.push(format!("netns {ns}: {e:#}")),
+            }
+        }
+        for cgroup in self.cgroups.drain(..) {
+            match remove_cgroup(&cgroup) {
+                Ok(()) => removed.push(format!("cgroup {}", cgroup.display())),
+                Err(e) => failed.push(format!("cgroup {}: {e}", cgroup.display())),
             }
         }
         for file in self.files.drain(..) {
@@ -104,6 +121,72 @@ impl Drop for Sandbox {
             eprintln!("warning: cleanup failed: {f}");
         }
     }
+}
+
+/// Kills what still runs in `cgroup`, then removes it.
+fn remove_cgroup(cgroup: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: sending SIGKILL to a pid has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        match std::fs::remove_dir(cgroup) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            other => return other,
+        }
+    }
+}
+
+/// Where cgroup2 (the unified hierarchy) is mounted, mounting it on
+/// `/sys/fs/cgroup/unified` if it is mounted nowhere (as `portmap run` does).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    if let Some(path) = find_cgroup2_mount() {
+        return Ok(path);
+    }
+    let target = "/sys/fs/cgroup/unified";
+    std::fs::create_dir_all(target)?;
+    output(cmd("mount").args(["-t", "cgroup2", "none", target]))
+        .with_context(|| format!("mounting cgroup2 on {target}"))?;
+    Ok(PathBuf::from(target))
+}
+
+/// Where cgroup2 is mounted, if it is.
+pub fn find_cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        mount.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// Makes the process `c` starts join `cgroup` before it runs its program.
+pub fn in_cgroup(c: &mut Command, cgroup: &Path) -> Result<()> {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let procs = cgroup.join("cgroup.procs");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs)
+        .with_context(|| format!("opening {}", procs.display()))?;
+    // SAFETY: the closure runs between fork and exec and only calls write(2),
+    // which is async-signal-safe; it owns `file`, so the fd stays open.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::write(file.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// `ip -n NS ARGS...` (ARGS split on whitespace), quiet unless it fails.

@@ -14,6 +14,8 @@ use crate::{
 const NETNS_PREFIX: &str = "pm-";
 const BPFFS: &str = "/sys/fs/bpf";
 const BPFFS_PREFIX: &str = "portmap";
+/// cgroups the tests and the demo create at the root of the unified hierarchy.
+const CGROUP_PREFIXES: [&str; 2] = ["portmap-test-", "portmap-demo-"];
 
 pub fn run_tests(extra: &[String]) -> Result<ExitCode> {
     require_root(
@@ -65,7 +67,7 @@ pub fn run_tests(extra: &[String]) -> Result<ExitCode> {
             println!("warning: left over after the tests: {item}{note}");
         }
         println!(
-            "warning: tests must clean up after themselves; remove these by hand (`ip netns del NAME`, `rm -r {BPFFS}/NAME`)"
+            "warning: tests must clean up after themselves; remove these by hand (`ip netns del NAME`, `rm -r {BPFFS}/NAME`, `rmdir CGROUP`)"
         );
         if code == 0 {
             return Ok(ExitCode::FAILURE);
@@ -74,7 +76,8 @@ pub fn run_tests(extra: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// Network namespaces named `pm-*` and `/sys/fs/bpf/portmap*` entries.
+/// Network namespaces named `pm-*`, `/sys/fs/bpf/portmap*` entries and
+/// `portmap-test-*` / `portmap-demo-*` cgroups.
 pub fn leftovers() -> Result<Vec<String>> {
     let mut found: Vec<String> = output(cmd("ip").args(["netns", "list"]))?
         .lines()
@@ -87,6 +90,16 @@ pub fn leftovers() -> Result<Vec<String>> {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if name.starts_with(BPFFS_PREFIX) {
                 found.push(Path::new(BPFFS).join(name).display().to_string());
+            }
+        }
+    }
+    if let Some(mount) = crate::sandbox::find_cgroup2_mount()
+        && let Ok(entries) = fs::read_dir(&mount)
+    {
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if CGROUP_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                found.push(format!("cgroup {}", mount.join(name).display()));
             }
         }
     }

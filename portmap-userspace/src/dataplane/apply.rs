@@ -115,22 +115,41 @@ fn backend_state(state: EndpointState) -> u8 {
     }
 }
 
+/// What an apply could not do. Each failed service keeps what it had before
+/// (or stays unpublished); the others are applied.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// (service key, why), e.g. a map that is full.
+    pub failed: Vec<(String, String)>,
+}
+
+impl ApplyReport {
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
 impl Dataplane {
-    /// Makes the maps publish exactly `desired`.
-    pub fn apply(&mut self, desired: &DesiredState) -> Result<()> {
+    /// Makes the maps publish `desired`. An inconsistent desired state (the
+    /// same frontend twice, mixed families) is refused whole; a service that
+    /// does not fit (full map, failed write) is an error for that service only.
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport> {
         desired.validate()?;
         self.claim_adopted(desired);
         let now = Instant::now();
-        self.check_capacity(desired, now)?;
-
         let owners: BTreeMap<Frontend, &str> = desired
             .services
             .iter()
             .flat_map(|s| s.frontends.iter().map(move |f| (*f, s.key.as_str())))
             .collect();
+        let mut report = ApplyReport::default();
         for svc in &desired.services {
-            self.apply_service(svc, &owners, now)
-                .with_context(|| format!("applying {}", svc.key))?;
+            let result = self
+                .check_capacity(svc, now)
+                .and_then(|()| self.apply_service(svc, &owners, now));
+            if let Err(e) = result {
+                report.failed.push((svc.key.clone(), format!("{e:#}")));
+            }
         }
         let gone: Vec<String> = self
             .services
@@ -139,38 +158,33 @@ impl Dataplane {
             .cloned()
             .collect();
         for key in gone {
-            self.remove_service(&key, &owners, now)
-                .with_context(|| format!("removing {key}"))?;
-        }
-        Ok(())
-    }
-
-    fn check_capacity(&mut self, desired: &DesiredState, now: Instant) -> Result<()> {
-        let (mut services, mut frontends, mut backends) = (0u32, 0u32, 0u32);
-        let mut tables = Vec::new();
-        for svc in &desired.services {
-            let cur = self.services.get(&svc.key);
-            services += u32::from(cur.is_none());
-            frontends += svc
-                .frontends
-                .iter()
-                .filter(|f| cur.is_none_or(|c| !c.frontends.contains_key(f)))
-                .count() as u32;
-            backends += svc
-                .endpoints
-                .iter()
-                .filter(|ep| {
-                    cur.is_none_or(|c| !c.backends.contains_key(&SocketAddr::new(ep.addr, ep.port)))
-                })
-                .count() as u32;
-            let members = table_members(svc);
-            let in_use = cur.and_then(|c| c.table.as_ref());
-            let size = maglev::table_size(members.len(), in_use.map(|t| t.region.len));
-            let unchanged = in_use.is_some_and(|t| t.region.len == size && t.members == members);
-            if size > 0 && !unchanged {
-                tables.push(size);
+            if let Err(e) = self.remove_service(&key, &owners, now) {
+                report.failed.push((key, format!("removing: {e:#}")));
             }
         }
+        Ok(report)
+    }
+
+    /// Checks that the maps have room for what `svc` adds to what it has.
+    fn check_capacity(&mut self, svc: &Service, now: Instant) -> Result<()> {
+        let cur = self.services.get(&svc.key);
+        let services = u32::from(cur.is_none());
+        let frontends = svc
+            .frontends
+            .iter()
+            .filter(|f| cur.is_none_or(|c| !c.frontends.contains_key(f)))
+            .count() as u32;
+        let backends = svc
+            .endpoints
+            .iter()
+            .filter(|ep| {
+                cur.is_none_or(|c| !c.backends.contains_key(&SocketAddr::new(ep.addr, ep.port)))
+            })
+            .count() as u32;
+        let members = table_members(svc);
+        let in_use = cur.and_then(|c| c.table.as_ref());
+        let size = maglev::table_size(members.len(), in_use.map(|t| t.region.len));
+        let unchanged = in_use.is_some_and(|t| t.region.len == size && t.members == members);
         let checks = [
             (
                 "services",
@@ -204,10 +218,10 @@ impl Dataplane {
                 .into());
             }
         }
-        if !self.regions.can_fit(&tables, now) {
+        if size > 0 && !unchanged && !self.regions.can_fit(&[size], now) {
             return Err(CapacityError::Full {
                 what: "Maglev table slots",
-                needed: tables.iter().sum(),
+                needed: size,
                 available: self.regions.capacity() - self.regions.in_use(),
                 capacity: self.regions.capacity(),
                 flag: "--max-backends",

@@ -36,9 +36,10 @@ pub mod names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
     pub const DEVMAP: &str = "DEVMAP";
+    pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
 
     /// Every map, pinned by these names.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: &[&str] = &[
         FRONTENDS,
         FRONTEND_GEN,
         BACKENDS,
@@ -52,6 +53,7 @@ pub mod names {
         AFFINITY,
         SOURCE_RANGES,
         DEVMAP,
+        SOCK_REVNAT,
     ];
 }
 

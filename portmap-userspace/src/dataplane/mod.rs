@@ -8,6 +8,7 @@ mod attach;
 mod gc;
 pub mod maps;
 mod pin;
+mod sock;
 mod stats;
 
 use std::{
@@ -29,10 +30,11 @@ use self::{
     maps::{Maps, names, node_addr_key},
 };
 pub use self::{
-    apply::CapacityError,
+    apply::{ApplyReport, CapacityError},
     attach::{Attached, XdpMode},
     gc::GcReport,
     pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
+    sock::{SockAttached, cgroup2_mount, default_cgroup, is_cgroup2},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
 };
 
@@ -127,6 +129,7 @@ impl Dataplane {
         pins: Option<PinDir>,
         variant: u32,
     ) -> Result<Self> {
+        let config = sock::with_host_netns(config);
         let maglev_blocks = limits.maglev_slots().div_ceil(MAGLEV_BLOCK_SLOTS);
         let sizes = [
             (names::FRONTENDS, limits.frontends),
@@ -160,6 +163,7 @@ impl Dataplane {
             match program {
                 aya::programs::Program::Xdp(p) => Xdp::load(p),
                 aya::programs::Program::SchedClassifier(p) => SchedClassifier::load(p),
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 other => anyhow::bail!("unexpected program {name}: {other:?}"),
             }
             .with_context(|| format!("loading program {name} (the verifier's log follows)"))?;

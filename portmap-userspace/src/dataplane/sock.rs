@@ -1,0 +1,392 @@
+//! Socket-level load balancing: the cgroup `sock_addr` programs (`connect`,
+//! `sendmsg`, `recvmsg`, `getpeername`, IPv4 and IPv6) attached to a cgroup v2
+//! directory, through links pinned as `DIR/links/cgroup-connect4` etc.
+//!
+//! As with the XDP and tc links, a link pinned by a previous daemon on the
+//! same cgroup is not detached: this daemon's program replaces the old one in
+//! it (`BPF_LINK_UPDATE`), so no connect escapes translation during a restart.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr,
+    links::{FdLink, PinnedLink},
+};
+use log::{info, warn};
+use portmap_common::abi::DatapathConfig;
+
+use super::{Dataplane, attach::HeldLink};
+
+/// The socket programs: (program, link pin suffix, `bpf_attach_type`).
+/// Reverse translation first, so a socket translated at connect has its
+/// replies translated back from the start.
+pub const SOCK_PROGRAMS: [(&str, &str, u32); 8] = [
+    ("portmap_recvmsg4", "recvmsg4", 19),
+    ("portmap_recvmsg6", "recvmsg6", 20),
+    ("portmap_getpeername4", "getpeername4", 29),
+    ("portmap_getpeername6", "getpeername6", 30),
+    ("portmap_connect4", "connect4", 10),
+    ("portmap_connect6", "connect6", 11),
+    ("portmap_sendmsg4", "sendmsg4", 14),
+    ("portmap_sendmsg6", "sendmsg6", 15),
+];
+
+/// Link pin names: `cgroup-connect4`, ...
+const CGROUP_LINK: &str = "cgroup";
+
+/// `statfs` magic of cgroup2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Where cgroup2 is mounted when nothing mounts it yet.
+const CGROUP2_DEFAULT_MOUNT: &str = "/sys/fs/cgroup/unified";
+
+/// How the socket programs were attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockAttached {
+    /// New links on the cgroup (some may have replaced a program in place).
+    Fresh,
+    /// The previous daemon's links on the same cgroup, now running this
+    /// daemon's programs.
+    Replaced,
+    /// Socket-level load balancing is off; links a previous daemon pinned
+    /// were removed.
+    Off,
+}
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`).
+pub fn netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain syscalls on an fd this function owns; `cookie` and `len`
+    // are valid for writes of their sizes.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        if libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cookie)
+    }
+}
+
+/// `config` with the cookie of this process's network namespace, which the
+/// socket programs take as the node's.
+pub(super) fn with_host_netns(mut config: DatapathConfig) -> DatapathConfig {
+    if config.host_netns_cookie == 0 {
+        match netns_cookie() {
+            Ok(cookie) => config.host_netns_cookie = cookie,
+            Err(e) => warn!(
+                "cannot read this network namespace's cookie ({e}): socket-level load balancing \
+                 will not translate loopback destinations"
+            ),
+        }
+    }
+    config
+}
+
+/// Whether `path` is on a cgroup v2 (unified) filesystem.
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `statfs` writes into `buf`, a valid zeroed struct; `c` is a valid C string.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut buf) }) == 0 && buf.f_type as i64 == CGROUP2_SUPER_MAGIC
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&field[i + 1..i + 4], 8)
+        {
+            out.push(b);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
+}
+
+/// The first cgroup2 mount point in `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if fs.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        mount.split_whitespace().nth(4).map(unescape)
+    })
+}
+
+/// The root of the unified hierarchy (`--cgroup`'s default): where cgroup2 is
+/// mounted, else mounted by this function on `/sys/fs/cgroup/unified`.
+pub fn default_cgroup() -> Result<PathBuf> {
+    if let Some(path) = cgroup2_mount() {
+        return Ok(path);
+    }
+    let target = Path::new(CGROUP2_DEFAULT_MOUNT);
+    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let fs = c"cgroup2";
+    let c_target = CString::new(target.as_os_str().as_bytes())?;
+    // SAFETY: valid C strings; mounting cgroup2 has no memory-safety concerns.
+    if unsafe {
+        libc::mount(
+            fs.as_ptr(),
+            c_target.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("mounting cgroup2 on {}", target.display()));
+    }
+    info!("mounted cgroup2 on {}", target.display());
+    Ok(target.to_path_buf())
+}
+
+// The few bpf(2) commands aya does not offer for an adopted cgroup link.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+/// `bpf_link_info` up to its `cgroup` member.
+#[repr(C)]
+#[derive(Default)]
+struct CgroupLinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    cgroup_id: u64,
+    attach_type: u32,
+    _pad2: u32,
+}
+
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialized bpf_attr prefix of its size; the
+    // kernel zero-extends it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// Opens the link pinned at `path`.
+fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn link_info(link: &OwnedFd) -> io::Result<CgroupLinkInfo> {
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = CgroupLinkInfo::default();
+    let mut attr = GetInfo {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<CgroupLinkInfo>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+/// Atomically replaces the program of `link` with `program`.
+fn link_update(link: &OwnedFd, program: i32) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let mut attr = LinkUpdate {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: program as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+impl Dataplane {
+    /// Attaches the socket programs to the cgroup v2 directory `cgroup`
+    /// (its processes and their descendants' sockets), replacing the programs
+    /// in links a previous daemon pinned on the same cgroup. `None`
+    /// (`--no-socket-lb`) detaches links a previous daemon pinned.
+    pub fn attach_sockets(&mut self, cgroup: Option<&Path>) -> Result<SockAttached> {
+        let Some(cgroup) = cgroup else {
+            self.detach_pinned_sockets()?;
+            return Ok(SockAttached::Off);
+        };
+        let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        if !is_cgroup2(cgroup) {
+            bail!(
+                "{} is not a cgroup v2 (unified) directory",
+                cgroup.display()
+            );
+        }
+        let cgroup_id = dir.metadata()?.ino();
+        let mut fresh = false;
+        for (program, name, attach_type) in SOCK_PROGRAMS {
+            let path = self
+                .pins
+                .as_ref()
+                .map(|p| p.link_path(CGROUP_LINK, name))
+                .filter(|p| p.exists());
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(program)
+                .with_context(|| format!("no program {program} in the object"))?
+                .try_into()?;
+            if let Some(path) = path {
+                let link =
+                    open_pinned(&path).with_context(|| format!("opening {}", path.display()))?;
+                let info =
+                    link_info(&link).with_context(|| format!("reading {}", path.display()))?;
+                if info.link_type == BPF_LINK_TYPE_CGROUP
+                    && info.cgroup_id == cgroup_id
+                    && info.attach_type == attach_type
+                {
+                    link_update(&link, prog.fd()?.as_fd().as_raw_fd())
+                        .with_context(|| format!("replacing the program in {}", path.display()))?;
+                    let held = PinnedLink::from_pin(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    self.links.push(HeldLink::Adopted {
+                        path,
+                        link: FdLink::from(held),
+                    });
+                    continue;
+                }
+                // On another cgroup (--cgroup changed): detached once `link` closes.
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                info!("{name}: detached from the cgroup it was on before (--cgroup changed)");
+            }
+            // Links take no attach flags (the kernel refuses any); they
+            // always coexist with other programs on the cgroup, as
+            // BPF_F_ALLOW_MULTI attachments do. `Single` means no flags.
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {program} to {}", cgroup.display()))?;
+            let link = FdLink::try_from(prog.take_link(id)?)
+                .context("the kernel gave no link for a cgroup program")?;
+            match &self.pins {
+                Some(pins) => {
+                    let path = pins.link_path(CGROUP_LINK, name);
+                    let pinned = link
+                        .pin(&path)
+                        .with_context(|| format!("pinning {}", path.display()))?;
+                    self.links.push(HeldLink::Pinned(pinned));
+                }
+                // Unpinned (tests): dropping the link would detach; keep it.
+                None => self.links.push(HeldLink::Adopted {
+                    path: PathBuf::new(),
+                    link,
+                }),
+            }
+            fresh = true;
+        }
+        Ok(if fresh {
+            SockAttached::Fresh
+        } else {
+            SockAttached::Replaced
+        })
+    }
+
+    /// Unpins (so detaches) socket program links a previous daemon left.
+    fn detach_pinned_sockets(&mut self) -> Result<()> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let mut detached = 0;
+        for (_, name, _) in SOCK_PROGRAMS {
+            let path = pins.link_path(CGROUP_LINK, name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("unpinning {}", path.display()))?;
+                detached += 1;
+            }
+        }
+        if detached > 0 {
+            info!("detached the socket programs a previous portmap left (--no-socket-lb)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(
+            unescape(r"/sys/fs/cgroup/a\040b"),
+            PathBuf::from("/sys/fs/cgroup/a b")
+        );
+        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
+    }
+
+    #[test]
+    fn this_namespace_has_a_cookie() {
+        // SO_NETNS_COOKIE needs Linux 5.14; every namespace has a non-zero one.
+        assert_ne!(netns_cookie().unwrap(), 0);
+    }
+}
