@@ -99,7 +99,10 @@ fn validate(args: &RunArgs) -> (Sources, Loaded) {
     for spec in &args.publish {
         let v4 = spec.1.backend.is_ipv4();
         if !args.allow_from.is_empty() && !args.allow_from.iter().any(|c| c.addr.is_ipv4() == v4) {
-            warn!("-p {}: no --allow-from prefix of its family, so no source may reach it", spec.0);
+            warn!(
+                "-p {}: no --allow-from prefix of its family, so no source may reach it",
+                spec.0
+            );
         }
     }
     let sources = Sources {
@@ -152,8 +155,11 @@ fn enable_forwarding(desired: &DesiredState, node: &BTreeSet<IpAddr>) -> Result<
     Ok(())
 }
 
+/// A `-p` spec's host address is meant to be the node's (as with Docker);
+/// ClusterIPs and load balancer IPs never are, so they are not warned about.
 fn warn_about_foreign_frontends(desired: &DesiredState, node: &BTreeSet<IpAddr>) {
-    for fe in desired.services.iter().flat_map(|s| &s.frontends) {
+    let published = desired.services.iter().filter(|s| s.name.is_empty());
+    for fe in published.flat_map(|s| &s.frontends) {
         if let HostAddr::Ip(ip) = fe.addr
             && !node.contains(&ip)
             && !ip.is_loopback()
@@ -291,7 +297,11 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
     dataplane.set_node_addrs(&node)?;
     let report = dataplane.apply(desired)?;
     if !report.is_complete() {
-        let failed: Vec<String> = report.failed.iter().map(|(key, why)| format!("{key}: {why}")).collect();
+        let failed: Vec<String> = report
+            .failed
+            .iter()
+            .map(|(key, why)| format!("{key}: {why}"))
+            .collect();
         anyhow::bail!("could not publish everything:\n  {}", failed.join("\n  "));
     }
     warn_about_foreign_frontends(desired, &node);

@@ -31,6 +31,37 @@ struct Names {
     app: String,
 }
 
+/// The Pod and NodePort Service of the usual Kubernetes example, as written,
+/// with the IP the "cluster" gave the Pod (the app's namespace).
+const SEED_MANIFEST: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: backend-pod
+  labels:
+    app: banking-api
+spec:
+  containers:
+  - name: api
+    image: banking-api:latest
+    ports:
+      - containerPort: 8080  # App listens here
+status:
+  podIP: 198.19.0.2
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: backend-service
+spec:
+  type: NodePort
+  selector:
+    app: banking-api
+  ports:
+    - port: 80  # Service's internal port
+      targetPort: 8080  # Maps to containerPort
+      nodePort: 30001  # Optional; K8s assigns if omitted
+"#;
+
 pub fn run_demo() -> Result<()> {
     require_root(
         "cargo xtask demo",
@@ -62,6 +93,10 @@ pub fn run_demo() -> Result<()> {
     sandbox.remove_on_teardown(&socket);
     let pins = PathBuf::from(format!("/sys/fs/bpf/portmap-demo-{pid}"));
     sandbox.reset_pins_on_teardown(&portmap, &pins);
+    let manifest = PathBuf::from(format!("/run/portmap/demo-{pid}-banking.yaml"));
+    std::fs::create_dir_all("/run/portmap")?;
+    sandbox.remove_on_teardown(&manifest);
+    std::fs::write(&manifest, SEED_MANIFEST)?;
     println!(
         "== topology: {} (198.18.0.2, 2001:db8::2) ⇄ {} (198.18.0.1, 2001:db8::1 | 198.19.0.1, 2001:db8:1::1) ⇄ {} (198.19.0.2, 2001:db8:1::2)",
         ns.client, ns.node, ns.app
@@ -80,6 +115,8 @@ pub fn run_demo() -> Result<()> {
         "198.19.0.2:3000",
         "--tcp",
         "[2001:db8:1::2]:3000",
+        "--tcp",
+        "198.19.0.2:8080",
     ];
     println!("== app$ portmap-testserver {}", server_args.join(" "));
     let mut server_cmd = netns_exec(&ns.app, &testserver);
@@ -90,6 +127,7 @@ pub fn run_demo() -> Result<()> {
     let socket_arg = socket.display().to_string();
     let pins_arg = pins.display().to_string();
     let cgroup_arg = cgroup.display().to_string();
+    let manifest_arg = manifest.display().to_string();
     let daemon_args = [
         "run",
         "--iface",
@@ -106,6 +144,10 @@ pub fn run_demo() -> Result<()> {
         &pins_arg,
         "--cgroup",
         &cgroup_arg,
+        "--manifests",
+        &manifest_arg,
+        "--service-cidr",
+        "198.18.128.0/20",
     ];
     println!("== node$ portmap {}", daemon_args.join(" "));
     let mut daemon_cmd = netns_enter(&ns.node, &portmap);
@@ -123,6 +165,16 @@ pub fn run_demo() -> Result<()> {
     let v6 = request(&ns.client, "http://[2001:db8::1]:8080/");
     println!("# and on the node itself, as Docker users do right after `docker run -p 8080:3000`");
     let local = request_on_node(&ns.node, &cgroup, "http://localhost:8080/");
+    println!(
+        "# the Kubernetes example: kubectl apply -f {manifest_arg} (Pod backend-pod, NodePort Service backend-service)"
+    );
+    print!("{}", indent(SEED_MANIFEST));
+    let node_port = request(&ns.client, "http://198.18.0.1:30001/");
+    let cluster_ip = cluster_ip(&portmap, &socket_arg, "default/backend-service");
+    let via_cluster_ip = match &cluster_ip {
+        Ok(ip) => request(&ns.client, &format!("http://{ip}/")),
+        Err(e) => Err(anyhow::anyhow!("no ClusterIP: {e:#}")),
+    };
     check_interrupted()?;
 
     println!("== portmap list --control-socket {socket_arg}");
@@ -164,12 +216,17 @@ pub fn run_demo() -> Result<()> {
     let ok4 = verdict("IPv4", "198.18.0.1:8080", &v4);
     let ok6 = verdict("IPv6", "[2001:db8::1]:8080", &v6);
     let ok_local = verdict("node", "localhost:8080", &local);
+    let ok_node_port = verdict("NodePort", "198.18.0.1:30001", &node_port);
+    let cluster_ip_label = cluster_ip
+        .map(|ip| format!("{ip}:80 (ClusterIP)"))
+        .unwrap_or_default();
+    let ok_cluster_ip = verdict("ClusterIP", &cluster_ip_label, &via_cluster_ip);
     println!("  portmap: {stop_note}");
     println!("  removed: {}", removed.join(", "));
     for f in &failed {
         println!("  warning: not removed: {f}");
     }
-    if !(ok4 && ok6 && ok_local) {
+    if !(ok4 && ok6 && ok_local && ok_node_port && ok_cluster_ip) {
         bail!("the demo failed: a request did not reach the app through portmap");
     }
     Ok(())
@@ -286,4 +343,25 @@ fn verdict(family: &str, frontend: &str, reply: &Result<String>) -> bool {
             false
         }
     }
+}
+
+/// The ClusterIP portmap assigned to `service`, from `portmap list --json`.
+fn cluster_ip(portmap: &std::path::Path, socket: &str, service: &str) -> Result<String> {
+    let json = output(cmd(portmap).args(["list", "--json", "--control-socket", socket]))?;
+    let list: serde_json::Value = serde_json::from_str(&json)?;
+    list["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["service"] == service)
+        .flat_map(|s| s["frontends"].as_array().into_iter().flatten())
+        // "198.18.128.7:80/tcp"; the NodePort frontend is "*:30001/tcp".
+        .filter_map(|f| {
+            f["frontend"]
+                .as_str()?
+                .strip_suffix(":80/tcp")
+                .map(str::to_string)
+        })
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{service} has no ClusterIP frontend in portmap list"))
 }
