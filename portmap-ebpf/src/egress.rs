@@ -49,17 +49,7 @@ pub fn run(ctx: &TcContext) -> i32 {
 /// client's stack finds the socket (path MTU discovery, unreachables).
 #[inline(always)]
 fn translate_icmp(ctx: &TcContext, at: &IcmpAt) -> Option<()> {
-    let q = icmp::quote(ctx, at)?;
-    // Sent to the client the quoted request came from.
-    if q.src != at.dst {
-        return None;
-    }
-    let entry = CONNTRACK.get_ptr(icmp::flow_key(&q, at.family, icmp::EGRESS_DIRECTION))?;
-    // SAFETY: a live map value, read once into a copy.
-    let e = unsafe { *entry };
-    if !conntrack::frontend_current(&e) {
-        return None;
-    }
+    let (q, e) = icmp::find_flow(ctx, at, CT_REPLY)?;
     // Direct writes need the skb linear and private up to the end of the quote.
     ctx.pull_data(at.ip_end as u32).ok()?;
     icmp::rewrite_quote(

@@ -14,11 +14,12 @@
 //! checksum over the changed bytes is updated incrementally.
 
 use portmap_common::{
-    abi::{CT_FORWARD, CT_REPLY, CtKey, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr},
+    abi::{CtKey, CtValue, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr},
     csum::CsumDelta,
 };
 
 use crate::{
+    maps::CONNTRACK,
     packet::{PacketBuf, ptr_at},
     parse::IcmpAt,
 };
@@ -118,7 +119,7 @@ pub fn quote(buf: &impl PacketBuf, at: &IcmpAt) -> Option<Quote> {
 /// request (egress) is found through its reply entry, a quoted translated
 /// reply (ingress) through its forward entry.
 #[inline(always)]
-pub fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
+fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
     CtKey {
         src: q.dst,
         dst: q.src,
@@ -131,8 +132,25 @@ pub fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
     }
 }
 
-pub const EGRESS_DIRECTION: u8 = CT_REPLY;
-pub const INGRESS_DIRECTION: u8 = CT_FORWARD;
+/// The quote of an ICMP error and the conntrack entry of the flow it is
+/// about, if that flow is still current: on egress (`CT_REPLY`) a quoted
+/// translated request sent back to its client, on ingress (`CT_FORWARD`) a
+/// quoted translated reply sent back to its frontend.
+#[inline(always)]
+pub fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Quote, CtValue)> {
+    let q = quote(buf, at)?;
+    // The error goes back to where the quoted packet came from.
+    if q.src != at.dst {
+        return None;
+    }
+    let entry = CONNTRACK.get_ptr(flow_key(&q, at.family, direction))?;
+    // SAFETY: a live map value, read once into a copy.
+    let e = unsafe { *entry };
+    if !crate::conntrack::frontend_current(&e) {
+        return None;
+    }
+    Some((q, e))
+}
 
 #[inline(always)]
 fn read16(buf: &impl PacketBuf, off: usize) -> Option<u16> {

@@ -49,17 +49,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 /// backend, quoting the reply as the backend sent it.
 #[inline(always)]
 fn translate_icmp(ctx: &XdpContext, at: &IcmpAt) -> Option<()> {
-    let q = icmp::quote(ctx, at)?;
-    // Sent back to the frontend the quoted reply came from.
-    if q.src != at.dst {
-        return None;
-    }
-    let entry = CONNTRACK.get_ptr(icmp::flow_key(&q, at.family, icmp::INGRESS_DIRECTION))?;
-    // SAFETY: a live map value, read once into a copy.
-    let e = unsafe { *entry };
-    if !conntrack::frontend_current(&e) {
-        return None;
-    }
+    let (q, e) = icmp::find_flow(ctx, at, CT_FORWARD)?;
     let extra = icmp::redirect_to(ctx, at, &e.nat_addr)?;
     icmp::rewrite_quote(ctx, at, &q, QuoteSide::Src, &e.nat_addr, e.nat_port, extra)?;
     count_event(DatapathEvent::IcmpTranslated);

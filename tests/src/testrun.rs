@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Context as _, Result};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use portmap_common::abi::DatapathConfig;
 use portmap_userspace::{
     dataplane::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, Limits, Snapshot},
@@ -14,6 +14,22 @@ use portmap_userspace::{
 pub const XDP_PASS: u32 = 2;
 /// `TC_ACT_UNSPEC` as the program returns it.
 pub const TC_NEXT: i32 = -1;
+
+/// Runs `prog` once on `packet` (BPF_PROG_TEST_RUN); returns its return
+/// value and the packet after it.
+fn run<P>(prog: &P, packet: &[u8]) -> Result<(u32, Vec<u8>)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
+{
+    let mut out = vec![0u8; packet.len() + 512];
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(packet),
+        data_out: Some(&mut out),
+        ..TestRunOptions::default()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
 
 /// The desired state of `-p` specs.
 pub fn desired(specs: &[&str]) -> Result<DesiredState> {
@@ -65,38 +81,21 @@ impl Lab {
 
     /// Runs the XDP ingress program; returns its action and the packet after it.
     pub fn xdp(&self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let prog: &Xdp = self
-            .dp
-            .ebpf()
-            .program(INGRESS_PROGRAM)
-            .context("no XDP program")?
-            .try_into()?;
-        let mut out = vec![0u8; packet.len() + 512];
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        let prog: &Xdp = self.program(INGRESS_PROGRAM)?.try_into()?;
+        run(prog, packet)
     }
 
     /// Runs the tc egress program; returns its verdict and the packet after it.
     pub fn tc(&self, packet: &[u8]) -> Result<(i32, Vec<u8>)> {
-        let prog: &SchedClassifier = self
-            .dp
+        let prog: &SchedClassifier = self.program(EGRESS_PROGRAM)?.try_into()?;
+        run(prog, packet).map(|(verdict, out)| (verdict as i32, out))
+    }
+
+    fn program(&self, name: &str) -> Result<&aya::programs::Program> {
+        self.dp
             .ebpf()
-            .program(EGRESS_PROGRAM)
-            .context("no tc program")?
-            .try_into()?;
-        let mut out = vec![0u8; packet.len() + 512];
-        let result = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value as i32, out))
+            .program(name)
+            .with_context(|| format!("no program {name}"))
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {

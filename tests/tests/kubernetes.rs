@@ -71,38 +71,8 @@ fn seed_example_nodeport_service_as_written() {
     let _s = Server::start(&topo.backends[0], "b0", &[sa("198.19.0.2", 8080)], &[]).unwrap();
     let dir = ManifestDir::new("seed").unwrap();
     // The seed document's Pod and Service, verbatim, once the Pod has an IP.
-    dir.write(
-        "banking.yaml",
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: backend-pod
-  labels:
-    app: banking-api
-spec:
-  containers:
-  - name: api
-    image: banking-api:latest
-    ports:
-      - containerPort: 8080  # App listens here
-status:
-  podIP: 198.19.0.2
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: backend-service
-spec:
-  type: NodePort
-  selector:
-    app: banking-api
-  ports:
-    - port: 80  # Service's internal port
-      targetPort: 8080  # Maps to containerPort
-      nodePort: 30001  # Optional; K8s assigns if omitted
-"#,
-    )
-    .unwrap();
+    dir.write("banking.yaml", include_str!("../../examples/banking.yaml"))
+        .unwrap();
     let pm = run(&topo, &dir, &[]);
     // <node-ip>:30001, on every node address.
     for node in [NODE_V4, NODE_V4_ALT] {

@@ -33,34 +33,7 @@ struct Names {
 
 /// The Pod and NodePort Service of the usual Kubernetes example, as written,
 /// with the IP the "cluster" gave the Pod (the app's namespace).
-const SEED_MANIFEST: &str = r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: backend-pod
-  labels:
-    app: banking-api
-spec:
-  containers:
-  - name: api
-    image: banking-api:latest
-    ports:
-      - containerPort: 8080  # App listens here
-status:
-  podIP: 198.19.0.2
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: backend-service
-spec:
-  type: NodePort
-  selector:
-    app: banking-api
-  ports:
-    - port: 80  # Service's internal port
-      targetPort: 8080  # Maps to containerPort
-      nodePort: 30001  # Optional; K8s assigns if omitted
-"#;
+const SEED_MANIFEST: &str = include_str!("../../examples/banking.yaml");
 
 pub fn run_demo() -> Result<()> {
     require_root(

@@ -151,7 +151,7 @@ impl Dataplane {
     }
 
     /// Pins a link this process just created, if there is a pin directory.
-    fn hold(&mut self, kind: &str, iface: &str, link: FdLink) -> Result<()> {
+    pub(super) fn hold(&mut self, kind: &str, iface: &str, link: FdLink) -> Result<()> {
         match &self.pins {
             Some(pins) => {
                 let path = pins.link_path(kind, iface);

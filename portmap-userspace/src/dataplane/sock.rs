@@ -327,20 +327,7 @@ impl Dataplane {
                 .with_context(|| format!("attaching {program} to {}", cgroup.display()))?;
             let link = FdLink::try_from(prog.take_link(id)?)
                 .context("the kernel gave no link for a cgroup program")?;
-            match &self.pins {
-                Some(pins) => {
-                    let path = pins.link_path(CGROUP_LINK, name);
-                    let pinned = link
-                        .pin(&path)
-                        .with_context(|| format!("pinning {}", path.display()))?;
-                    self.links.push(HeldLink::Pinned(pinned));
-                }
-                // Unpinned (tests): dropping the link would detach; keep it.
-                None => self.links.push(HeldLink::Adopted {
-                    path: PathBuf::new(),
-                    link,
-                }),
-            }
+            self.hold(CGROUP_LINK, name, link)?;
             fresh = true;
         }
         Ok(if fresh {

@@ -73,34 +73,8 @@ fn endpoints(s: &Service) -> Vec<String> {
         .collect()
 }
 
-const SEED: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: backend-pod
-  labels:
-    app: banking-api
-spec:
-  containers:
-  - name: api
-    image: banking-api:latest
-    ports:
-      - containerPort: 8080  # App listens here
-status: {podIP: 198.19.0.2}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: backend-service
-spec:
-  type: NodePort
-  selector:
-    app: banking-api
-  ports:
-    - port: 80  # Service's internal port
-      targetPort: 8080  # Maps to containerPort
-      nodePort: 30001  # Optional; K8s assigns if omitted
-"#;
+/// The seed document's example, as the demo and the namespace tests use it.
+const SEED: &str = include_str!("../../../../examples/banking.yaml");
 
 #[test]
 fn seed_example_nodeport_service() {
@@ -149,7 +123,9 @@ fn seed_example_nodeport_service() {
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
 
     // The same, before the Pod has an IP: published, rejecting.
-    let t = run(&SEED.replace("status: {podIP: 198.19.0.2}", ""), &node);
+    let without_ip = SEED.replace("status:\n  podIP: 198.19.0.2\n", "");
+    assert_ne!(without_ip, SEED, "the example's status was removed");
+    let t = run(&without_ip, &node);
     let ext = unit(&t, "default/backend-service:80/tcp ipv4 external");
     assert!(ext.endpoints.is_empty());
     assert_eq!(ext.when_empty, WhenEmpty::Reject);
