@@ -112,26 +112,37 @@ pub fn decide(entry: &CtValue, flow: &Flow, now: u64, cfg: &DatapathConfig) -> D
     if !frontend_current(entry) {
         return Decision::New;
     }
-    match BACKENDS.get(entry.backend_id) {
-        Some(b) if b.state != BACKEND_UNUSED && b.generation == entry.backend_generation => {
-            Decision::Use
-        }
-        _ => Decision::Reselect,
+    if backend_current(entry) {
+        Decision::Use
+    } else {
+        Decision::Reselect
     }
 }
 
 /// Whether the frontend the entry was made for still exists unchanged.
 #[inline(always)]
-pub fn frontend_current(entry: &CtValue) -> bool {
+fn frontend_current(entry: &CtValue) -> bool {
     matches!(FRONTEND_GEN.get(entry.frontend_id), Some(g) if *g == entry.frontend_generation)
 }
 
-/// Whether a reply entry may translate: its frontend exists and it has not
-/// expired (the ports may since have been reused by an untranslated flow).
+/// Whether the backend the entry was made for still exists unchanged.
 #[inline(always)]
-pub fn reply_usable(entry: &CtValue, flow: &Flow, now: u64, cfg: &DatapathConfig) -> bool {
-    now.saturating_sub(entry.last_seen_ns) <= timeout_ns(cfg, flow.proto, entry.state)
+fn backend_current(entry: &CtValue) -> bool {
+    matches!(
+        BACKENDS.get(entry.backend_id),
+        Some(b) if b.state != BACKEND_UNUSED && b.generation == entry.backend_generation
+    )
+}
+
+/// Whether an entry may translate a packet of a flow it does not create or
+/// move (a reply, an ICMP error about the flow): it has not expired (its
+/// ports may since belong to an untranslated flow), and its frontend and
+/// backend are the ones it was made for.
+#[inline(always)]
+pub fn current(entry: &CtValue, proto: u8, now: u64, cfg: &DatapathConfig) -> bool {
+    now.saturating_sub(entry.last_seen_ns) <= timeout_ns(cfg, proto, entry.state)
         && frontend_current(entry)
+        && backend_current(entry)
 }
 
 #[inline(always)]

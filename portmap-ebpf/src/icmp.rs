@@ -133,7 +133,7 @@ fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
 }
 
 /// The quote of an ICMP error and the conntrack entry of the flow it is
-/// about, if that flow is still current: on egress (`CT_REPLY`) a quoted
+/// about, if that entry is current (`conntrack::current`): on egress (`CT_REPLY`) a quoted
 /// translated request sent back to its client, on ingress (`CT_FORWARD`) a
 /// quoted translated reply sent back to its frontend.
 #[inline(always)]
@@ -146,7 +146,8 @@ pub fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Qu
     let entry = CONNTRACK.get_ptr(flow_key(&q, at.family, direction))?;
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
-    if !crate::conntrack::frontend_current(&e) {
+    let cfg = crate::conntrack::config()?;
+    if !crate::conntrack::current(&e, q.proto, crate::conntrack::now_ns(), cfg) {
         return None;
     }
     Some((q, e))

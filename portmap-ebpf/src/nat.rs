@@ -159,5 +159,16 @@ pub fn rewrite_tc(
         udp_flags | 2,
     )
     .ok()?;
+    if flow.proto != PROTO_TCP && udp_flags == 0 {
+        // Updated without MARK_MANGLED_0 (an IPv6 checksum that was 0), a
+        // result of 0 would stay 0, which means "none" and IPv6 forbids:
+        // send it as 0xffff, as every other UDP update does.
+        let check: *const [u8; 2] = ptr_at(ctx, f.l4_check)?;
+        // SAFETY: bounds checked by `ptr_at` just above (helpers invalidate
+        // earlier packet pointers, so it is taken afresh).
+        if unsafe { *check } == [0, 0] {
+            ctx.store(f.l4_check, &0xffffu16, 0).ok()?;
+        }
+    }
     Some(())
 }
