@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod kube;
 pub mod load;
 pub mod metrics;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod server;
