@@ -44,9 +44,9 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]
-mod sock;
-#[cfg(target_arch = "bpf")]
 mod reply;
+#[cfg(target_arch = "bpf")]
+mod sock;
 
 #[cfg(target_arch = "bpf")]
 use aya_ebpf::{

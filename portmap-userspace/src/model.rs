@@ -4,7 +4,7 @@
 //! The unit is a [`Service`]: frontends that share one backend set. The
 //! dataplane gives each service one Maglev table and points its frontends at it.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::HashMap, fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -239,7 +239,13 @@ impl DesiredState {
     /// Checks what no single service can check alone: a frontend belongs to
     /// one service only, and every backend is of its frontends' family.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let mut owners: BTreeMap<Frontend, &str> = BTreeMap::new();
+        self.frontend_owners().map(|_| ())
+    }
+
+    /// The key of the service publishing each frontend, once [`Self::validate`]'s
+    /// checks pass.
+    pub fn frontend_owners(&self) -> Result<HashMap<Frontend, &str>, ModelError> {
+        let mut owners: HashMap<Frontend, &str> = HashMap::with_capacity(self.services.len() * 2);
         for svc in &self.services {
             for fe in &svc.frontends {
                 if let Some(first) = owners.insert(*fe, &svc.key) {
@@ -262,7 +268,7 @@ impl DesiredState {
                 }
             }
         }
-        Ok(())
+        Ok(owners)
     }
 }
 

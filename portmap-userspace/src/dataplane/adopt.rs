@@ -4,7 +4,7 @@
 //! generations and backends.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -63,6 +63,7 @@ impl Dataplane {
             backends: BTreeMap::new(),
             table: None,
             source_ranges: BTreeSet::new(),
+            in_sync_with: None,
         };
 
         for item in self.maps.frontends.iter() {
@@ -191,11 +192,12 @@ impl Dataplane {
         // A frontend caught mid-swap may point at another table than its
         // siblings; the first apply rewrites it, so that region can go.
         let now = std::time::Instant::now();
+        let in_use: HashSet<Region> = services
+            .values()
+            .filter_map(|s| s.table.as_ref().map(|t| t.region))
+            .collect();
         for region in &regions {
-            if !services
-                .values()
-                .any(|s| s.table.as_ref().is_some_and(|t| t.region == *region))
-            {
+            if !in_use.contains(region) {
                 self.regions.free(*region, now);
             }
         }
@@ -210,23 +212,26 @@ impl Dataplane {
     /// Gives each adopted service to the desired service that publishes one of
     /// its frontends, so the apply that follows keeps what did not change.
     pub(super) fn claim_adopted(&mut self, desired: &DesiredState) {
+        let adopted_by_frontend: HashMap<Frontend, String> = self
+            .services
+            .iter()
+            .filter(|(key, _)| key.starts_with(ADOPTED))
+            .flat_map(|(key, applied)| applied.frontends.keys().map(|f| (*f, key.clone())))
+            .collect();
+        if adopted_by_frontend.is_empty() {
+            return;
+        }
         for svc in &desired.services {
             if self.services.contains_key(&svc.key) {
                 continue;
             }
-            let claimed = self
-                .services
+            let claimed = svc
+                .frontends
                 .iter()
-                .find(|(key, applied)| {
-                    key.starts_with(ADOPTED)
-                        && svc
-                            .frontends
-                            .iter()
-                            .any(|f| applied.frontends.contains_key(f))
-                })
-                .map(|(key, _)| key.clone());
+                .filter_map(|f| adopted_by_frontend.get(f))
+                .find(|key| self.services.contains_key(*key));
             if let Some(key) = claimed
-                && let Some(applied) = self.services.remove(&key)
+                && let Some(applied) = self.services.remove(key)
             {
                 self.services.insert(svc.key.clone(), applied);
             }

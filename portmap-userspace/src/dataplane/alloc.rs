@@ -110,7 +110,7 @@ impl IdAllocator {
 }
 
 /// A run of slots in the Maglev pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Region {
     pub offset: u32,
     pub len: u32,

@@ -164,7 +164,11 @@ impl PinDir {
                 .map_or(def.max_entries(), |(_, m)| *m);
             let (want, have) = (
                 (def.key_size(), def.value_size(), def.map_flags()),
-                (info.key_size(), info.value_size(), info.map_flags() & !KERNEL_MAP_FLAGS),
+                (
+                    info.key_size(),
+                    info.value_size(),
+                    info.map_flags() & !KERNEL_MAP_FLAGS,
+                ),
             );
             if want != have {
                 problems.push(format!(
