@@ -36,8 +36,14 @@ enum Command {
     /// Publish a port of a throwaway "container" through the XDP dataplane,
     /// as `docker run -p 8080:3000` does, show it working, and clean up.
     Demo,
-    /// Benchmarks (not yet implemented).
-    Bench,
+    /// Build (release) and run `portmap bench` (as root): portmap against
+    /// kube-proxy's iptables and nftables modes and plain forwarding. Without
+    /// arguments, the full run (`--services 1,1000,10000`) into bench/latest.
+    Bench {
+        /// Passed on to `portmap bench`, e.g. `cargo xtask bench --repeats 5`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,10 +53,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run_setup().map(|()| ExitCode::SUCCESS),
         Command::Test { args } => test::run_tests(&args),
         Command::Demo => demo::run_demo().map(|()| ExitCode::SUCCESS),
-        Command::Bench => {
-            eprintln!("cargo xtask bench: not yet implemented");
-            Ok(ExitCode::FAILURE)
-        }
+        Command::Bench { args } => run_bench(&args),
     };
     match result {
         Ok(code) => code,
@@ -65,6 +68,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// `cargo xtask bench`: a release build (the control-plane timings are of
+/// optimized code, and the userspace side runs faster), then
+/// `target/release/portmap bench ARGS` from the workspace root.
+fn run_bench(args: &[String]) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    util::require_root(
+        "cargo xtask bench",
+        "it creates network namespaces and attaches XDP programs",
+    )?;
+    setup::run_setup()?;
+    let root = util::workspace_root();
+    let mut build = util::cmd("cargo");
+    build
+        .args(["build", "--release", "-p", "portmap-userspace"])
+        .current_dir(&root);
+    println!("== {}", util::describe(&build));
+    util::run(&mut build)?;
+    util::check_interrupted()?;
+    let portmap = util::target_dir().join("release").join("portmap");
+    if !portmap.is_file() {
+        anyhow::bail!(
+            "{} was not built by `cargo build --release`",
+            portmap.display()
+        );
+    }
+    let mut bench = util::cmd(&portmap);
+    let mut typed = String::from("cargo xtask bench");
+    for arg in args {
+        typed.push(' ');
+        typed.push_str(arg);
+    }
+    bench
+        .arg("bench")
+        .args(args)
+        .current_dir(&root)
+        .env("PORTMAP_BENCH_VIA", typed);
+    println!("== {}", util::describe(&bench));
+    let status = bench
+        .status()
+        .with_context(|| format!("cannot start {}", portmap.display()))?;
+    Ok(ExitCode::from(
+        u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -76,6 +124,26 @@ mod tests {
             Ok(Command::Test { args }) => args,
             other => panic!("{argv:?} parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn bench_passes_arguments_through() {
+        let args = |argv: &[&str]| match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Bench { args }) => args,
+            other => panic!("{argv:?} parsed as {other:?}"),
+        };
+        assert!(args(&["xtask", "bench"]).is_empty());
+        assert_eq!(
+            args(&[
+                "xtask",
+                "bench",
+                "--services",
+                "1,100",
+                "--modes",
+                "portmap"
+            ]),
+            ["--services", "1,100", "--modes", "portmap"]
+        );
     }
 
     #[test]

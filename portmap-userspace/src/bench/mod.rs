@@ -1,12 +1,439 @@
 //! `portmap bench`: portmap against kube-proxy's iptables and nftables modes
-//! and plain forwarding, in namespaces it builds. (Being written.)
+//! and plain forwarding, in namespaces it builds, with a report in Markdown,
+//! JSON and SVG.
+//!
+//! For each repetition, the per-packet cost of the XDP program and portmap's
+//! control plane are measured, then for each Service count every mode in turn
+//! (interleaved, so drift affects them alike), each in fresh namespaces:
+//! first-packet latency, established-flow and new-flow throughput, and for
+//! iptables and nftables the time to load and to change their rulesets.
 
-use anyhow::{Result, bail};
+mod charts;
+mod control;
+mod frames;
+mod host;
+mod latency;
+mod loadgen;
+mod modes;
+mod netns;
+mod report;
+mod results;
+mod rules;
+mod signals;
+mod targets;
+mod topo;
+mod xdpcost;
+
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use self::modes::Mode;
+use self::{
+    loadgen::{BenchObject, PASS, SINK},
+    modes::{Env, Features},
+    results::{Cell, Config, Results, Throughput},
+    rules::Services,
+    topo::{BACKEND_IF, CLIENT_IF, CLIENT_IP, CLIENT_MAC, NODE_CLIENT_IF, NODE_MAC, Topology},
+};
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Service counts to measure at (comma-separated; at most 16384).
+    #[arg(
+        long,
+        value_name = "N,N,...",
+        value_delimiter = ',',
+        default_value = "1,1000,10000"
+    )]
+    pub services: Vec<u32>,
 
-pub fn run(_args: &BenchArgs) -> Result<()> {
-    bail!("portmap bench is not implemented yet")
+    /// Flows of the established-flow throughput measurement.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub flows: u32,
+
+    /// Seconds per throughput measurement.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub duration: f64,
+
+    /// Repetitions (medians and spreads are over these).
+    #[arg(long, value_name = "R", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeats: u32,
+
+    /// Modes to compare (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "portmap,iptables,nftables,forward"
+    )]
+    pub modes: Vec<Mode>,
+
+    /// Where to write report.md, results.json and the SVG charts.
+    #[arg(long, value_name = "DIR", default_value = "bench/latest")]
+    pub out: PathBuf,
+
+    /// New TCP connections per latency measurement.
+    #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+
+    /// The iptables-restore to use (e.g. iptables-legacy-restore).
+    #[arg(long, value_name = "CMD", default_value = "iptables-restore")]
+    pub iptables_restore: String,
+
+    /// Run portmap without its XDP fast path (`--backend-iface`).
+    #[arg(long)]
+    pub no_fast_path: bool,
+
+    /// Measure nothing: write report.md and the charts into --out from the
+    /// results.json of an earlier run.
+    #[arg(long, value_name = "FILE")]
+    pub from_results: Option<PathBuf>,
+}
+
+/// Runs of BPF_PROG_TEST_RUN per case of the per-packet cost.
+const XDP_COST_REPEAT: u32 = 5_000_000;
+const WARMUP: Duration = Duration::from_millis(300);
+
+struct Ctx {
+    args: BenchArgs,
+    env: Env,
+    bench: BenchObject,
+    progress: ProgressBar,
+    pid: u32,
+    cells: u32,
+    /// Service count at which a full iptables resync timed out.
+    resync_timed_out_at: Option<u32>,
+}
+
+impl Ctx {
+    fn say(&self, line: String) {
+        if self.progress.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.progress.println(line);
+        }
+    }
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.from_results {
+        return rerender(path, &args.out);
+    }
+    let args = validate(args)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("portmap bench must run as root: it creates network namespaces and loads eBPF");
+    }
+    let (iptables_restore, nft) = host::tools(&args)?;
+    signals::install();
+    let started = Instant::now();
+    let pid = std::process::id();
+    let scratch = Scratch(std::env::temp_dir().join(format!("portmap-bench-{pid}")));
+    std::fs::create_dir_all(&scratch.0)
+        .with_context(|| format!("creating {}", scratch.0.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create it", args.out.display()))?;
+    // The daemon runs from a copy of this very executable: a rebuild of the
+    // workspace during a long run must not change what is measured.
+    let exe = scratch.0.join("portmap");
+    std::fs::copy("/proc/self/exe", &exe)
+        .with_context(|| format!("copying this executable to {}", exe.display()))?;
+    let features = Features::detect(&exe)?;
+    let machine = host::machine(&iptables_restore, &nft);
+    let mut results = Results {
+        version: 1,
+        command: host::command_line(),
+        machine,
+        config: Config {
+            services: args.services.clone(),
+            flows: args.flows,
+            duration_s: args.duration,
+            repeats: args.repeats,
+            modes: args.modes.clone(),
+            connections: args.connections as usize,
+            fast_path: !args.no_fast_path,
+            portmap_features: features.clone(),
+        },
+        cells: Vec::new(),
+        xdp_cost: Vec::new(),
+        control: Vec::new(),
+        complete: false,
+        error: None,
+        elapsed_s: 0.0,
+    };
+    let cells_per_rep = (args.services.len() * args.modes.len()) as u64;
+    let portmap = args.modes.contains(&Mode::Portmap);
+    let extra_per_rep = if portmap {
+        1 + args.services.len() as u64
+    } else {
+        0
+    };
+    let progress = ProgressBar::new(u64::from(args.repeats) * (cells_per_rep + extra_per_rep));
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+    if !features.manifests && portmap {
+        let note =
+            "note: this portmap has no --manifests: it publishes the target Service only (-p)";
+        eprintln!("{note}");
+    }
+    let mut ctx = Ctx {
+        env: Env {
+            exe,
+            scratch: scratch.0.clone(),
+            features,
+            fast_path: !args.no_fast_path,
+            iptables_restore,
+            nft,
+        },
+        bench: BenchObject::load()?,
+        args,
+        progress,
+        pid,
+        cells: 0,
+        resync_timed_out_at: None,
+    };
+    let outcome = measure_all(&mut ctx, &mut results);
+    ctx.progress.finish_and_clear();
+    results.complete = outcome.is_ok();
+    results.error = outcome.as_ref().err().map(|e| format!("{e:#}"));
+    results.elapsed_s = started.elapsed().as_secs_f64();
+    let written = write_outputs(&results, &ctx.args.out);
+    outcome?;
+    written?;
+    eprintln!("report: {}", ctx.args.out.join("report.md").display());
+    Ok(())
+}
+
+fn validate(args: &BenchArgs) -> Result<BenchArgs> {
+    let mut services = args.services.clone();
+    services.sort_unstable();
+    services.dedup();
+    if services.is_empty() {
+        bail!("--services: give at least one Service count");
+    }
+    if let Some(bad) = services
+        .iter()
+        .find(|s| **s == 0 || **s > rules::MAX_SERVICES)
+    {
+        bail!(
+            "--services: {bad} is out of range (1-{})",
+            rules::MAX_SERVICES
+        );
+    }
+    let mut modes = Vec::new();
+    for m in &args.modes {
+        if !modes.contains(m) {
+            modes.push(*m);
+        }
+    }
+    if !(args.duration.is_finite() && (0.1..=600.0).contains(&args.duration)) {
+        bail!(
+            "--duration: {} is out of range (0.1-600 seconds)",
+            args.duration
+        );
+    }
+    Ok(BenchArgs {
+        services,
+        modes,
+        out: args.out.clone(),
+        iptables_restore: args.iptables_restore.clone(),
+        from_results: None,
+        ..*args
+    })
+}
+
+fn rerender(path: &Path, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--from-results {}", path.display()))?;
+    let mut results: Results = serde_json::from_str(&text)
+        .with_context(|| format!("--from-results {}: not a results.json", path.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("--out {}: cannot create it", out.display()))?;
+    let copy = out.join("results.json");
+    if std::fs::canonicalize(&copy).ok() != std::fs::canonicalize(path).ok() {
+        std::fs::write(&copy, &text).with_context(|| format!("writing {}", copy.display()))?;
+    }
+    results.config.services.sort_unstable();
+    std::fs::write(out.join("report.md"), report::render(&results))
+        .with_context(|| format!("writing {}", out.join("report.md").display()))?;
+    std::panic::catch_unwind(|| charts::write_all(&results, out))
+        .map_err(|_| anyhow::anyhow!("drawing the charts panicked"))?
+}
+
+fn write_outputs(results: &Results, dir: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(results).context("serializing the results")?;
+    let path = dir.join("results.json");
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    let path = dir.join("report.md");
+    std::fs::write(&path, report::render(results))
+        .with_context(|| format!("writing {}", path.display()))?;
+    // The charts come last: whatever goes wrong there, the numbers are saved.
+    std::panic::catch_unwind(|| charts::write_all(results, dir))
+        .map_err(|_| anyhow::anyhow!("drawing the charts panicked"))?
+}
+
+fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
+    let reps = ctx.args.repeats;
+    let counts = ctx.args.services.clone();
+    let modes = ctx.args.modes.clone();
+    for rep in 0..reps {
+        let tag = format!("rep {}/{reps}", rep + 1);
+        if modes.contains(&Mode::Portmap) {
+            ctx.progress
+                .set_message(format!("{tag}: XDP per-packet cost"));
+            let cost = xdpcost::measure(&ctx.bench, XDP_COST_REPEAT)?;
+            results.xdp_cost.push(cost);
+            ctx.progress.inc(1);
+            for &count in &counts {
+                signals::check()?;
+                ctx.progress
+                    .set_message(format!("{tag}: portmap control plane, {count} Services"));
+                results.control.push(control::measure(rep, count)?);
+                ctx.progress.inc(1);
+            }
+        }
+        for &count in &counts {
+            for &mode in &modes {
+                signals::check()?;
+                let c = cell(ctx, rep, count, mode, &tag)?;
+                ctx.say(summary(&c));
+                results.cells.push(c);
+                ctx.progress.inc(1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn summary(c: &Cell) -> String {
+    let mpps =
+        |t: Option<Throughput>| t.map_or("–".into(), |t| format!("{:.2}", t.delivered_pps / 1e6));
+    format!(
+        "rep {} {:>5} Services {:<8}: established {} Mpps, new {} Mpps, latency p50 {}",
+        c.rep + 1,
+        c.services,
+        c.mode.name(),
+        mpps(c.established),
+        mpps(c.new_flows),
+        c.latency
+            .map_or("–".into(), |l| format!("{:.0} µs", l.p50_us)),
+    )
+}
+
+fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Cell> {
+    let step = |ctx: &Ctx, what: &str| {
+        ctx.progress
+            .set_message(format!("{tag}: {count} Services, {}: {what}", mode.name()))
+    };
+    let services = Services::new(count)?;
+    ctx.cells += 1;
+    let prefix = format!("pm-bench-{}-{}", ctx.pid, ctx.cells);
+    let name = format!("r{rep}-s{count}-{}", mode.name());
+    step(ctx, "namespaces");
+    let topo = Topology::new(&prefix)?;
+    step(ctx, "programming");
+    let programmed = modes::program(mode, &topo, &services, &ctx.env, &name)
+        .with_context(|| format!("{}: programming {count} Services", mode.name()))?;
+    // XDP_TX into the client's veth needs a program on its peer.
+    let _pass = match mode {
+        Mode::Portmap => None,
+        _ => Some(ctx.bench.attach(PASS, &topo.node, NODE_CLIENT_IF)?),
+    };
+    step(ctx, "first-packet latency");
+    let echo = latency::EchoServers::start(&topo.backends)?;
+    let latency = latency::measure(
+        &topo.client,
+        programmed.target,
+        ctx.args.connections as usize,
+    )
+    .with_context(|| format!("{}: first-packet latency at {count} Services", mode.name()))?;
+    drop(echo);
+
+    let mut sinks = Vec::new();
+    for ns in &topo.backends {
+        sinks.push(ctx.bench.attach(SINK, ns, BACKEND_IF)?);
+    }
+    let ifindex = topo.client.ifindex(CLIENT_IF)?;
+    let src = SocketAddrV4::new(CLIENT_IP, 1024);
+    let template = frames::udp(NODE_MAC, CLIENT_MAC, src, programmed.target);
+    step(ctx, "established flows");
+    let established = throughput(ctx, &topo, ifindex, &template, ctx.args.flows)
+        .with_context(|| format!("{}: established flows at {count} Services", mode.name()))?;
+    step(ctx, "new flows");
+    let new_flows = throughput(ctx, &topo, ifindex, &template, 0)
+        .with_context(|| format!("{}: new flows at {count} Services", mode.name()))?;
+    drop(sinks);
+
+    step(ctx, "changing one Service");
+    let skip_full = ctx.resync_timed_out_at.is_some_and(|s| s <= count);
+    let change = modes::change(&programmed, &topo, &services, &ctx.env, &name, skip_full)
+        .with_context(|| format!("{}: changing one of {count} Services", mode.name()))?;
+    if mode == Mode::Iptables && !skip_full && change.full_s.is_none() {
+        ctx.resync_timed_out_at = Some(count);
+    }
+    let load_s = programmed.load_time.map(|d| d.as_secs_f64());
+    step(ctx, "tearing down");
+    modes::teardown(programmed, &topo, &ctx.env, &name)
+        .with_context(|| format!("{}: tearing down", mode.name()))?;
+    drop(_pass);
+    drop(topo);
+    Ok(Cell {
+        rep,
+        services: count,
+        mode,
+        latency: Some(latency),
+        established: Some(established),
+        new_flows: Some(new_flows),
+        load_s,
+        change: matches!(mode, Mode::Iptables | Mode::Nftables).then_some(change),
+        full_resync_skipped: mode == Mode::Iptables && skip_full,
+    })
+}
+
+fn throughput(
+    ctx: &mut Ctx,
+    topo: &Topology,
+    ifindex: u32,
+    template: &[u8],
+    flows: u32,
+) -> Result<Throughput> {
+    ctx.bench.configure(template, flows)?;
+    ctx.bench
+        .generate(&topo.client, ifindex, template, WARMUP)?;
+    signals::sleep(Duration::from_millis(50))?;
+    let before = ctx.bench.sunk()?;
+    let duration = Duration::from_secs_f64(ctx.args.duration);
+    let burst = ctx
+        .bench
+        .generate(&topo.client, ifindex, template, duration)?;
+    signals::sleep(Duration::from_millis(50))?;
+    let delivered = ctx.bench.sunk()?.saturating_sub(before);
+    let seconds = burst.elapsed.as_secs_f64();
+    Ok(Throughput {
+        generated: burst.generated,
+        delivered,
+        seconds,
+        generated_pps: burst.generated as f64 / seconds,
+        delivered_pps: delivered as f64 / seconds,
+    })
 }

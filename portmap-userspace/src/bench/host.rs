@@ -1,0 +1,117 @@
+//! What the benchmark needs from the host (tools) and tells about it (the
+//! machine, the command line).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Result, bail};
+
+use super::{BenchArgs, Mode, results::Machine};
+
+/// Finds an executable on PATH or in the sbin directories.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Path::new(name).is_file().then(|| PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+pub fn tools(args: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
+    for (tool, package) in [("ip", "iproute2"), ("ethtool", "ethtool")] {
+        if find_tool(tool).is_none() {
+            bail!("{tool} is missing: install {package}");
+        }
+    }
+    let need = |mode: Mode, tool: &str, package: &str| -> Result<PathBuf> {
+        match find_tool(tool) {
+            Some(p) => Ok(p),
+            None if args.modes.contains(&mode) => bail!(
+                "{tool} is missing, and --modes includes {}: install {package}, or leave {} out of --modes",
+                mode.name(),
+                mode.name()
+            ),
+            None => Ok(PathBuf::from(tool)),
+        }
+    };
+    Ok((
+        need(Mode::Iptables, &args.iptables_restore, "iptables")?,
+        need(Mode::Nftables, "nft", "nftables")?,
+    ))
+}
+
+fn version_of(tool: &Path, flag: &str) -> String {
+    Command::new(tool)
+        .arg(flag)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "not installed".into())
+}
+
+pub fn machine(iptables_restore: &Path, nft: &Path) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".to_string(), |(_, m)| m.trim().to_string());
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count()
+        .max(1);
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    Machine {
+        cpu_model,
+        cores,
+        kernel: format!(
+            "{} {} {} ({})",
+            read("/proc/sys/kernel/ostype"),
+            read("/proc/sys/kernel/osrelease"),
+            read("/proc/sys/kernel/version"),
+            std::env::consts::ARCH
+        ),
+        iptables: version_of(iptables_restore, "--version"),
+        nft: version_of(nft, "--version"),
+    }
+}
+
+/// Set by `cargo xtask bench` to the command the user typed.
+pub const VIA_ENV: &str = "PORTMAP_BENCH_VIA";
+
+/// This process's command line (and the `cargo xtask bench` that ran it).
+pub fn command_line() -> String {
+    let own = own_command_line();
+    match std::env::var(VIA_ENV) {
+        Ok(via) if !via.trim().is_empty() => format!("{} (which ran {own})", via.trim()),
+        _ => own,
+    }
+}
+
+fn own_command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

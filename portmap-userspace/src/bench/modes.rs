@@ -1,0 +1,402 @@
+//! Programming the node for each mode: portmap's daemon, kube-proxy's
+//! iptables and nftables layouts, or nothing (plain forwarding).
+
+use std::{
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    netns::{Netns, Timed, run_timed},
+    rules::{self, Services},
+    signals,
+    topo::{self, BACKEND_PORT, NODE_CLIENT_IF, Topology},
+};
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Portmap,
+    Iptables,
+    Nftables,
+    Forward,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Portmap => "portmap",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+            Mode::Forward => "forward",
+        }
+    }
+}
+
+const METRICS_ADDR: &str = "127.0.0.1:9640";
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Loading a whole ruleset: long, but it must finish.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(900);
+/// A one-Service change that takes longer than this is reported as such.
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `portmap run` of this build supports.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Features {
+    pub manifests: bool,
+    pub backend_iface: bool,
+    pub bpffs_dir: bool,
+    /// `--no-socket-lb`: the benchmark's client is another host, whose
+    /// connections must cross the node's XDP, not be balanced at the socket.
+    #[serde(default)]
+    pub no_socket_lb: bool,
+}
+
+impl Features {
+    pub fn detect(exe: &Path) -> Result<Self> {
+        let out = Command::new(exe)
+            .args(["run", "--help"])
+            .output()
+            .with_context(|| format!("running {} run --help", exe.display()))?;
+        let help = String::from_utf8_lossy(&out.stdout);
+        Ok(Self {
+            manifests: help.contains("--manifests"),
+            backend_iface: help.contains("--backend-iface"),
+            bpffs_dir: help.contains("--bpffs-dir"),
+            no_socket_lb: help.contains("--no-socket-lb"),
+        })
+    }
+}
+
+/// What every cell needs to know.
+pub struct Env {
+    pub exe: PathBuf,
+    pub scratch: PathBuf,
+    pub features: Features,
+    /// Pass `--backend-iface` (the XDP fast path) to portmap.
+    pub fast_path: bool,
+    pub iptables_restore: PathBuf,
+    pub nft: PathBuf,
+}
+
+/// A running `portmap run`, stopped on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    pins: Option<PathBuf>,
+}
+
+impl Daemon {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: our own child, not yet waited for.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("portmap run did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(dir) = self.pins.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if !status.success() {
+            bail!("portmap run exited with {status}:\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        if let Some(dir) = self.pins.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A mode programmed into a topology.
+pub struct Programmed {
+    pub mode: Mode,
+    /// Where the client sends (UDP load and TCP connections).
+    pub target: SocketAddrV4,
+    /// iptables and nftables: how long loading the whole ruleset took.
+    pub load_time: Option<Duration>,
+    pub daemon: Option<Daemon>,
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    File::create(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `iptables-restore` as kube-proxy runs it.
+fn iptables_restore(env: &Env, noflush: bool) -> Command {
+    let mut c = Command::new(&env.iptables_restore);
+    c.args(["-w", "5"]);
+    if noflush {
+        c.args(["--noflush", "--counters"]);
+    }
+    c
+}
+
+fn nft_file(env: &Env) -> Command {
+    let mut c = Command::new(&env.nft);
+    c.arg("-f").arg("-");
+    c
+}
+
+/// Runs a rules tool in the node namespace with `text` as its input.
+fn load(
+    env: &Env,
+    topo: &Topology,
+    cmd: &mut Command,
+    text: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Timed> {
+    let path = env.scratch.join(format!("{name}.rules"));
+    write_file(&path, text)?;
+    let timed = run_timed(&topo.node, cmd, Some(&path), timeout, &env.scratch);
+    let _ = std::fs::remove_file(&path);
+    timed
+}
+
+pub fn program(
+    mode: Mode,
+    topo: &Topology,
+    services: &Services,
+    env: &Env,
+    cell: &str,
+) -> Result<Programmed> {
+    let mut programmed = Programmed {
+        mode,
+        target: services.target_addr(),
+        load_time: None,
+        daemon: None,
+    };
+    match mode {
+        Mode::Portmap => programmed.daemon = Some(start_daemon(topo, services, env, cell)?),
+        Mode::Iptables => {
+            // The whole nat table in one plain restore: the fastest way to
+            // install it. (kube-proxy's `--noflush` grows much worse than
+            // linearly on the nf_tables backend; the resync below shows it.)
+            let text = rules::iptables(services, &[]);
+            let timed = load(
+                env,
+                topo,
+                &mut iptables_restore(env, false),
+                &text,
+                cell,
+                LOAD_TIMEOUT,
+            )?;
+            programmed.load_time = Some(timed.check("iptables-restore of the whole ruleset")?);
+        }
+        Mode::Nftables => {
+            let text = rules::nftables(services);
+            let timed = load(env, topo, &mut nft_file(env), &text, cell, LOAD_TIMEOUT)?;
+            programmed.load_time = Some(timed.check("nft -f of the whole ruleset")?);
+        }
+        Mode::Forward => {
+            programmed.target = SocketAddrV4::new(topo::backend_ip(0), BACKEND_PORT);
+        }
+    }
+    Ok(programmed)
+}
+
+/// Times of one Service changed; `None` where it did not finish in time.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ChangeTimes {
+    pub full_s: Option<f64>,
+    pub partial_s: Option<f64>,
+}
+
+fn seconds(timed: &Timed, what: &str) -> Result<Option<f64>> {
+    if timed.timed_out() {
+        return Ok(None);
+    }
+    Ok(Some(timed.check(what)?.as_secs_f64()))
+}
+
+/// Changes one endpoint of one Service the way the mode's kube-proxy does,
+/// and times it. `skip_full`: a full iptables resync already timed out at a
+/// smaller size.
+pub fn change(
+    p: &Programmed,
+    topo: &Topology,
+    services: &Services,
+    env: &Env,
+    cell: &str,
+    skip_full: bool,
+) -> Result<ChangeTimes> {
+    let mut times = ChangeTimes::default();
+    match p.mode {
+        Mode::Iptables => {
+            let change = rules::iptables_change(services);
+            let mut ipt = iptables_restore(env, true);
+            let partial = load(env, topo, &mut ipt, &change.partial, cell, CHANGE_TIMEOUT)?;
+            times.partial_s = seconds(&partial, "iptables-restore of one Service")?;
+            if !skip_full {
+                let mut ipt = iptables_restore(env, true);
+                let full = load(env, topo, &mut ipt, &change.full, cell, CHANGE_TIMEOUT)?;
+                times.full_s = seconds(&full, "iptables-restore resync")?;
+            }
+        }
+        Mode::Nftables => {
+            let text = rules::nftables_change(services);
+            let timed = load(env, topo, &mut nft_file(env), &text, cell, CHANGE_TIMEOUT)?;
+            times.partial_s = seconds(&timed, "nft -f of one Service")?;
+        }
+        Mode::Portmap | Mode::Forward => {}
+    }
+    Ok(times)
+}
+
+/// Removes what `program` made, synchronously, so the kernel's cleanup does
+/// not spill into the next measurement.
+pub fn teardown(p: Programmed, topo: &Topology, env: &Env, cell: &str) -> Result<()> {
+    match p.mode {
+        Mode::Portmap => {
+            if let Some(mut d) = p.daemon {
+                d.stop()?;
+            }
+        }
+        Mode::Iptables => {
+            let mut ipt = iptables_restore(env, false);
+            load(env, topo, &mut ipt, "*nat\nCOMMIT\n", cell, LOAD_TIMEOUT)?
+                .check("flushing the nat table")?;
+        }
+        Mode::Nftables => {
+            load(
+                env,
+                topo,
+                &mut nft_file(env),
+                &rules::nftables_teardown(),
+                cell,
+                LOAD_TIMEOUT,
+            )?
+            .check("deleting the kube-proxy table")?;
+        }
+        Mode::Forward => {}
+    }
+    Ok(())
+}
+
+fn start_daemon(topo: &Topology, services: &Services, env: &Env, cell: &str) -> Result<Daemon> {
+    let limits = super::control::limits(services.list.len() as u32);
+    let mut cmd = Command::new(&env.exe);
+    cmd.args(["run", "--iface", NODE_CLIENT_IF]);
+    if env.fast_path && env.features.backend_iface {
+        for i in 0..topo::BACKENDS {
+            cmd.arg("--backend-iface").arg(topo::node_backend_if(i));
+        }
+    }
+    if env.features.manifests {
+        let path = env.scratch.join(format!("{cell}.yaml"));
+        write_file(&path, &services.manifests())?;
+        cmd.arg("--manifests").arg(path);
+    } else {
+        // Until `--manifests` exists: the target Service only, one backend.
+        let t = services.target_addr();
+        let backend = topo::backend_ip(0);
+        for suffix in ["", "/udp"] {
+            cmd.arg("-p")
+                .arg(format!("{t}:{backend}:{BACKEND_PORT}{suffix}"));
+        }
+    }
+    let pins = env.features.bpffs_dir.then(|| {
+        PathBuf::from(format!(
+            "/sys/fs/bpf/portmap-bench-{}-{cell}",
+            std::process::id()
+        ))
+    });
+    if env.features.no_socket_lb {
+        cmd.arg("--no-socket-lb");
+    }
+    if let Some(dir) = &pins {
+        cmd.arg("--bpffs-dir").arg(dir);
+    }
+    cmd.args(["--metrics-addr", METRICS_ADDR])
+        .arg("--control-socket")
+        .arg(env.scratch.join(format!("{cell}.sock")))
+        .arg("--max-frontends")
+        .arg(limits.frontends.to_string())
+        .arg("--max-backends")
+        .arg(limits.backends.to_string());
+    let log = env.scratch.join(format!("{cell}.log"));
+    let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .env("RUST_LOG", "info");
+    let child = topo
+        .node
+        .enter(|| cmd.spawn())?
+        .context("starting portmap run")?;
+    let mut daemon = Daemon {
+        child: Some(child),
+        log,
+        pins,
+    };
+    let start = Instant::now();
+    loop {
+        signals::check()?;
+        if let Some(child) = daemon.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            daemon.child = None;
+            bail!("portmap run exited with {status}:\n{}", daemon.log_tail());
+        }
+        if metrics_ready(&topo.node) {
+            return Ok(daemon);
+        }
+        if start.elapsed() > DAEMON_START_TIMEOUT {
+            bail!(
+                "portmap run did not serve metrics within {DAEMON_START_TIMEOUT:?}:\n{}",
+                daemon.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the daemon answers `GET /metrics` (it serves only once attached).
+fn metrics_ready(node: &Netns) -> bool {
+    let get = || -> std::io::Result<bool> {
+        let addr = METRICS_ADDR.parse().map_err(std::io::Error::other)?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    };
+    matches!(node.enter(get), Ok(Ok(true)))
+}

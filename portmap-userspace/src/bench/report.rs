@@ -1,0 +1,441 @@
+//! `report.md`: one table per metric (medians with their spread over the
+//! repetitions), the ratios, the targets, the machine and the method.
+
+use std::fmt::Write as _;
+
+use super::{
+    modes::Mode,
+    results::{Results, Stat},
+    targets::{self, Verdict},
+};
+
+pub fn pps(v: f64) -> (f64, &'static str) {
+    if v >= 1e6 {
+        (1e6, "Mpps")
+    } else if v >= 1e3 {
+        (1e3, "kpps")
+    } else {
+        (1.0, "pps")
+    }
+}
+
+fn fmt_pps(s: Option<Stat>) -> String {
+    let Some(s) = s else { return "–".into() };
+    let (div, unit) = pps(s.median);
+    let d = if div == 1e6 { 2 } else { 0 };
+    format!(
+        "{:.d$} {unit} ({:.d$}–{:.d$})",
+        s.median / div,
+        s.min / div,
+        s.max / div
+    )
+}
+
+fn fmt_us(s: Option<Stat>) -> String {
+    let Some(s) = s else { return "–".into() };
+    let d = if s.median >= 100.0 { 0 } else { 1 };
+    format!("{:.d$} µs ({:.d$}–{:.d$})", s.median, s.min, s.max)
+}
+
+pub fn fmt_secs(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.2} s")
+    } else if v >= 1e-3 {
+        format!("{:.1} ms", v * 1e3)
+    } else {
+        format!("{:.0} µs", v * 1e6)
+    }
+}
+
+fn fmt_secs_stat(s: Option<Stat>) -> String {
+    match s {
+        Some(s) if s.n > 1 => format!(
+            "{} ({}–{})",
+            fmt_secs(s.median),
+            fmt_secs(s.min),
+            fmt_secs(s.max)
+        ),
+        Some(s) => fmt_secs(s.median),
+        None => "–".into(),
+    }
+}
+
+fn fmt_ratio(a: Option<Stat>, b: Option<Stat>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b.median > 0.0 => format!("{:.2}×", a.median / b.median),
+        _ => "–".into(),
+    }
+}
+
+fn table_head(out: &mut String, first: &str, cols: &[String]) {
+    let _ = writeln!(out, "| {first} | {} |", cols.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(cols.len()));
+}
+
+/// A per-mode table of one metric with portmap's ratios to the others.
+fn metric_table(
+    out: &mut String,
+    r: &Results,
+    stat: impl Fn(Mode, u32) -> Option<Stat>,
+    fmt: impl Fn(Option<Stat>) -> String,
+) {
+    let modes = &r.config.modes;
+    let others: Vec<Mode> = if modes.contains(&Mode::Portmap) {
+        modes
+            .iter()
+            .copied()
+            .filter(|m| *m != Mode::Portmap)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut cols: Vec<String> = modes.iter().map(|m| m.name().to_string()).collect();
+    cols.extend(others.iter().map(|m| format!("portmap/{}", m.name())));
+    table_head(out, "Services", &cols);
+    for s in r.service_counts() {
+        let mut row: Vec<String> = modes.iter().map(|m| fmt(stat(*m, s))).collect();
+        row.extend(
+            others
+                .iter()
+                .map(|m| fmt_ratio(stat(Mode::Portmap, s), stat(*m, s))),
+        );
+        let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
+    }
+    out.push('\n');
+}
+
+pub fn render(r: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# portmap benchmark\n");
+    if !r.complete {
+        let _ = writeln!(
+            out,
+            "> **INCOMPLETE RUN**: {}\n> The tables hold what was measured before it stopped.\n",
+            r.error.as_deref().unwrap_or("stopped")
+        );
+    }
+    machine(&mut out, r);
+    target_section(&mut out, r);
+    throughput(&mut out, r);
+    latency(&mut out, r);
+    control(&mut out, r);
+    xdp_cost(&mut out, r);
+    let _ = writeln!(
+        out,
+        "## Charts\n\n![established-flow throughput](throughput_established.svg)\n\n\
+         ![new-flow throughput](throughput_new.svg)\n\n![first-packet latency](latency.svg)\n"
+    );
+    method(&mut out, r);
+    out
+}
+
+fn machine(out: &mut String, r: &Results) {
+    let m = &r.machine;
+    let c = &r.config;
+    let f = &c.portmap_features;
+    let _ = writeln!(out, "## Machine and run\n");
+    let _ = writeln!(out, "- CPU: {} ({} cores)", m.cpu_model, m.cores);
+    let _ = writeln!(out, "- Kernel: {}", m.kernel);
+    let _ = writeln!(out, "- iptables: {}; nft: {}", m.iptables, m.nft);
+    let _ = writeln!(out, "- Command: `{}`", r.command);
+    let counts: Vec<String> = c.services.iter().map(u32::to_string).collect();
+    let modes: Vec<&str> = c.modes.iter().map(|m| m.name()).collect();
+    let _ = writeln!(
+        out,
+        "- Services: {}; modes: {}",
+        counts.join(", "),
+        modes.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "- {} repetitions, modes interleaved in each; {:.1} s per throughput measurement; \
+         {} established flows; {} connections per latency cell; took {:.0} s",
+        c.repeats, c.duration_s, c.flows, c.connections, r.elapsed_s
+    );
+    let _ = writeln!(
+        out,
+        "- portmap: Services from {}; XDP fast path (`--backend-iface`) {}\n",
+        if f.manifests {
+            "`--manifests` (every Service)"
+        } else {
+            "`-p` (the target Service only, one backend: this build has no `--manifests`)"
+        },
+        if c.fast_path && f.backend_iface {
+            "on"
+        } else if f.backend_iface {
+            "off (--no-fast-path)"
+        } else {
+            "not in this build"
+        }
+    );
+}
+
+fn target_section(out: &mut String, r: &Results) {
+    let _ = writeln!(out, "## Targets\n");
+    table_head(out, "Target", &["Measured".into(), "Verdict".into()]);
+    let list = targets::evaluate(r, fmt_secs);
+    for t in &list {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            t.what,
+            t.measured,
+            t.verdict.label()
+        );
+    }
+    let missed: Vec<&str> = list
+        .iter()
+        .filter(|t| t.verdict == Verdict::Missed)
+        .map(|t| t.what.as_str())
+        .collect();
+    if missed.is_empty() {
+        let _ = writeln!(out, "\nNo measured target is missed.\n");
+    } else {
+        let _ = writeln!(out, "\nMissed: {}.\n", missed.join("; "));
+    }
+}
+
+fn throughput(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## Throughput, established flows\n\n{} UDP flows to the target Service; packets per second \
+         delivered to the backends (higher is better).\n",
+        r.config.flows
+    );
+    metric_table(out, r, |m, s| r.established(m, s), fmt_pps);
+    let _ = writeln!(
+        out,
+        "## Throughput, new flows\n\nEvery packet a new UDP flow to the target Service; packets \
+         per second delivered to the backends (higher is better).\n"
+    );
+    metric_table(out, r, |m, s| r.new_flows(m, s), fmt_pps);
+    let _ = writeln!(
+        out,
+        "### Generated load\n\nWhat the load generator sent (median, established / new flows); \
+         what was not delivered was dropped on the way.\n"
+    );
+    let cols: Vec<String> = r
+        .config
+        .modes
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    table_head(out, "Services", &cols);
+    for s in r.service_counts() {
+        let row: Vec<String> = r
+            .config
+            .modes
+            .iter()
+            .map(|m| {
+                let g = |f: fn(&super::results::Cell) -> Option<f64>| {
+                    r.stat(*m, s, f).map_or("–".to_string(), |st| {
+                        let (div, unit) = pps(st.median);
+                        let d = if div == 1e6 { 2 } else { 0 };
+                        format!("{:.d$} {unit}", st.median / div)
+                    })
+                };
+                format!(
+                    "{} / {}",
+                    g(|c| c.established.map(|t| t.generated_pps)),
+                    g(|c| c.new_flows.map(|t| t.generated_pps))
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
+    }
+    out.push('\n');
+}
+
+fn latency(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## First-packet latency\n\n{} sequential new TCP connections per cell (connect, 32-byte \
+         request, 32-byte response). Median p50 (lower is better; a ratio below 1 favours portmap).\n",
+        r.config.connections
+    );
+    metric_table(out, r, |m, s| r.p50(m, s), fmt_us);
+    let _ = writeln!(out, "p90 / p99 (medians over the repetitions):\n");
+    let cols: Vec<String> = r
+        .config
+        .modes
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    table_head(out, "Services", &cols);
+    for s in r.service_counts() {
+        let row: Vec<String> = r
+            .config
+            .modes
+            .iter()
+            .map(|m| {
+                let p90 = r.stat(*m, s, |c| c.latency.map(|l| l.p90_us));
+                match (p90, r.p99(*m, s)) {
+                    (Some(a), Some(b)) => format!("{:.0} / {:.0} µs", a.median, b.median),
+                    _ => "–".into(),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
+    }
+    let failures: usize = r
+        .cells
+        .iter()
+        .filter_map(|c| c.latency.map(|l| l.failures))
+        .sum();
+    let _ = writeln!(
+        out,
+        "\nFailed connections over the whole run: {failures}.\n"
+    );
+}
+
+fn control(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## Control plane\n\nS Services × 10 endpoints from nothing, then one endpoint of one \
+         Service replaced. portmap: `Dataplane::apply` in process (manifests already parsed); \
+         iptables: `iptables-restore` of the whole nat table into the empty node namespace, then \
+         kube-proxy's `iptables-restore --noflush` of a full resync (what it does at every sync \
+         before 1.27, and at startup) and of a partial one (≥ 1.27: KUBE-SERVICES and the changed \
+         chains), each stopped after 60 s; nftables: `nft -f` of the whole table, then kube-proxy's \
+         one-Service transaction. Lower is better.\n"
+    );
+    let cols: Vec<String> = [
+        "portmap: all",
+        "portmap: one changed",
+        "iptables: all",
+        "iptables: one changed (full resync)",
+        "iptables: one changed (partial)",
+        "nftables: all",
+        "nftables: one changed",
+    ]
+    .map(String::from)
+    .to_vec();
+    table_head(out, "Services", &cols);
+    for s in r.service_counts() {
+        let pm = |f: fn(&super::control::PortmapControl) -> f64| {
+            fmt_secs_stat(Stat::of(
+                r.control.iter().filter(|c| c.services == s).map(f),
+            ))
+        };
+        let cell =
+            |m: Mode, f: fn(&super::results::Cell) -> Option<f64>| fmt_secs_stat(r.stat(m, s, f));
+        let full_resync = {
+            let cells: Vec<_> = r.cells_of(Mode::Iptables, s).collect();
+            let timed_out = cells
+                .iter()
+                .any(|c| c.full_resync_skipped || c.change.is_some_and(|ch| ch.full_s.is_none()));
+            let v = cell(Mode::Iptables, |c| c.change.and_then(|ch| ch.full_s));
+            if timed_out && v == "–" {
+                format!(
+                    "> {:.0} s (stopped)",
+                    super::modes::CHANGE_TIMEOUT.as_secs_f64()
+                )
+            } else {
+                v
+            }
+        };
+        let row = [
+            pm(|c| c.full_s),
+            pm(|c| c.change_s),
+            cell(Mode::Iptables, |c| c.load_s),
+            full_resync,
+            cell(Mode::Iptables, |c| c.change.and_then(|ch| ch.partial_s)),
+            cell(Mode::Nftables, |c| c.load_s),
+            cell(Mode::Nftables, |c| c.change.and_then(|ch| ch.partial_s)),
+        ];
+        let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
+    }
+    let parse = |s: u32| {
+        Stat::of(
+            r.control
+                .iter()
+                .filter(|c| c.services == s)
+                .map(|c| c.translate_s),
+        )
+    };
+    if let Some(big) = r
+        .service_counts()
+        .last()
+        .and_then(|s| parse(*s).map(|p| (*s, p)))
+    {
+        let _ = writeln!(
+            out,
+            "\nParsing and translating the manifests, which `portmap run` adds before its first \
+             apply: {} at {} Services.\n",
+            fmt_secs(big.1.median),
+            big.0
+        );
+    }
+}
+
+fn xdp_cost(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## Per-packet cost of the XDP program\n\nBPF_PROG_TEST_RUN with a large repeat count (best \
+         of 5 rounds per repetition), wall-clock ns per run including the test harness's own \
+         per-run overhead, which `bench_pass` (a bare `XDP_PASS`) measures.\n"
+    );
+    table_head(
+        out,
+        "Case",
+        &[
+            "ns/packet".into(),
+            "× bench_pass".into(),
+            "over bench_pass".into(),
+        ],
+    );
+    let pass = Stat::of(r.xdp_cost.iter().map(|c| c.pass_ns));
+    type Case = (&'static str, fn(&super::xdpcost::XdpCost) -> f64);
+    let cases: [Case; 5] = [
+        ("bench_pass (XDP_PASS)", |c| c.pass_ns),
+        ("(a) conntrack hit", |c| c.hit_ns),
+        ("(b) new flow", |c| c.new_flow_ns),
+        ("(c) miss (port not published)", |c| c.miss_ns),
+        ("(d) non-IP (ARP)", |c| c.arp_ns),
+    ];
+    for (name, f) in cases {
+        let s = Stat::of(r.xdp_cost.iter().map(f));
+        let over = match (s, pass) {
+            (Some(a), Some(b)) => format!("{:+.1} ns", a.median - b.median),
+            _ => "–".into(),
+        };
+        let v = s.map_or("–".into(), |s| {
+            format!("{:.1} ns ({:.1}–{:.1})", s.median, s.min, s.max)
+        });
+        let _ = writeln!(out, "| {name} | {v} | {} | {over} |", fmt_ratio(s, pass));
+    }
+    out.push('\n');
+}
+
+fn method(out: &mut String, r: &Results) {
+    let _ = writeln!(
+        out,
+        "## Method\n\n\
+         - Every cell (repetition × Service count × mode) gets fresh namespaces: client → node → \
+         4 backends over veths (198.18.0.0/15; transmit checksum offload off), so no conntrack, \
+         neighbour or rule state carries over. Modes are interleaved within each repetition so \
+         drift affects them alike.\n\
+         - Services: VIPs in 198.19.64.0/18 (inside the benchmarking range rather than \
+         10.96.0.0/12, so no packet is ever addressed outside it), TCP port 80, 10 endpoints each \
+         at addresses that do not exist; the target Service is the last one, with TCP and UDP \
+         port 80 and the 4 real backends. In the iptables layout its KUBE-SERVICES rule is last.\n\
+         - Load: `bench_loadgen` run with BPF_PROG_RUN live frames (one thread, pinned to one \
+         CPU) on the client's veth, 64-byte UDP frames XDP_TX'd to the node; `bench_sink` on \
+         each backend's veth counts and drops them. The node's client-facing veth runs portmap's \
+         XDP program, or `bench_pass` in the other modes (XDP_TX into a veth needs its peer to \
+         run XDP). A 0.3 s warm-up precedes each measurement.\n\
+         - forward: no NAT; the client sends to backend 0's address (the stack's ceiling).\n\
+         - GRO is on at the client's and the backends' veths (the ends that stand for other \
+         hosts), so frames that portmap's fast path redirects into the node's veths are received \
+         there; in every mode alike. portmap runs as `portmap run --iface eth-c` with \
+         `--manifests`, `--backend-iface eth-b0..3` (the fast path) and `--no-socket-lb` where \
+         this build has them: the client is another host, whose packets must cross XDP.\n\
+         - Latency is measured before the throughput runs (no sinks attached), against an echo \
+         server in each backend namespace.\n\
+         - iptables and nftables rulesets follow kube-proxy's layouts without masquerading \
+         (portmap does not masquerade either); the iptables binary is `{}`.\n\
+         - With 2 shared CPUs absolute numbers are noisy: compare the modes side by side and \
+         read the ratios.",
+        r.machine.iptables
+    );
+}

@@ -1,0 +1,160 @@
+//! What a run measured (`results.json`), and the medians the report and the
+//! charts are made of.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    control::PortmapControl,
+    latency::Latency,
+    modes::{ChangeTimes, Features, Mode},
+    xdpcost::XdpCost,
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub iptables: String,
+    pub nft: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    pub services: Vec<u32>,
+    pub flows: u32,
+    pub duration_s: f64,
+    pub repeats: u32,
+    pub modes: Vec<Mode>,
+    pub connections: usize,
+    pub fast_path: bool,
+    pub portmap_features: Features,
+}
+
+/// One load-generator measurement.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Throughput {
+    pub generated: u64,
+    pub delivered: u64,
+    pub seconds: f64,
+    pub generated_pps: f64,
+    pub delivered_pps: f64,
+}
+
+/// One (repetition, Service count, mode).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cell {
+    pub rep: u32,
+    pub services: u32,
+    pub mode: Mode,
+    pub latency: Option<Latency>,
+    pub established: Option<Throughput>,
+    pub new_flows: Option<Throughput>,
+    /// iptables/nftables: loading the whole ruleset into the empty namespace.
+    pub load_s: Option<f64>,
+    pub change: Option<ChangeTimes>,
+    /// The full iptables resync was not tried (it timed out at fewer Services).
+    #[serde(default)]
+    pub full_resync_skipped: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub version: u32,
+    pub command: String,
+    pub machine: Machine,
+    pub config: Config,
+    pub cells: Vec<Cell>,
+    pub xdp_cost: Vec<XdpCost>,
+    pub control: Vec<PortmapControl>,
+    pub complete: bool,
+    pub error: Option<String>,
+    pub elapsed_s: f64,
+}
+
+/// A median and its spread over the repetitions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Stat> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
+}
+
+impl Results {
+    pub fn cells_of(&self, mode: Mode, services: u32) -> impl Iterator<Item = &Cell> {
+        self.cells
+            .iter()
+            .filter(move |c| c.mode == mode && c.services == services)
+    }
+
+    /// A cell metric's median over repetitions.
+    pub fn stat(
+        &self,
+        mode: Mode,
+        services: u32,
+        f: impl Fn(&Cell) -> Option<f64>,
+    ) -> Option<Stat> {
+        Stat::of(self.cells_of(mode, services).filter_map(f))
+    }
+
+    pub fn established(&self, mode: Mode, services: u32) -> Option<Stat> {
+        self.stat(mode, services, |c| c.established.map(|t| t.delivered_pps))
+    }
+
+    pub fn new_flows(&self, mode: Mode, services: u32) -> Option<Stat> {
+        self.stat(mode, services, |c| c.new_flows.map(|t| t.delivered_pps))
+    }
+
+    pub fn p50(&self, mode: Mode, services: u32) -> Option<Stat> {
+        self.stat(mode, services, |c| c.latency.map(|l| l.p50_us))
+    }
+
+    pub fn p99(&self, mode: Mode, services: u32) -> Option<Stat> {
+        self.stat(mode, services, |c| c.latency.map(|l| l.p99_us))
+    }
+
+    /// The Service counts measured, ascending.
+    pub fn service_counts(&self) -> Vec<u32> {
+        let mut v = self.config.services.clone();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        let s = Stat::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert_eq!(Stat::of([1.0, 2.0]).unwrap().median, 1.5);
+        assert!(Stat::of([]).is_none());
+        assert!(Stat::of([f64::NAN]).is_none());
+    }
+}

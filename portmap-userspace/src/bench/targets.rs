@@ -1,0 +1,215 @@
+//! The project's performance targets, judged from the measured medians.
+
+use super::{
+    modes::Mode,
+    results::{Results, Stat},
+};
+
+pub const BIG: u32 = 10_000;
+const SMALL: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Holds,
+    Missed,
+    NotMeasured,
+}
+
+impl Verdict {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Holds => "holds",
+            Verdict::Missed => "**MISSED**",
+            Verdict::NotMeasured => "not measured",
+        }
+    }
+}
+
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    pub verdict: Verdict,
+}
+
+fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
+        _ => None,
+    }
+}
+
+fn at_least(what: &str, r: Option<f64>, min: f64, missing: &str) -> Target {
+    match r {
+        Some(r) => Target {
+            what: what.into(),
+            measured: format!("{r:.2}×"),
+            verdict: if r >= min {
+                Verdict::Holds
+            } else {
+                Verdict::Missed
+            },
+        },
+        None => Target {
+            what: what.into(),
+            measured: missing.into(),
+            verdict: Verdict::NotMeasured,
+        },
+    }
+}
+
+fn flat(what: &str, small: Option<Stat>, big: Option<Stat>, missing: &str) -> Target {
+    match ratio(big, small) {
+        Some(r) => Target {
+            what: what.into(),
+            measured: format!("{:+.1} % from {SMALL} to {BIG} Services", (r - 1.0) * 100.0),
+            verdict: if (0.9..=1.1).contains(&r) {
+                Verdict::Holds
+            } else {
+                Verdict::Missed
+            },
+        },
+        None => Target {
+            what: what.into(),
+            measured: missing.into(),
+            verdict: Verdict::NotMeasured,
+        },
+    }
+}
+
+fn below(what: &str, v: Option<Stat>, limit_s: f64, fmt: impl Fn(f64) -> String) -> Target {
+    match v {
+        Some(s) => Target {
+            what: what.into(),
+            measured: fmt(s.median),
+            verdict: if s.median < limit_s {
+                Verdict::Holds
+            } else {
+                Verdict::Missed
+            },
+        },
+        None => Target {
+            what: what.into(),
+            measured: format!("needs --services including {BIG}"),
+            verdict: Verdict::NotMeasured,
+        },
+    }
+}
+
+pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Target> {
+    let need = |modes: &[Mode], counts: &[u32]| -> String {
+        let modes: Vec<&str> = modes.iter().map(|m| m.name()).collect();
+        let counts: Vec<String> = counts.iter().map(u32::to_string).collect();
+        format!(
+            "needs --modes {} and --services {}",
+            modes.join(","),
+            counts.join(",")
+        )
+    };
+    let pm = Mode::Portmap;
+    let mut out = vec![
+        at_least(
+            "New-flow throughput at 10,000 Services ≥ 10× iptables",
+            ratio(r.new_flows(pm, BIG), r.new_flows(Mode::Iptables, BIG)),
+            10.0,
+            &need(&[pm, Mode::Iptables], &[BIG]),
+        ),
+        at_least(
+            "New-flow throughput at 1 Service ≥ 3× iptables",
+            ratio(r.new_flows(pm, SMALL), r.new_flows(Mode::Iptables, SMALL)),
+            3.0,
+            &need(&[pm, Mode::Iptables], &[SMALL]),
+        ),
+        at_least(
+            "New-flow throughput at 1 Service ≥ 3× nftables",
+            ratio(r.new_flows(pm, SMALL), r.new_flows(Mode::Nftables, SMALL)),
+            3.0,
+            &need(&[pm, Mode::Nftables], &[SMALL]),
+        ),
+    ];
+    // Established flows against plain forwarding, at every Service count: the
+    // worst ratio decides.
+    let worst = r
+        .service_counts()
+        .into_iter()
+        .filter_map(|s| {
+            ratio(r.established(pm, s), r.established(Mode::Forward, s)).map(|x| (s, x))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    out.push(match worst {
+        Some((s, x)) => Target {
+            what: "Established-flow throughput ≥ 3× forward (every Service count)".into(),
+            measured: format!("{x:.2}× (the lowest, at S = {s})"),
+            verdict: if x >= 3.0 {
+                Verdict::Holds
+            } else {
+                Verdict::Missed
+            },
+        },
+        None => Target {
+            what: "Established-flow throughput ≥ 3× forward".into(),
+            measured: need(&[pm, Mode::Forward], &[]),
+            verdict: Verdict::NotMeasured,
+        },
+    });
+    let both = need(&[pm], &[SMALL, BIG]);
+    out.push(flat(
+        "portmap established-flow throughput flat within ±10 % (1 → 10,000 Services)",
+        r.established(pm, SMALL),
+        r.established(pm, BIG),
+        &both,
+    ));
+    out.push(flat(
+        "portmap new-flow throughput flat within ±10 % (1 → 10,000 Services)",
+        r.new_flows(pm, SMALL),
+        r.new_flows(pm, BIG),
+        &both,
+    ));
+    out.push(flat(
+        "portmap first-packet latency (p50) flat within ±10 % (1 → 10,000 Services)",
+        r.p50(pm, SMALL),
+        r.p50(pm, BIG),
+        &both,
+    ));
+    let pass = Stat::of(r.xdp_cost.iter().map(|c| c.pass_ns));
+    let hit = Stat::of(r.xdp_cost.iter().map(|c| c.hit_ns));
+    out.push(at_least_inverse(
+        "Conntrack-hit cost ≤ 2× the bare XDP_PASS program",
+        ratio(hit, pass),
+        2.0,
+    ));
+    let control = |f: fn(&super::control::PortmapControl) -> f64| {
+        Stat::of(r.control.iter().filter(|c| c.services == BIG).map(f))
+    };
+    out.push(below(
+        "10,000 Services × 10 endpoints programmed in < 1 s",
+        control(|c| c.full_s),
+        1.0,
+        fmt_secs,
+    ));
+    out.push(below(
+        "One Service changed at 10,000 Services in < 10 ms",
+        control(|c| c.change_s),
+        0.010,
+        fmt_secs,
+    ));
+    out
+}
+
+fn at_least_inverse(what: &str, r: Option<f64>, max: f64) -> Target {
+    match r {
+        Some(r) => Target {
+            what: what.into(),
+            measured: format!("{r:.2}×"),
+            verdict: if r <= max {
+                Verdict::Holds
+            } else {
+                Verdict::Missed
+            },
+        },
+        None => Target {
+            what: what.into(),
+            measured: "not run".into(),
+            verdict: Verdict::NotMeasured,
+        },
+    }
+}

@@ -1,0 +1,142 @@
+//! Per-packet cost of portmap's XDP program through BPF_PROG_TEST_RUN.
+//!
+//! The kernel does not restore the packet between repeats, so every repeat
+//! must do the same work: the mapping is the identity (198.18.0.1:8080 to
+//! itself), which makes the rewrite a no-op. A conntrack hit repeats a flow
+//! created by a first run; a new flow is a TCP SYN|FIN: the FIN leaves the
+//! entry closing, and a SYN on a closing entry starts a new flow, so every
+//! repeat creates the flow again.
+
+use std::net::SocketAddrV4;
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use portmap_common::abi::DatapathConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    frames::{self, TCP_FIN, TCP_SYN},
+    loadgen::{BenchObject, ns_per_run},
+    topo::{CLIENT_MAC, NODE_IP, NODE_MAC},
+};
+use crate::{
+    dataplane::{Dataplane, INGRESS_PROGRAM, Limits},
+    model::DesiredState,
+    spec::PublishSpec,
+};
+
+const XDP_PASS: u32 = 2;
+
+/// Nanoseconds per packet, one repetition.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct XdpCost {
+    pub pass_ns: f64,
+    pub hit_ns: f64,
+    pub new_flow_ns: f64,
+    pub miss_ns: f64,
+    pub arp_ns: f64,
+}
+
+fn identity_state() -> Result<DesiredState> {
+    let specs: Vec<(String, PublishSpec)> = ["", "/udp"]
+        .iter()
+        .map(|suffix| {
+            let text = format!("{NODE_IP}:8080:{NODE_IP}:8080{suffix}");
+            let spec = text
+                .parse::<PublishSpec>()
+                .map_err(|e| anyhow::anyhow!("{text}: {e}"));
+            spec.map(|s| (text, s))
+        })
+        .collect::<Result<_>>()?;
+    DesiredState::from_specs(&specs).context("the identity mapping")
+}
+
+fn run_once(prog: &Xdp, frame: &[u8]) -> Result<u32> {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(r.return_value)
+}
+
+/// Measures every case with `repeat` runs (best of a few rounds).
+pub fn measure(bench: &BenchObject, repeat: u32) -> Result<XdpCost> {
+    let limits = Limits {
+        frontends: 64,
+        backends: 64,
+        conntrack: 4096,
+    };
+    let mut dp = Dataplane::load(limits, DatapathConfig::default())
+        .context("loading portmap's dataplane for the per-packet cost")?;
+    dp.apply(&identity_state()?)
+        .context("publishing the identity mapping")?;
+    let prog: &Xdp = dp
+        .ebpf()
+        .program(INGRESS_PROGRAM)
+        .with_context(|| format!("no program {INGRESS_PROGRAM}"))?
+        .try_into()
+        .context("the ingress program is not XDP")?;
+
+    let client: SocketAddrV4 = SocketAddrV4::new(super::topo::CLIENT_IP, 40_000);
+    let published = SocketAddrV4::new(NODE_IP, 8080);
+    let unpublished = SocketAddrV4::new(NODE_IP, 9999);
+    let udp_hit = frames::udp(NODE_MAC, CLIENT_MAC, client, published);
+    let udp_miss = frames::udp(NODE_MAC, CLIENT_MAC, client, unpublished);
+    let syn_fin = frames::tcp(NODE_MAC, CLIENT_MAC, client, published, TCP_SYN | TCP_FIN);
+    let arp = frames::arp(CLIENT_MAC, super::topo::CLIENT_IP, NODE_IP);
+
+    // Every case must pass the packet on; anything else means the setup is wrong.
+    for (name, frame) in [
+        ("conntrack hit", &udp_hit),
+        ("new flow", &syn_fin),
+        ("miss", &udp_miss),
+        ("ARP", &arp),
+    ] {
+        let action = run_once(prog, frame)?;
+        if action != XDP_PASS {
+            bail!("portmap's XDP program returned {action} for the {name} packet, not XDP_PASS");
+        }
+    }
+    let rounds = 5;
+    let per_round = (repeat / rounds).max(1000);
+    let pass_ns = ns_per_run(bench.pass()?, &udp_hit, per_round, rounds)?;
+    // The cases must be what they claim: hits create no flow, and every run
+    // of the SYN|FIN creates one.
+    let created = flows_created(&dp)?;
+    let hit_ns = ns_per_run(prog, &udp_hit, per_round, rounds)?;
+    let after_hits = flows_created(&dp)?;
+    if after_hits != created {
+        bail!(
+            "the conntrack-hit case created {} flows: it is not measuring hits",
+            after_hits - created
+        );
+    }
+    let new_flow_ns = ns_per_run(prog, &syn_fin, per_round, rounds)?;
+    let runs = u64::from(per_round) * u64::from(rounds);
+    let after_new = flows_created(&dp)?;
+    if after_new - after_hits < runs {
+        bail!(
+            "the new-flow case created {} flows in {runs} runs: it is not measuring new flows",
+            after_new - after_hits
+        );
+    }
+    Ok(XdpCost {
+        pass_ns,
+        hit_ns,
+        new_flow_ns,
+        miss_ns: ns_per_run(prog, &udp_miss, per_round, rounds)?,
+        arp_ns: ns_per_run(prog, &arp, per_round, rounds)?,
+    })
+}
+
+fn flows_created(dp: &Dataplane) -> Result<u64> {
+    let snapshot = dp.snapshot().context("reading the datapath counters")?;
+    snapshot
+        .events
+        .iter()
+        .find(|(name, _)| name == "flow_created")
+        .map(|(_, n)| *n)
+        .context("no flow_created counter in the datapath events")
+}
