@@ -359,10 +359,13 @@ pub enum DatapathEvent {
     /// An ICMP error about a translated flow was translated too (its quote
     /// back to the frontend towards a client, or on to the backend).
     IcmpTranslated = 16,
+    /// One entry of a live flow was missing (the LRU evicted it under
+    /// pressure) and was recreated from its twin, so the flow carries on.
+    ConntrackEntryRestored = 17,
 }
 
 impl DatapathEvent {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -381,6 +384,7 @@ impl DatapathEvent {
         Self::FastPathFragNeeded,
         Self::FastPathOther,
         Self::IcmpTranslated,
+        Self::ConntrackEntryRestored,
     ];
 
     /// The `event` label of the metric.
@@ -403,6 +407,7 @@ impl DatapathEvent {
             Self::FastPathFragNeeded => "fast_path_fallback_frag_needed",
             Self::FastPathOther => "fast_path_fallback_other",
             Self::IcmpTranslated => "icmp_translated",
+            Self::ConntrackEntryRestored => "conntrack_entry_restored",
         }
     }
 }

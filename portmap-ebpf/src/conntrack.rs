@@ -11,10 +11,11 @@
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use portmap_common::abi::{
     BACKEND_UNUSED, Backend, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
-    CT_STATE_NEW, CtKey, CtValue, DatapathConfig, FrontendValue, PROTO_TCP,
+    CT_STATE_NEW, CtKey, CtValue, DatapathConfig, DatapathEvent, FrontendValue, PROTO_TCP,
 };
 
 use crate::{
+    counters::count_event,
     maps::{BACKENDS, CONFIG, CONNTRACK, FRONTEND_GEN},
     parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -140,9 +141,18 @@ fn backend_current(entry: &CtValue) -> bool {
 /// backend are the ones it was made for.
 #[inline(always)]
 pub fn current(entry: &CtValue, proto: u8, now: u64, cfg: &DatapathConfig) -> bool {
+    reply_allowed(entry, proto, now, cfg) && backend_current(entry)
+}
+
+/// Whether a reply entry may translate a reply: it has not expired and its
+/// frontend is the one it was made for. Its backend may just have been
+/// removed: an answer already on its way from there (a UDP exchange caught
+/// by the removal) still goes back from the frontend the client used, not
+/// from an address it never talked to; the flow's next request moves it.
+#[inline(always)]
+pub fn reply_allowed(entry: &CtValue, proto: u8, now: u64, cfg: &DatapathConfig) -> bool {
     now.saturating_sub(entry.last_seen_ns) <= timeout_ns(cfg, proto, entry.state)
         && frontend_current(entry)
-        && backend_current(entry)
 }
 
 #[inline(always)]
@@ -157,8 +167,15 @@ fn next_state(state: u8, flow: &Flow, from_reply: bool) -> u8 {
 }
 
 /// Records that `flow` was seen in the entry at `key`: advances the state and
-/// the last-seen time of the entry and of its twin. Writes only when the state
-/// changes or the last write is a second old.
+/// the last-seen time of the entry and of its twin (written only when the
+/// state changes or the last write is a second old), and recreates the twin
+/// if it is missing.
+///
+/// Under pressure the LRU may evict one entry of a live flow, even a fresh
+/// one: without its reply entry, the backend's answers would leave
+/// untranslated and the client would reset the connection; without its
+/// forward entry, the flow could be balanced elsewhere. Each entry holds all
+/// its twin needs, so every packet checks the twin and puts it back.
 #[inline(always)]
 pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
     // SAFETY: `entry` points at a live map value (RCU keeps it valid for the
@@ -166,17 +183,40 @@ pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
     // field stores of the same kind of update, which is harmless here.
     let e = unsafe { &mut *entry };
     let state = next_state(e.state, flow, key.direction == CT_REPLY);
-    if state == e.state && now.saturating_sub(e.last_seen_ns) < REFRESH_INTERVAL_NS {
-        return;
+    let write = state != e.state || now.saturating_sub(e.last_seen_ns) >= REFRESH_INTERVAL_NS;
+    if write {
+        e.state = state;
+        e.last_seen_ns = now;
     }
-    e.state = state;
-    e.last_seen_ns = now;
     let twin = twin_key(key, e);
-    if let Some(t) = CONNTRACK.get_ptr_mut(twin) {
-        // SAFETY: as for `entry`.
-        let t = unsafe { &mut *t };
-        t.state = state;
-        t.last_seen_ns = now;
+    match CONNTRACK.get_ptr_mut(twin) {
+        Some(t) if write => {
+            // SAFETY: as for `entry`.
+            let t = unsafe { &mut *t };
+            t.state = state;
+            t.last_seen_ns = now;
+        }
+        Some(_) => {}
+        None => {
+            // The twin translates towards this packet's sender: its NAT
+            // address is what this packet was sent to (forward: the
+            // frontend) or from (reply: the backend).
+            let (nat_addr, nat_port) = if key.direction == CT_FORWARD {
+                (flow.dst, flow.dport)
+            } else {
+                (flow.src, flow.sport)
+            };
+            let restored = CtValue {
+                nat_addr,
+                nat_port,
+                state,
+                last_seen_ns: now,
+                ..*e
+            };
+            if CONNTRACK.insert(twin, restored, 0).is_ok() {
+                count_event(DatapathEvent::ConntrackEntryRestored);
+            }
+        }
     }
 }
 

@@ -73,7 +73,7 @@ fn translate(ctx: &TcContext, flow: &Flow) -> Option<()> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
-    if !conntrack::current(&e, flow.proto, now, cfg) {
+    if !conntrack::reply_allowed(&e, flow.proto, now, cfg) {
         return None;
     }
     conntrack::touch(&key, entry, flow, now);

@@ -36,7 +36,7 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
     };
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
-    if !conntrack::current(&e, flow.proto, now, cfg) {
+    if !conntrack::reply_allowed(&e, flow.proto, now, cfg) {
         return XDP_PASS;
     }
     let Some(hop) = fastpath::route(

@@ -108,6 +108,13 @@ impl Dataplane {
             }
         }
         for key in doomed {
+            // The walk took a while: a client may have reused the flow's
+            // ports since, and the dataplane replaced the entry with a live
+            // one. Only what is still stale goes.
+            match self.maps.conntrack.get(&key, 0) {
+                Ok(value) if stale(&key, &value) => {}
+                _ => continue,
+            }
             match self.maps.conntrack.remove(&key) {
                 Ok(()) => report.removed += 1,
                 Err(aya::maps::MapError::KeyNotFound) => {}

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::Result;
-use portmap_common::abi::{AffinityKey, DatapathConfig, FrontendKey};
+use portmap_common::abi::{AffinityKey, CtKey, DatapathConfig, FrontendKey};
 use portmap_userspace::{
     dataplane::{Dataplane, Limits},
     model::DesiredState,
@@ -311,6 +311,17 @@ impl Harness {
     }
 
     /// Every flow was idle `ns` longer than it was.
+    /// Deletes one conntrack entry from the real map and the model, as the
+    /// LRU does under pressure (possibly one half of a live flow).
+    pub fn evict(&mut self, key: &CtKey) -> Result<(), String> {
+        self.log.push(format!("evict {key:?}"));
+        self.probe
+            .evict(key)
+            .map_err(|e| format!("evicting from the real map: {e:#}"))?;
+        self.flows.conntrack.remove(key);
+        Ok(())
+    }
+
     pub fn elapse(&mut self, ns: u64) -> Result<(), String> {
         self.log.push(format!("elapse {:.3}s", ns as f64 / 1e9));
         self.probe

@@ -202,6 +202,19 @@ impl Probe {
         Ok(out)
     }
 
+    /// Deletes one conntrack entry, as an LRU eviction would.
+    pub fn evict(&mut self, key: &CtKey) -> Result<()> {
+        match self.conntrack.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Moves every conntrack and affinity time stamp `ns` into the past, as
     /// if the flows had been idle that long.
     pub fn age(&mut self, ns: u64) -> Result<()> {

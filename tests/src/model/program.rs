@@ -180,21 +180,41 @@ fn next_state(state: u8, flow: &Flow, from_reply: bool) -> u8 {
 
 /// A packet of the flow was seen in the entry at `key`: both entries of the
 /// flow advance their state and time (rewritten only when the state changes
-/// or the last write is [`REFRESH_INTERVAL_NS`] old).
+/// or the last write is [`REFRESH_INTERVAL_NS`] old), and a missing twin (an
+/// LRU eviction) is recreated from the entry.
 fn touch(flows: &mut Flows, key: &CtKey, flow: &Flow, now: u64) {
     let Some(e) = flows.conntrack.get_mut(key) else {
         return;
     };
     let state = next_state(e.state, flow, key.direction == CT_REPLY);
-    if state == e.state && now.saturating_sub(e.last_seen_ns) < REFRESH_INTERVAL_NS {
-        return;
+    let write = state != e.state || now.saturating_sub(e.last_seen_ns) >= REFRESH_INTERVAL_NS;
+    if write {
+        e.state = state;
+        e.last_seen_ns = now;
     }
-    e.state = state;
-    e.last_seen_ns = now;
-    let twin = twin_key(key, e);
-    if let Some(t) = flows.conntrack.get_mut(&twin) {
-        t.state = state;
-        t.last_seen_ns = now;
+    let e = *e;
+    let twin = twin_key(key, &e);
+    match flows.conntrack.get_mut(&twin) {
+        Some(t) if write => {
+            t.state = state;
+            t.last_seen_ns = now;
+        }
+        Some(_) => {}
+        None => {
+            let (addr, port) = if key.direction == CT_FORWARD {
+                (flow.dst, flow.dport)
+            } else {
+                (flow.src, flow.sport)
+            };
+            let restored = CtValue {
+                nat_addr: raw(addr),
+                nat_port: raw_port(port),
+                state,
+                last_seen_ns: now,
+                ..e
+            };
+            flows.conntrack.insert(twin, restored);
+        }
     }
 }
 
@@ -676,9 +696,8 @@ pub fn tc(maps: &Maps, flows: &mut Flows, frame: &[u8], now: u64) -> Outcome {
     if !frontend_current(maps, &e) {
         return Outcome::untouched(frame, "reply entry of a frontend that is gone");
     }
-    if !backend_current(maps, &e) {
-        return Outcome::untouched(frame, "reply entry of a backend that is gone");
-    }
+    // A reply from a backend removed since is still translated (conntrack.rs,
+    // `reply_allowed`).
     touch(flows, &key, &flow, now);
     let to = ip(&e.nat_addr, family(flow.src));
     Outcome {

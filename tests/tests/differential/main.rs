@@ -33,7 +33,7 @@ use std::{
     time::Instant,
 };
 
-use portmap_common::abi::{CT_FORWARD, CtKey, DatapathConfig};
+use portmap_common::abi::{CT_FORWARD, CT_REPLY, CtKey, DatapathConfig};
 use portmap_tests::model::{
     harness::{Harness, Stats},
     state::{family, ip, port, raw, raw_port},
@@ -256,6 +256,17 @@ fn sequence(h: &mut Harness, case: &SequenceCase) -> Result<(), String> {
             Step::Elapse(i) => {
                 let s = ELAPSE_S[usize::from(*i) % ELAPSE_S.len()];
                 h.elapse((s * 1e9) as u64)?;
+            }
+            Step::Evict { flow, reply } => {
+                let f = &flows[usize::from(*flow) % flows.len()];
+                let key = if *reply {
+                    f.reply_key(h)
+                } else {
+                    Some(f.forward_key())
+                };
+                if let Some(key) = key {
+                    h.evict(&key)?;
+                }
             }
             Step::Reapply(change) => {
                 world.change(change);

@@ -59,6 +59,11 @@ pub(crate) enum Step {
     },
     Elapse(u8),
     Reapply(Change),
+    /// The LRU evicts one entry of the flow: its forward or its reply entry.
+    Evict {
+        flow: u8,
+        reply: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -127,6 +132,7 @@ pub(crate) fn step(elapse_weight: u32, change_weight: u32) -> impl Strategy<Valu
         1 => (0u8..3, icmp_spec()).prop_map(|(flow, icmp)| Step::IcmpFromClient { flow, icmp }),
         elapse_weight => any::<u8>().prop_map(Step::Elapse),
         change_weight => change().prop_map(Step::Reapply),
+        1 => (0u8..3, any::<bool>()).prop_map(|(flow, reply)| Step::Evict { flow, reply }),
     ]
 }
 
@@ -245,7 +251,17 @@ impl LiveFlow {
 
     /// The backend the model's conntrack sends this flow to, if any.
     pub(crate) fn backend(&self, h: &Harness) -> Option<SocketAddr> {
-        let key = CtKey {
+        let key = self.forward_key();
+        let e = h.flows.conntrack.get(&key)?;
+        Some(SocketAddr::new(
+            ip(&e.nat_addr, key.family),
+            port(e.nat_port),
+        ))
+    }
+
+    /// The key of the flow's forward conntrack entry.
+    pub(crate) fn forward_key(&self) -> CtKey {
+        CtKey {
             src: raw(self.client.ip()),
             dst: raw(self.dst.ip()),
             sport: raw_port(self.client.port()),
@@ -254,12 +270,21 @@ impl LiveFlow {
             family: family(self.client.ip()),
             direction: CT_FORWARD,
             _pad: 0,
-        };
-        let e = h.flows.conntrack.get(&key)?;
-        Some(SocketAddr::new(
-            ip(&e.nat_addr, key.family),
-            port(e.nat_port),
-        ))
+        }
+    }
+
+    /// The key of the flow's reply entry, if the model has its forward entry.
+    pub(crate) fn reply_key(&self, h: &Harness) -> Option<CtKey> {
+        let forward = self.forward_key();
+        let e = h.flows.conntrack.get(&forward)?;
+        Some(CtKey {
+            src: e.nat_addr,
+            dst: forward.src,
+            sport: e.nat_port,
+            dport: forward.sport,
+            direction: CT_REPLY,
+            ..forward
+        })
     }
 }
 
