@@ -2,26 +2,16 @@
 //! packets, the report, the results and the charts are written, and nothing
 //! is left behind.
 
-use std::{
-    fs::File,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use portmap_tests::{bin_path, require_root};
+use portmap_tests::{
+    bench::{namespaces_left, run_bench},
+    require_root,
+};
 use serde_json::Value;
 
 const MODES: [&str; 4] = ["portmap", "iptables", "nftables", "forward"];
 const TIMEOUT: Duration = Duration::from_secs(240);
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn sum(cells: &[&Value], pointer: &str) -> u64 {
     cells
@@ -33,15 +23,9 @@ fn sum(cells: &[&Value], pointer: &str) -> u64 {
 #[test]
 fn bench_measures_every_mode_and_writes_its_report() {
     require_root();
-    let tmp =
-        TempDir(std::env::temp_dir().join(format!("portmap-bench-smoke-{}", std::process::id())));
-    let out = tmp.0.join("out");
-    std::fs::create_dir_all(&tmp.0).unwrap();
-    let log_path = tmp.0.join("bench.log");
-    let log = File::create(&log_path).unwrap();
-    let mut child = Command::new(bin_path("portmap"))
-        .args([
-            "bench",
+    let run = run_bench(
+        "bench-smoke",
+        &[
             "--services",
             "1,100",
             "--duration",
@@ -50,35 +34,10 @@ fn bench_measures_every_mode_and_writes_its_report() {
             "1",
             "--connections",
             "50",
-            "--out",
-        ])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("portmap bench starts");
-    let pid = child.id();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > TIMEOUT {
-            // Ctrl-C: the benchmark cleans up after itself, then exits.
-            // SAFETY: our own child, not yet reaped.
-            unsafe { libc::kill(pid as i32, libc::SIGINT) };
-            std::thread::sleep(Duration::from_secs(30));
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "portmap bench took over {TIMEOUT:?}:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        ],
+        TIMEOUT,
+    );
+    let (out, log, status, pid) = (&run.out, &run.log, run.status, run.pid);
     assert!(status.success(), "portmap bench failed ({status}):\n{log}");
 
     let results: Value =
@@ -113,12 +72,7 @@ fn bench_measures_every_mode_and_writes_its_report() {
         assert!(text.starts_with("<svg"), "{svg} is not an SVG");
     }
 
-    let namespaces = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let left: Vec<String> = String::from_utf8_lossy(&namespaces.stdout)
-        .lines()
-        .filter(|l| l.starts_with(&format!("pm-bench-{pid}-")))
-        .map(str::to_string)
-        .collect();
+    let left = namespaces_left("pm-bench", pid);
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     let scratch = std::env::temp_dir().join(format!("portmap-bench-{pid}"));
     assert!(!scratch.exists(), "{} left behind", scratch.display());

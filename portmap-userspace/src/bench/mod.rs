@@ -20,6 +20,7 @@ mod report;
 mod results;
 mod rules;
 mod signals;
+mod soak;
 mod targets;
 mod topo;
 mod xdpcost;
@@ -95,6 +96,24 @@ pub struct BenchArgs {
     /// results.json of an earlier run.
     #[arg(long, value_name = "FILE")]
     pub from_results: Option<PathBuf>,
+
+    /// Instead of the comparison: a soak of portmap alone, steady TCP and UDP
+    /// requests to one Service while its backends go terminating, away and
+    /// back; fails if a single request fails. Writes soak.md and soak.json.
+    #[arg(long)]
+    pub soak: bool,
+
+    /// Seconds the soak runs.
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub soak_seconds: u64,
+
+    /// Milliseconds between two steps of the soak's backend churn.
+    #[arg(long, value_name = "MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub churn_ms: u64,
+
+    /// Threads making TCP connections during the soak.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub soak_workers: u64,
 }
 
 /// Runs of BPF_PROG_TEST_RUN per case of the per-packet cost.
@@ -155,7 +174,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     std::fs::copy("/proc/self/exe", &exe)
         .with_context(|| format!("copying this executable to {}", exe.display()))?;
     let features = Features::detect(&exe)?;
-    let machine = host::machine(&iptables_restore, &nft);
+    let env = Env {
+        exe,
+        scratch: scratch.0.clone(),
+        features,
+        fast_path: !args.no_fast_path,
+        iptables_restore,
+        nft,
+    };
+    if args.soak {
+        return run_soak(&args, &env);
+    }
+    let machine = host::machine(&env.iptables_restore, &env.nft);
     let mut results = Results {
         version: 1,
         command: host::command_line(),
@@ -168,7 +198,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             modes: args.modes.clone(),
             connections: args.connections as usize,
             fast_path: !args.no_fast_path,
-            portmap_features: features.clone(),
+            portmap_features: env.features.clone(),
         },
         cells: Vec::new(),
         xdp_cost: Vec::new(),
@@ -191,20 +221,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     progress.enable_steady_tick(Duration::from_millis(200));
-    if !features.manifests && portmap {
+    if !env.features.manifests && portmap {
         let note =
             "note: this portmap has no --manifests: it publishes the target Service only (-p)";
         eprintln!("{note}");
     }
     let mut ctx = Ctx {
-        env: Env {
-            exe,
-            scratch: scratch.0.clone(),
-            features,
-            fast_path: !args.no_fast_path,
-            iptables_restore,
-            nft,
-        },
+        env,
         bench: BenchObject::load()?,
         args,
         progress,
@@ -221,6 +244,39 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     outcome?;
     written?;
     eprintln!("report: {}", ctx.args.out.join("report.md").display());
+    Ok(())
+}
+
+fn run_soak(args: &BenchArgs, env: &Env) -> Result<()> {
+    if !env.features.manifests {
+        bail!("--soak: this portmap has no --manifests");
+    }
+    eprintln!(
+        "soak: {} s, a churn step every {} ms, {} TCP workers and one UDP exchange",
+        args.soak_seconds, args.churn_ms, args.soak_workers
+    );
+    let report = soak::run(
+        env,
+        Duration::from_secs(args.soak_seconds),
+        Duration::from_millis(args.churn_ms),
+        args.soak_workers as usize,
+    )?;
+    let markdown = report.markdown();
+    println!("{markdown}");
+    let json = serde_json::to_string_pretty(&report).context("serializing the soak report")?;
+    for (name, text) in [("soak.md", markdown), ("soak.json", json)] {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !report.passed() {
+        bail!(
+            "soak failed: {} of {} TCP connections and {} of {} UDP exchanges failed",
+            report.tcp_failed,
+            report.tcp_sent,
+            report.udp_failed,
+            report.udp_sent
+        );
+    }
     Ok(())
 }
 
@@ -241,7 +297,11 @@ fn validate(args: &BenchArgs) -> Result<BenchArgs> {
         );
     }
     let mut modes = Vec::new();
-    for m in &args.modes {
+    if args.soak {
+        // The soak measures portmap alone: iptables and nft are not needed.
+        modes.push(Mode::Portmap);
+    }
+    for m in args.modes.iter().filter(|_| !args.soak) {
         if !modes.contains(m) {
             modes.push(*m);
         }

@@ -2,6 +2,7 @@
 //! iptables and nftables layouts, or nothing (plain forwarding).
 
 use std::{
+    ffi::OsString,
     fs::File,
     io::{Read as _, Write as _},
     net::{SocketAddrV4, TcpStream},
@@ -97,7 +98,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn log_tail(&self) -> String {
+    /// Asks the daemon to re-read its manifests now (SIGHUP).
+    pub fn reload(&self) -> Result<()> {
+        let Some(child) = &self.child else {
+            bail!("portmap run is not running");
+        };
+        // SAFETY: our own child, not yet waited for, so the pid is still ours.
+        if unsafe { libc::kill(child.id() as i32, libc::SIGHUP) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("SIGHUP to portmap run");
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
@@ -310,7 +323,36 @@ pub fn teardown(p: Programmed, topo: &Topology, env: &Env, cell: &str) -> Result
 }
 
 fn start_daemon(topo: &Topology, services: &Services, env: &Env, cell: &str) -> Result<Daemon> {
-    let limits = super::control::limits(services.list.len() as u32);
+    let mut publish: Vec<OsString> = Vec::new();
+    if env.features.manifests {
+        let path = env.scratch.join(format!("{cell}.yaml"));
+        write_file(&path, &services.manifests())?;
+        publish.extend(["--manifests".into(), path.into()]);
+    } else {
+        // Until `--manifests` exists: the target Service only, one backend.
+        let t = services.target_addr();
+        let backend = topo::backend_ip(0);
+        for suffix in ["", "/udp"] {
+            publish.extend([
+                "-p".into(),
+                format!("{t}:{backend}:{BACKEND_PORT}{suffix}").into(),
+            ]);
+        }
+    }
+    start_portmap(topo, env, cell, services.list.len() as u32, &publish)
+}
+
+/// Starts `portmap run` in the node namespace with `publish` (`-p` specs or
+/// `--manifests`), map sizes for `service_count` Services, and waits until
+/// it serves metrics.
+pub fn start_portmap(
+    topo: &Topology,
+    env: &Env,
+    cell: &str,
+    service_count: u32,
+    publish: &[OsString],
+) -> Result<Daemon> {
+    let limits = super::control::limits(service_count);
     let mut cmd = Command::new(&env.exe);
     cmd.args(["run", "--iface", NODE_CLIENT_IF]);
     if env.fast_path && env.features.backend_iface {
@@ -318,19 +360,7 @@ fn start_daemon(topo: &Topology, services: &Services, env: &Env, cell: &str) -> 
             cmd.arg("--backend-iface").arg(topo::node_backend_if(i));
         }
     }
-    if env.features.manifests {
-        let path = env.scratch.join(format!("{cell}.yaml"));
-        write_file(&path, &services.manifests())?;
-        cmd.arg("--manifests").arg(path);
-    } else {
-        // Until `--manifests` exists: the target Service only, one backend.
-        let t = services.target_addr();
-        let backend = topo::backend_ip(0);
-        for suffix in ["", "/udp"] {
-            cmd.arg("-p")
-                .arg(format!("{t}:{backend}:{BACKEND_PORT}{suffix}"));
-        }
-    }
+    cmd.args(publish);
     let pins = env.features.bpffs_dir.then(|| {
         PathBuf::from(format!(
             "/sys/fs/bpf/portmap-bench-{}-{cell}",
@@ -389,14 +419,45 @@ fn start_daemon(topo: &Topology, services: &Services, env: &Env, cell: &str) -> 
 
 /// Whether the daemon answers `GET /metrics` (it serves only once attached).
 fn metrics_ready(node: &Netns) -> bool {
-    let get = || -> std::io::Result<bool> {
+    scrape(node).is_ok()
+}
+
+/// The daemon's `/metrics` text, fetched from inside the node namespace.
+pub fn scrape(node: &Netns) -> Result<String> {
+    let get = || -> std::io::Result<String> {
         let addr = METRICS_ADDR.parse().map_err(std::io::Error::other)?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut head = [0u8; 12];
-        s.read_exact(&mut head)?;
-        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        Ok(response)
     };
-    matches!(node.enter(get), Ok(Ok(true)))
+    let response = node.enter(get)?.context("GET /metrics")?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.get(9..12) == Some("200") => {
+            Ok(body.to_string())
+        }
+        _ => bail!(
+            "GET /metrics: {}",
+            response.lines().next().unwrap_or("no answer")
+        ),
+    }
+}
+
+/// The value of the sample `name{labels}` in Prometheus text (labels given
+/// must all match; others may be present).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        let set = match rest {
+            "" => "",
+            _ => rest.strip_prefix('{')?.strip_suffix('}')?,
+        };
+        labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
 }
