@@ -246,7 +246,9 @@ fn non_ip_and_other_protocols_pass_untouched() {
     // IPv6 neighbour solicitation to a solicited-node multicast address.
     let ns = Packet {
         l4: L4::Other { proto: 58 },
-        payload: vec![135, 0, 0, 0, 0, 0, 0, 0, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        payload: vec![
+            135, 0, 0, 0, 0, 0, 0, 0, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+        ],
         ..Packet::tcp(sa("[2001:db8::2]:0"), sa("[ff02::1:ff00:1]:0"), 0)
     }
     .build();
