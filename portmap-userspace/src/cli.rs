@@ -276,4 +276,24 @@ mod tests {
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
     }
+
+    /// The metrics, which name every Service and backend, are not served to
+    /// the network unless asked for.
+    #[test]
+    fn metrics_bind_to_loopback_by_default() {
+        let cli = Cli::try_parse_from([
+            "portmap",
+            "run",
+            "--iface",
+            "eth0",
+            "-p",
+            "8080:10.0.0.2:3000",
+        ])
+        .expect("a minimal command line parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not `run`");
+        };
+        assert_eq!(args.metrics_addr, "127.0.0.1:9640".parse().unwrap());
+        assert!(args.metrics_addr.ip().is_loopback());
+    }
 }

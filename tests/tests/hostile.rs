@@ -377,3 +377,80 @@ fn flows_of_removed_backends_and_expired_flows_are_collected() {
     assert_eq!((report.scanned, report.removed), (40, 40), "{report:?}");
     assert!(lab.dp.conntrack_entries().unwrap().is_empty());
 }
+
+/// A map under pressure says so: `portmap_map_entries` against
+/// `portmap_map_capacity`, and a warning in the log; a conntrack map that is
+/// full evicts idle flows and new ones keep working.
+#[test]
+fn maps_under_pressure_show_in_metrics_and_log() {
+    const CONNTRACK: u64 = 4096;
+    let topo = Topology::new("pressure", 1).unwrap();
+    let b = SocketAddr::new(backend_v4(0), 3000);
+    let _s = Server::start(&topo.backends[0], "b0", &[], &[b]).unwrap();
+    let pm = Portmap::start(
+        &topo.node,
+        &[
+            "--iface",
+            NODE_IFACE,
+            "-p",
+            "8080:198.19.0.2:3000/udp",
+            "--max-frontends",
+            "1",
+            "--conntrack-entries",
+            &CONNTRACK.to_string(),
+        ],
+    )
+    .unwrap();
+    // More flows (two entries each) than the map holds.
+    for i in 0..CONNTRACK / 2 + 200 {
+        let (answer, _) = udp_exchange(&topo.client, sa(NODE_V4, 8080), &format!("flow {i}"))
+            .unwrap_or_else(|e| panic!("flow {i}: {e:#}\n{}", pm.logs()));
+        assert_eq!(served_by(&answer), "b0");
+    }
+    // Conntrack is counted at each garbage collection, every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let usage = |map: &str| {
+        let m = pm.metrics(&topo.node).unwrap();
+        (
+            m.sum("portmap_map_entries", &[("map", map)]) as u64,
+            m.sum("portmap_map_capacity", &[("map", map)]) as u64,
+        )
+    };
+    while !pm
+        .metrics(&topo.node)
+        .unwrap()
+        .has("portmap_map_entries", &[("map", "CONNTRACK")])
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no conntrack usage after 25 s:\n{}",
+            pm.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (entries, capacity) = usage("CONNTRACK");
+    assert_eq!(capacity, CONNTRACK);
+    // The kernel's LRU starts evicting once its shared free list is empty,
+    // while each other CPU may still hold up to 128 free nodes of its own.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let floor = CONNTRACK.saturating_sub((cpus - 1) * 128 + 64);
+    assert!(
+        (floor..=CONNTRACK).contains(&entries),
+        "conntrack holds {entries} of {CONNTRACK} (expected at least {floor})"
+    );
+    assert_eq!(usage("FRONTENDS"), (1, 1));
+    let logs = pm.logs();
+    assert!(
+        logs.contains("map FRONTENDS is 100% full"),
+        "no warning about FRONTENDS:\n{logs}"
+    );
+    // The log agrees with the metric about conntrack (90 % and more).
+    assert_eq!(
+        logs.contains("map CONNTRACK is"),
+        entries * 10 >= capacity * 9,
+        "conntrack at {entries} of {capacity}:\n{logs}"
+    );
+    // Evicted flows were idle; a new one still gets through.
+    let (answer, _) = udp_exchange(&topo.client, sa(NODE_V4, 8080), "after").unwrap();
+    assert_eq!(served_by(&answer), "b0");
+}

@@ -180,42 +180,36 @@ fn next_state(state: u8, flow: &Flow, from_reply: bool) -> u8 {
 
 /// A packet of the flow was seen in the entry at `key`: both entries of the
 /// flow advance their state and time (rewritten only when the state changes
-/// or the last write is [`REFRESH_INTERVAL_NS`] old), and a missing twin (an
-/// LRU eviction) is recreated from the entry.
+/// or the last write is [`REFRESH_INTERVAL_NS`] old), and at such a write a
+/// missing twin (an LRU eviction) is recreated from the entry.
 fn touch(flows: &mut Flows, key: &CtKey, flow: &Flow, now: u64) {
     let Some(e) = flows.conntrack.get_mut(key) else {
         return;
     };
     let state = next_state(e.state, flow, key.direction == CT_REPLY);
-    let write = state != e.state || now.saturating_sub(e.last_seen_ns) >= REFRESH_INTERVAL_NS;
-    if write {
-        e.state = state;
-        e.last_seen_ns = now;
+    if state == e.state && now.saturating_sub(e.last_seen_ns) < REFRESH_INTERVAL_NS {
+        return;
     }
+    e.state = state;
+    e.last_seen_ns = now;
     let e = *e;
     let twin = twin_key(key, &e);
-    match flows.conntrack.get_mut(&twin) {
-        Some(t) if write => {
-            t.state = state;
-            t.last_seen_ns = now;
-        }
-        Some(_) => {}
-        None => {
-            let (addr, port) = if key.direction == CT_FORWARD {
-                (flow.dst, flow.dport)
-            } else {
-                (flow.src, flow.sport)
-            };
-            let restored = CtValue {
-                nat_addr: raw(addr),
-                nat_port: raw_port(port),
-                state,
-                last_seen_ns: now,
-                ..e
-            };
-            flows.conntrack.insert(twin, restored);
-        }
+    if let Some(t) = flows.conntrack.get_mut(&twin) {
+        t.state = state;
+        t.last_seen_ns = now;
+        return;
     }
+    let (addr, port) = if key.direction == CT_FORWARD {
+        (flow.dst, flow.dport)
+    } else {
+        (flow.src, flow.sport)
+    };
+    let restored = CtValue {
+        nat_addr: raw(addr),
+        nat_port: raw_port(port),
+        ..e
+    };
+    flows.conntrack.insert(twin, restored);
 }
 
 fn is_loopback(a: IpAddr) -> bool {
