@@ -214,6 +214,25 @@ fn throughput(out: &mut String, r: &Results) {
         "### Generated load\n\nWhat the load generator sent (median, established / new flows); \
          what was not delivered was dropped on the way.\n"
     );
+    mode_table(out, r, |m, s| {
+        let g = |f: fn(&super::results::Cell) -> Option<f64>| {
+            r.stat(m, s, f).map_or("–".to_string(), |st| {
+                let (div, unit) = pps(st.median);
+                let d = if div == 1e6 { 2 } else { 0 };
+                format!("{:.d$} {unit}", st.median / div)
+            })
+        };
+        format!(
+            "{} / {}",
+            g(|c| c.established.map(|t| t.generated_pps)),
+            g(|c| c.new_flows.map(|t| t.generated_pps))
+        )
+    });
+    out.push('\n');
+}
+
+/// A table with a row per Service count and a column per mode.
+fn mode_table(out: &mut String, r: &Results, cell: impl Fn(Mode, u32) -> String) {
     let cols: Vec<String> = r
         .config
         .modes
@@ -222,28 +241,9 @@ fn throughput(out: &mut String, r: &Results) {
         .collect();
     table_head(out, "Services", &cols);
     for s in r.service_counts() {
-        let row: Vec<String> = r
-            .config
-            .modes
-            .iter()
-            .map(|m| {
-                let g = |f: fn(&super::results::Cell) -> Option<f64>| {
-                    r.stat(*m, s, f).map_or("–".to_string(), |st| {
-                        let (div, unit) = pps(st.median);
-                        let d = if div == 1e6 { 2 } else { 0 };
-                        format!("{:.d$} {unit}", st.median / div)
-                    })
-                };
-                format!(
-                    "{} / {}",
-                    g(|c| c.established.map(|t| t.generated_pps)),
-                    g(|c| c.new_flows.map(|t| t.generated_pps))
-                )
-            })
-            .collect();
+        let row: Vec<String> = r.config.modes.iter().map(|m| cell(*m, s)).collect();
         let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
     }
-    out.push('\n');
 }
 
 fn latency(out: &mut String, r: &Results) {
@@ -255,28 +255,13 @@ fn latency(out: &mut String, r: &Results) {
     );
     metric_table(out, r, |m, s| r.p50(m, s), fmt_us);
     let _ = writeln!(out, "p90 / p99 (medians over the repetitions):\n");
-    let cols: Vec<String> = r
-        .config
-        .modes
-        .iter()
-        .map(|m| m.name().to_string())
-        .collect();
-    table_head(out, "Services", &cols);
-    for s in r.service_counts() {
-        let row: Vec<String> = r
-            .config
-            .modes
-            .iter()
-            .map(|m| {
-                let p90 = r.stat(*m, s, |c| c.latency.map(|l| l.p90_us));
-                match (p90, r.p99(*m, s)) {
-                    (Some(a), Some(b)) => format!("{:.0} / {:.0} µs", a.median, b.median),
-                    _ => "–".into(),
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
-    }
+    mode_table(out, r, |m, s| {
+        let p90 = r.stat(m, s, |c| c.latency.map(|l| l.p90_us));
+        match (p90, r.p99(m, s)) {
+            (Some(a), Some(b)) => format!("{:.0} / {:.0} µs", a.median, b.median),
+            _ => "–".into(),
+        }
+    });
     let failures: usize = r
         .cells
         .iter()

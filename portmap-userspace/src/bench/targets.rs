@@ -38,61 +38,36 @@ fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
     }
 }
 
-fn at_least(what: &str, r: Option<f64>, min: f64, missing: &str) -> Target {
-    match r {
-        Some(r) => Target {
-            what: what.into(),
-            measured: format!("{r:.2}×"),
-            verdict: if r >= min {
-                Verdict::Holds
-            } else {
-                Verdict::Missed
-            },
-        },
-        None => Target {
-            what: what.into(),
-            measured: missing.into(),
-            verdict: Verdict::NotMeasured,
-        },
+/// A target, from its measured text and whether it holds, if measured.
+fn judged(what: &str, measured: Option<(String, bool)>, missing: String) -> Target {
+    let (measured, verdict) = match measured {
+        Some((text, true)) => (text, Verdict::Holds),
+        Some((text, false)) => (text, Verdict::Missed),
+        None => (missing, Verdict::NotMeasured),
+    };
+    Target {
+        what: what.into(),
+        measured,
+        verdict,
     }
+}
+
+fn at_least(what: &str, r: Option<f64>, min: f64, missing: &str) -> Target {
+    let measured = r.map(|r| (format!("{r:.2}×"), r >= min));
+    judged(what, measured, missing.into())
 }
 
 fn flat(what: &str, small: Option<Stat>, big: Option<Stat>, missing: &str) -> Target {
-    match ratio(big, small) {
-        Some(r) => Target {
-            what: what.into(),
-            measured: format!("{:+.1} % from {SMALL} to {BIG} Services", (r - 1.0) * 100.0),
-            verdict: if (0.9..=1.1).contains(&r) {
-                Verdict::Holds
-            } else {
-                Verdict::Missed
-            },
-        },
-        None => Target {
-            what: what.into(),
-            measured: missing.into(),
-            verdict: Verdict::NotMeasured,
-        },
-    }
+    let measured = ratio(big, small).map(|r| {
+        let text = format!("{:+.1} % from {SMALL} to {BIG} Services", (r - 1.0) * 100.0);
+        (text, (0.9..=1.1).contains(&r))
+    });
+    judged(what, measured, missing.into())
 }
 
 fn below(what: &str, v: Option<Stat>, limit_s: f64, fmt: impl Fn(f64) -> String) -> Target {
-    match v {
-        Some(s) => Target {
-            what: what.into(),
-            measured: fmt(s.median),
-            verdict: if s.median < limit_s {
-                Verdict::Holds
-            } else {
-                Verdict::Missed
-            },
-        },
-        None => Target {
-            what: what.into(),
-            measured: format!("needs --services including {BIG}"),
-            verdict: Verdict::NotMeasured,
-        },
-    }
+    let measured = v.map(|s| (fmt(s.median), s.median < limit_s));
+    judged(what, measured, format!("needs --services including {BIG}"))
 }
 
 pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Target> {
