@@ -4,11 +4,12 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, bail};
 
-use super::{BenchArgs, Mode, results::Machine};
+use super::{BenchArgs, Mode, results::Machine, signals};
 
 /// Finds an executable on PATH or in the sbin directories.
 fn find_tool(name: &str) -> Option<PathBuf> {
@@ -114,4 +115,45 @@ fn own_command_line() -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Busy and total jiffies of all CPUs, from the first line of /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq (steal, time the hypervisor
+    // gave to others, is neither ours nor idle)
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    let total: u64 = fields.iter().take(7).sum();
+    Some((total - idle, total))
+}
+
+/// Waits, up to `max`, until the machine is quiet: less than `QUIET` of its
+/// CPU time busy over a quarter of a second. Tearing down a namespace that
+/// held 10,000 iptables rules or nftables elements goes on in kernel workers
+/// for seconds after `ip netns delete`; the next cell must not pay for it.
+/// Returns the time waited.
+pub fn wait_until_quiet(max: Duration) -> Result<Duration> {
+    const QUIET: f64 = 0.15;
+    const WINDOW: Duration = Duration::from_millis(250);
+    let start = Instant::now();
+    let Some(mut last) = cpu_jiffies() else {
+        return Ok(Duration::ZERO);
+    };
+    while start.elapsed() < max {
+        signals::sleep(WINDOW)?;
+        let Some(now) = cpu_jiffies() else { break };
+        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        last = now;
+        if total > 0 && (busy as f64) < QUIET * total as f64 {
+            break;
+        }
+    }
+    Ok(start.elapsed())
 }

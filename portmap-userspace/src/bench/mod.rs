@@ -119,6 +119,12 @@ pub struct BenchArgs {
 /// Runs of BPF_PROG_TEST_RUN per case of the per-packet cost.
 const XDP_COST_REPEAT: u32 = 5_000_000;
 const WARMUP: Duration = Duration::from_millis(300);
+/// Longest wait for a quiet machine: the kernel's teardown of a cell grows
+/// with its rules, so 2 s plus 2 s per 1,000 Services of the largest count.
+fn quiet_wait(args: &BenchArgs) -> Duration {
+    let largest = args.services.iter().copied().max().unwrap_or(0);
+    Duration::from_secs(2 + u64::from(largest) / 500)
+}
 
 struct Ctx {
     args: BenchArgs,
@@ -409,6 +415,8 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     ctx.cells += 1;
     let prefix = format!("pm-bench-{}-{}", ctx.pid, ctx.cells);
     let name = format!("r{rep}-s{count}-{}", mode.name());
+    step(ctx, "waiting for a quiet machine");
+    host::wait_until_quiet(quiet_wait(&ctx.args))?;
     step(ctx, "namespaces");
     let topo = Topology::new(&prefix)?;
     step(ctx, "programming");
@@ -419,6 +427,9 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
         Mode::Portmap => None,
         _ => Some(ctx.bench.attach(PASS, &topo.node, NODE_CLIENT_IF)?),
     };
+    // A daemon's start-up, a ruleset's load: done before measuring.
+    step(ctx, "waiting for a quiet machine");
+    host::wait_until_quiet(quiet_wait(&ctx.args))?;
     step(ctx, "first-packet latency");
     let echo = latency::EchoServers::start(&topo.backends)?;
     let latency = latency::measure(

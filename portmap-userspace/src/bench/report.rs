@@ -417,6 +417,10 @@ fn method(out: &mut String, r: &Results) {
          this build has them: the client is another host, whose packets must cross XDP.\n\
          - Latency is measured before the throughput runs (no sinks attached), against an echo \
          server in each backend namespace.\n\
+         - Each cell, and its latency measurement once the mode is programmed, starts when the \
+         machine is quiet (under 15 % busy over 250 ms; at most 2 s plus 2 s per 1,000 Services): the kernel tears \
+         down a namespace that held 10,000 rules in the background, and a daemon's start-up is \
+         not latency.\n\
          - iptables and nftables rulesets follow kube-proxy's layouts without masquerading \
          (portmap does not masquerade either); the iptables binary is `{}`.\n\
          - With 2 shared CPUs absolute numbers are noisy: compare the modes side by side and \
