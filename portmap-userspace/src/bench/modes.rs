@@ -445,19 +445,34 @@ pub fn scrape(node: &Netns) -> Result<String> {
     }
 }
 
+/// The samples of metric `name` in Prometheus text: each one's label set
+/// (`k="v",...`, without braces) and value.
+pub fn series<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines().filter_map(move |line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let set = match series.strip_prefix(name)? {
+            "" => "",
+            rest => rest.strip_prefix('{')?.strip_suffix('}')?,
+        };
+        Some((set, value.parse().ok()?))
+    })
+}
+
+/// The value of label `key` in a label set from [`series`].
+pub fn label<'a>(set: &'a str, key: &str) -> Option<&'a str> {
+    set.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.trim_matches('"'))
+    })
+}
+
 /// The value of the sample `name{labels}` in Prometheus text (labels given
 /// must all match; others may be present).
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let rest = series.strip_prefix(name)?;
-        let set = match rest {
-            "" => "",
-            _ => rest.strip_prefix('{')?.strip_suffix('}')?,
-        };
+    series(text, name).find_map(|(set, value)| {
         labels
             .iter()
-            .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
-            .then(|| value.parse().ok())?
+            .all(|(k, v)| label(set, k) == Some(*v))
+            .then_some(value)
     })
 }

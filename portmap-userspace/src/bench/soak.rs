@@ -230,21 +230,16 @@ fn udp_exchange(socket: &UdpSocket, target: SocketAddr, n: u64) -> Result<()> {
 
 /// The non-zero datapath event counters.
 fn datapath_events(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("portmap_datapath_events_total{event=\"")?;
-            let (event, rest) = rest.split_once('"')?;
-            let n: f64 = rest.rsplit_once(' ')?.1.parse().ok()?;
-            (n > 0.0).then(|| (event.to_string(), n as u64))
-        })
+    modes::series(text, "portmap_datapath_events_total")
+        .filter(|(_, n)| *n > 0.0)
+        .filter_map(|(set, n)| Some((modes::label(set, "event")?.to_string(), n as u64)))
         .collect()
 }
 
-/// Successful and failed reloads so far.
-fn reloads(node: &Netns) -> Result<(u64, u64)> {
-    let text = modes::scrape(node)?;
+/// Successful and failed reloads, from the daemon's metrics.
+fn reloads(text: &str) -> Result<(u64, u64)> {
     let count = |result| {
-        modes::sample(&text, "portmap_config_reloads_total", &[("result", result)])
+        modes::sample(text, "portmap_config_reloads_total", &[("result", result)])
             .map(|v| v as u64)
             .with_context(|| format!("no portmap_config_reloads_total{{result=\"{result}\"}}"))
     };
@@ -262,12 +257,12 @@ fn apply(
     target: SocketAddrV4,
     states: &[State],
 ) -> Result<()> {
-    let (before, _) = reloads(node)?;
+    let (before, _) = reloads(&modes::scrape(node)?)?;
     write_atomically(path, &manifest(target, states))?;
     daemon.reload()?;
     let deadline = Instant::now() + APPLY_TIMEOUT;
     loop {
-        let (ok, failed) = reloads(node)?;
+        let (ok, failed) = reloads(&modes::scrape(node)?)?;
         if failed > 0 {
             bail!("the daemon rejected a soak manifest: {}", daemon.log_tail());
         }
@@ -356,22 +351,22 @@ pub fn run(env: &Env, duration: Duration, churn: Duration, workers: usize) -> Re
         let _ = t.join();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let reloads = reloads(&topo.node).map(|(ok, _)| ok);
-    let datapath_events = modes::scrape(&topo.node)
-        .map(|text| datapath_events(&text))
-        .unwrap_or_default();
+    // One last look at the daemon's counters, before it stops.
+    let last = modes::scrape(&topo.node);
     daemon.stop()?;
     signals::check()?;
     if let Some(e) = churn_error {
         return Err(e.context("churning the backends"));
     }
+    let last = last?;
+    let (reloads, _) = reloads(&last)?;
 
     let mut failures = lock(&tcp.failures).clone();
     failures.extend(lock(&udp.failures).iter().map(|f| format!("udp: {f}")));
     Ok(SoakReport {
         seconds,
         churn_events,
-        reloads: reloads?,
+        reloads,
         tcp_sent: tcp.sent.load(Ordering::Relaxed),
         tcp_answered: tcp.answered.load(Ordering::Relaxed),
         tcp_failed: tcp.failed.load(Ordering::Relaxed),
@@ -379,7 +374,7 @@ pub fn run(env: &Env, duration: Duration, churn: Duration, workers: usize) -> Re
         udp_answered: udp.answered.load(Ordering::Relaxed),
         udp_failed: udp.failed.load(Ordering::Relaxed),
         failures,
-        datapath_events,
+        datapath_events: datapath_events(&last),
     })
 }
 
@@ -390,6 +385,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_read_from_the_metrics_text() {
+        let text = "# HELP portmap_config_reloads Reloads.\n\
+            portmap_config_reloads_total{result=\"failure\"} 0\n\
+            portmap_config_reloads_total{result=\"success\"} 7\n\
+            portmap_datapath_events_total{event=\"flow_created\"} 12\n\
+            portmap_datapath_events_total{event=\"malformed\"} 0\n";
+        assert_eq!(reloads(text).unwrap(), (7, 0));
+        assert_eq!(
+            datapath_events(text),
+            BTreeMap::from([("flow_created".to_string(), 12)])
+        );
+        assert!(reloads("portmap_config_reloads_total{result=\"success\"} 1\n").is_err());
+    }
 
     #[test]
     fn manifests_follow_the_states() {

@@ -113,7 +113,8 @@ impl Dataplane {
             // one. Only what is still stale goes.
             match self.maps.conntrack.get(&key, 0) {
                 Ok(value) if stale(&key, &value) => {}
-                _ => continue,
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading CONNTRACK"),
             }
             match self.maps.conntrack.remove(&key) {
                 Ok(()) => report.removed += 1,
