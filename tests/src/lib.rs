@@ -17,6 +17,7 @@ pub mod packet;
 pub mod server;
 pub mod testrun;
 pub mod topo;
+pub mod transfer;
 
 use std::{
     path::PathBuf,

@@ -19,13 +19,26 @@ impl Server {
     /// Starts a server named `name` listening on the given TCP and UDP
     /// addresses in `ns`, and waits until its sockets are bound.
     pub fn start(ns: &Netns, name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> Result<Self> {
+        let tcp = tcp.iter().map(|a| ("--tcp", *a));
+        let udp = udp.iter().map(|a| ("--udp", *a));
+        Self::spawn(ns, name, tcp.chain(udp))
+    }
+
+    /// Starts a server that answers each UDP datagram on `addrs` with its
+    /// bytes complemented, the same length (`--udp-mirror`).
+    pub fn udp_mirror(ns: &Netns, name: &str, addrs: &[SocketAddr]) -> Result<Self> {
+        Self::spawn(ns, name, addrs.iter().map(|a| ("--udp-mirror", *a)))
+    }
+
+    fn spawn(
+        ns: &Netns,
+        name: &str,
+        sockets: impl Iterator<Item = (&'static str, SocketAddr)>,
+    ) -> Result<Self> {
         let mut cmd = ns.command(bin_path("portmap-testserver"));
         cmd.args(["--name", name]);
-        for a in tcp {
-            cmd.args(["--tcp", &a.to_string()]);
-        }
-        for a in udp {
-            cmd.args(["--udp", &a.to_string()]);
+        for (flag, a) in sockets {
+            cmd.args([flag, &a.to_string()]);
         }
         let mut child = cmd
             .stdout(Stdio::piped())

@@ -9,9 +9,15 @@
 //!                    2001:db8:1:i::1             2001:db8:1:i::2
 //! ```
 //! Extra node addresses on the client side: 198.18.0.3 and 2001:db8::3.
-//! Checksum offload is off on every veth, so a wrong checksum is dropped
-//! instead of being forgiven as "partial". GRO is on at the client's end, so
-//! frames XDP sends back to it (ICMP rejects) are received, as by a NIC.
+//!
+//! Every veth keeps the offloads the kernel gives it ([`Offloads::Default`]:
+//! scatter-gather, TSO/GSO, checksum offload), as containers' veths do, so
+//! the dataplane sees what users send: GSO super-packets, non-linear skbs,
+//! partial checksums. [`Offloads::TxCsumOff`] turns tx checksum offload off
+//! (and with it TSO/GSO) on every veth, so a wrong checksum is dropped
+//! instead of being forgiven as "partial". GRO is on at the client's end in
+//! both, so frames XDP sends back to it (ICMP rejects) are received, as by a
+//! NIC.
 
 use std::net::IpAddr;
 
@@ -28,6 +34,37 @@ pub const NODE_V6_ALT: &str = "2001:db8::3";
 /// The node's interface facing the client, where portmap attaches.
 pub const NODE_IFACE: &str = "eth-c";
 
+/// The offloads of every veth of a topology.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Offloads {
+    /// What the kernel gives a veth: tx checksum offload, scatter-gather,
+    /// TSO/GSO on; GRO off.
+    #[default]
+    Default,
+    /// `ethtool -K IF tx off`: every checksum is computed in full before a
+    /// packet leaves (which also turns TSO off), so a checksum the dataplane
+    /// gets wrong is dropped at the receiver.
+    TxCsumOff,
+}
+
+impl Offloads {
+    /// A short name for test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Offloads::Default => "default-offloads",
+            Offloads::TxCsumOff => "tx-csum-off",
+        }
+    }
+}
+
+/// How a topology's links are set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkOptions {
+    pub offloads: Offloads,
+    /// The MTU of every link (both ends); the kernel's 1500 if `None`.
+    pub mtu: Option<u32>,
+}
+
 pub struct Topology {
     // Field order is drop order: backends, then node, then client.
     pub backends: Vec<Netns>,
@@ -43,7 +80,7 @@ pub fn backend_v6(i: usize) -> IpAddr {
     format!("2001:db8:1:{i}::2").parse().expect("valid address")
 }
 
-fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str, options: LinkOptions) -> Result<()> {
     a.ip(&[
         "link",
         "add",
@@ -57,8 +94,16 @@ fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
         b.name(),
     ])?;
     for (ns, ifname) in [(a, a_if), (b, b_if)] {
+        if let Some(mtu) = options.mtu {
+            ns.ip(&["link", "set", ifname, "mtu", &mtu.to_string()])?;
+        }
         ns.ip(&["link", "set", ifname, "up"])?;
-        ns.exec("ethtool", &["-K", ifname, "tx", "off"])?;
+        match options.offloads {
+            Offloads::Default => {}
+            Offloads::TxCsumOff => {
+                ns.exec("ethtool", &["-K", ifname, "tx", "off"])?;
+            }
+        }
     }
     Ok(())
 }
@@ -72,8 +117,14 @@ fn addr(ns: &Netns, cidr: &str, ifname: &str) -> Result<()> {
 }
 
 impl Topology {
-    /// `tag` goes into the namespace names (keep it short and unique per test).
+    /// `tag` goes into the namespace names (keep it short and unique per
+    /// test). Links keep the kernel's default offloads and MTU.
     pub fn new(tag: &str, backends: usize) -> Result<Self> {
+        Self::with(tag, backends, LinkOptions::default())
+    }
+
+    /// As [`Topology::new`], with `options` applied to every link.
+    pub fn with(tag: &str, backends: usize, options: LinkOptions) -> Result<Self> {
         crate::require_root();
         let client = Netns::new(&unique_name(&format!("{tag}-c")))?;
         let node = Netns::new(&unique_name(&format!("{tag}-n")))?;
@@ -82,7 +133,7 @@ impl Topology {
             node,
             client,
         };
-        link(&topo.client, "eth-n", &topo.node, NODE_IFACE)?;
+        link(&topo.client, "eth-n", &topo.node, NODE_IFACE, options)?;
         // A veth takes frames sent into it by XDP (XDP_TX, XDP_REDIRECT)
         // only with NAPI on, i.e. GRO on or an XDP program: as the client's
         // NIC would, it takes the ICMP errors portmap answers with.
@@ -104,7 +155,7 @@ impl Topology {
         for i in 0..backends {
             let ns = Netns::new(&unique_name(&format!("{tag}-b{i}")))?;
             let node_if = format!("eth-b{i}");
-            link(&topo.node, &node_if, &ns, "eth-n")?;
+            link(&topo.node, &node_if, &ns, "eth-n", options)?;
             addr(&topo.node, &format!("198.19.{i}.1/24"), &node_if)?;
             addr(&topo.node, &format!("2001:db8:1:{i}::1/64"), &node_if)?;
             addr(&ns, &format!("198.19.{i}.2/24"), "eth-n")?;

@@ -13,13 +13,20 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::util::{cargo_home, cmd, find_in_path, is_root, output, run};
 
 /// Commands the tests and the demo run, and the Debian package of each.
+/// The transfer tests run nginx (its DAV module takes uploads) and iperf3 in
+/// backend namespaces, each its own instance: a packaged service that apt
+/// starts on a machine with an init system is not used.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("ss", "iproute2"),
     ("ethtool", "ethtool"),
     ("iptables-restore", "iptables"),
     ("nft", "nftables"),
     ("curl", "curl"),
     ("pgrep", "procps"),
+    ("sha256sum", "coreutils"),
+    ("nginx", "nginx"),
+    ("iperf3", "iperf3"),
 ];
 
 /// The bpf-linker release the eBPF build expects.
@@ -66,6 +73,7 @@ fn packages() -> Result<()> {
     }
     let commands: Vec<&str> = missing.iter().map(|&(c, _)| c).collect();
     let mut packages: Vec<&str> = missing.iter().map(|&(_, p)| p).collect();
+    packages.sort_unstable();
     packages.dedup();
     let (commands, packages) = (commands.join(", "), packages.join(" "));
     if !is_root() {

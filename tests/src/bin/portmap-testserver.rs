@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! portmap-testserver --name NAME [--tcp ADDR:PORT]... [--udp ADDR:PORT]...
+//!                    [--udp-mirror ADDR:PORT]...
 //! ```
 //!
 //! TCP: an HTTP request gets one `200 OK` whose body is
@@ -13,6 +14,10 @@
 //! closes (long-lived connections).
 //!
 //! UDP: each datagram `D` is answered with `NAME local=... peer=... D`.
+//!
+//! UDP mirror: each datagram is answered with its bytes complemented (`!b`),
+//! the same length: a datagram of the largest size the path takes gets an
+//! answer as large, and a right answer shows the server got every byte.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -22,7 +27,9 @@ use std::{
 };
 
 fn usage() -> ExitCode {
-    eprintln!("usage: portmap-testserver --name NAME [--tcp ADDR:PORT]... [--udp ADDR:PORT]...");
+    eprintln!(
+        "usage: portmap-testserver --name NAME [--tcp ADDR:PORT]... [--udp ADDR:PORT]... [--udp-mirror ADDR:PORT]..."
+    );
     ExitCode::from(2)
 }
 
@@ -91,26 +98,41 @@ fn serve_udp(name: String, socket: UdpSocket) {
     }
 }
 
+fn serve_udp_mirror(socket: UdpSocket) {
+    let mut buf = [0u8; 65536];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        };
+        for b in &mut buf[..n] {
+            *b = !*b;
+        }
+        let _ = socket.send_to(&buf[..n], peer);
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut name = None;
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
+    let mut mirror = Vec::new();
     while let Some(flag) = args.next() {
         let Some(value) = args.next() else {
             return usage();
         };
         match flag.as_str() {
             "--name" => name = Some(value),
-            "--tcp" | "--udp" => {
+            "--tcp" | "--udp" | "--udp-mirror" => {
                 let Ok(addr) = value.parse::<SocketAddr>() else {
                     eprintln!("not an ADDR:PORT: {value}");
                     return usage();
                 };
-                if flag == "--tcp" {
-                    tcp.push(addr)
-                } else {
-                    udp.push(addr)
+                match flag.as_str() {
+                    "--tcp" => tcp.push(addr),
+                    "--udp" => udp.push(addr),
+                    _ => mirror.push(addr),
                 }
             }
             _ => return usage(),
@@ -119,7 +141,7 @@ fn main() -> ExitCode {
     let Some(name) = name else {
         return usage();
     };
-    if tcp.is_empty() && udp.is_empty() {
+    if tcp.is_empty() && udp.is_empty() && mirror.is_empty() {
         return usage();
     }
     let mut threads = Vec::new();
@@ -144,6 +166,16 @@ fn main() -> ExitCode {
         };
         let name = name.clone();
         threads.push(thread::spawn(move || serve_udp(name, socket)));
+    }
+    for addr in mirror {
+        let socket = match UdpSocket::bind(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("udp mirror {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        threads.push(thread::spawn(move || serve_udp_mirror(socket)));
     }
     // Ready: the sockets are bound. Tests wait for this line.
     println!("ready");
