@@ -5,12 +5,16 @@
 //! The message is built in place: the frame is cut after the quoted part of
 //! the original packet (its IP header and 8 bytes of transport header; 48
 //! bytes for IPv6), the head grows by the new IP and ICMP headers, and the
-//! quote ends up exactly where it belongs behind them. Then `XDP_TX` sends it
-//! back out of the interface it came in on.
+//! quote ends up exactly where it belongs behind them. Then it is sent back
+//! out of the interface it came in on, by `XDP_REDIRECT` to that interface
+//! rather than `XDP_TX`: a veth (a container's, a test's) takes an `XDP_TX`
+//! frame into its peer's queue but only wakes the peer up if the peer runs
+//! an XDP program, so the answer would wait for the next packet; a redirect
+//! flushes the queue as it goes.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_TX},
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    bindings::xdp_action::XDP_DROP,
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use portmap_common::{
@@ -44,13 +48,16 @@ fn answerable(flow: &Flow) -> bool {
 }
 
 /// Replaces the packet with an ICMP port unreachable to its sender and
-/// returns `XDP_TX`; drops it when no answer may or can be sent.
+/// sends it back where it came from (`XDP_REDIRECT`); drops it when no answer
+/// may or can be sent.
 #[inline(always)]
 pub fn reject(ctx: &XdpContext, flow: &Flow) -> u32 {
-    if !answerable(flow) {
+    if !answerable(flow) || build(ctx, flow).is_none() {
         return XDP_DROP;
     }
-    build(ctx, flow).map_or(XDP_DROP, |()| XDP_TX)
+    // SAFETY: a helper call with plain integers; it only records where the
+    // frame goes, and returns the action that sends it there.
+    unsafe { bpf_redirect(ctx.ingress_ifindex() as u32, 0) as u32 }
 }
 
 #[inline(always)]

@@ -134,9 +134,9 @@ impl Topology {
             client,
         };
         link(&topo.client, "eth-n", &topo.node, NODE_IFACE, options)?;
-        // A veth takes frames sent into it by XDP (XDP_TX, XDP_REDIRECT)
-        // only with NAPI on, i.e. GRO on or an XDP program: as the client's
-        // NIC would, it takes the ICMP errors portmap answers with.
+        // A veth takes frames redirected into it by XDP (the fast path, the
+        // ICMP port unreachable portmap answers with) only with NAPI on,
+        // i.e. GRO on or an XDP program: as the client's NIC would.
         topo.client.exec("ethtool", &["-K", "eth-n", "gro", "on"])?;
         addr(&topo.client, "198.18.0.2/24", "eth-n")?;
         addr(&topo.client, "2001:db8::2/64", "eth-n")?;

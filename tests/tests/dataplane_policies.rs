@@ -14,7 +14,8 @@ use portmap_userspace::model::{
 use portmap_userspace::spec::HostAddr;
 
 const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
+/// Rejections go back out of the interface they came in on by redirect.
+const XDP_REDIRECT: u32 = 4;
 const NODE: [&str; 2] = ["198.18.0.1", "2001:db8::1"];
 
 fn sa(s: &str) -> SocketAddr {
@@ -139,7 +140,7 @@ fn services_without_endpoints_reject_with_port_unreachable() {
     for p in cases {
         let bytes = p.build();
         let (action, out) = lab.xdp(&bytes).unwrap();
-        assert_eq!(action, XDP_TX, "{p:?} is answered");
+        assert_eq!(action, XDP_REDIRECT, "{p:?} is answered");
         assert_port_unreachable(&out, &bytes);
     }
     assert_eq!(lab.events().unwrap()["rejected"], 4);

@@ -569,7 +569,7 @@ impl Harness {
             }
         } else {
             match out.verdict {
-                XdpVerdict::Tx => self.stats.rejected += 1,
+                XdpVerdict::Redirect => self.stats.rejected += 1,
                 XdpVerdict::Drop => self.stats.dropped += 1,
                 XdpVerdict::Pass => self.stats.untouched += 1,
             }

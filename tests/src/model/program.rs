@@ -7,7 +7,7 @@
 //! loopback destination nor a host-only frontend), passes the source ranges,
 //! gets a backend (session affinity, else Maglev), and gets two conntrack
 //! entries. A frontend without a backend passes, rejects (ICMP port
-//! unreachable, `XDP_TX`) or drops new flows, as its flags say.
+//! unreachable, sent back by `XDP_REDIRECT`) or drops new flows, as its flags say.
 //!
 //! Egress (tc): a reply of a known flow is translated back to the exact
 //! frontend address and port the client used.
@@ -52,8 +52,9 @@ pub const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
 pub enum XdpVerdict {
     Pass,
     Drop,
-    /// Sent back out of the interface (the ICMP port unreachable).
-    Tx,
+    /// Sent back out of the interface it came in on (the ICMP port
+    /// unreachable), by a redirect to that interface.
+    Redirect,
 }
 
 impl XdpVerdict {
@@ -62,7 +63,7 @@ impl XdpVerdict {
         match self {
             XdpVerdict::Drop => 1,
             XdpVerdict::Pass => 2,
-            XdpVerdict::Tx => 3,
+            XdpVerdict::Redirect => 4,
         }
     }
 }
@@ -637,7 +638,7 @@ pub fn xdp(maps: &Maps, flows: &mut Flows, frame: &[u8], now: u64) -> Outcome {
         let outcome = if fe.flags & FE_REJECT_NO_BACKENDS != 0 {
             if may_get_icmp_errors(flow.src) {
                 Outcome {
-                    verdict: XdpVerdict::Tx,
+                    verdict: XdpVerdict::Redirect,
                     bytes: port_unreachable(frame, &flow),
                     translated: false,
                     why: format!("{history}port unreachable"),
