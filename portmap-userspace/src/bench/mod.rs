@@ -84,6 +84,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR", default_value = "bench/latest")]
     pub out: PathBuf,
 
+    /// Service counts at which the TCP measurements (bulk throughput, HTTP
+    /// requests) are made (comma-separated; default: every one of
+    /// --services).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub tcp_services: Vec<u32>,
+
     /// Concurrent connections of the short-HTTP-request load (each request
     /// on a new connection).
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -219,6 +225,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             connections: args.connections as usize,
             fast_path: !args.no_fast_path,
             portmap_features: env.features.clone(),
+            tcp_services: args.tcp_services.clone(),
             tcp_streams: bulk::STREAMS.to_vec(),
             tcp_seconds: tcp_seconds(&args),
             http_connections: args.http_connections,
@@ -335,8 +342,18 @@ fn validate(args: &BenchArgs) -> Result<BenchArgs> {
             args.duration
         );
     }
+    let mut tcp_services = args.tcp_services.clone();
+    tcp_services.sort_unstable();
+    tcp_services.dedup();
+    if let Some(bad) = tcp_services.iter().find(|s| !services.contains(s)) {
+        bail!("--tcp-services: {bad} is not one of --services");
+    }
+    if tcp_services.is_empty() {
+        tcp_services.clone_from(&services);
+    }
     Ok(BenchArgs {
         services,
+        tcp_services,
         modes,
         out: args.out.clone(),
         iptables_restore: args.iptables_restore.clone(),
@@ -459,8 +476,12 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     // The TCP measurements: what a node of this mode has, no more (no
     // bench_pass), with the veths' default offloads.
     drop(pass);
-    let tcp = tcp(ctx, &topo, &programmed, &name, &|what| step(ctx, what))
-        .with_context(|| format!("{}: TCP at {count} Services", mode.name()))?;
+    let tcp = if ctx.args.tcp_services.contains(&count) {
+        tcp(ctx, &topo, &programmed, &name, &|what| step(ctx, what))
+            .with_context(|| format!("{}: TCP at {count} Services", mode.name()))?
+    } else {
+        Tcp::default()
+    };
 
     step(ctx, "changing one Service");
     let skip_full = ctx.resync_timed_out_at.is_some_and(|s| s <= count);
@@ -485,14 +506,16 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
         change: matches!(mode, Mode::Iptables | Mode::Nftables).then_some(change),
         full_resync_skipped: mode == Mode::Iptables && skip_full,
         bulk: tcp.bulk,
-        http: Some(tcp.http),
+        http: tcp.http,
         tso_off: tcp.tso_off,
     })
 }
 
+/// The TCP measurements of a cell (none where --tcp-services leaves it out).
+#[derive(Default)]
 struct Tcp {
     bulk: Vec<bulk::Bulk>,
-    http: http::HttpLoad,
+    http: Option<http::HttpLoad>,
     tso_off: Vec<String>,
 }
 
@@ -537,7 +560,7 @@ fn tcp(
     drop(nginx);
     Ok(Tcp {
         bulk: transfers,
-        http,
+        http: Some(http),
         tso_off,
     })
 }

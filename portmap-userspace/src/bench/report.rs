@@ -125,9 +125,14 @@ pub fn summary(c: &Cell) -> String {
         };
         format!("{:.0} req/s{failed}", h.requests_per_s)
     });
+    let tcp = if bulk.is_empty() {
+        "–".to_string()
+    } else {
+        format!("{} Gbit/s", bulk.join(" "))
+    };
     let mut line = format!(
         "rep {} {:>5} Services {:<8}: established {} Mpps, new {} Mpps, latency p50 {}, \
-         TCP {} Gbit/s, HTTP {http}",
+         TCP {tcp}, HTTP {http}",
         c.rep + 1,
         c.services,
         c.mode.name(),
@@ -135,7 +140,6 @@ pub fn summary(c: &Cell) -> String {
         mpps(c.new_flows),
         c.latency
             .map_or("–".into(), |l| format!("{:.0} µs", l.p50_us)),
-        bulk.join(" "),
     );
     for b in &c.bulk {
         if let Some(e) = &b.error {
@@ -204,6 +208,19 @@ fn machine(out: &mut String, r: &Results) {
          {} established flows; {} connections per latency cell; took {:.0} s",
         c.repeats, c.duration_s, c.flows, c.connections, r.elapsed_s
     );
+    if !c.tcp_streams.is_empty() {
+        let streams: Vec<String> = c.tcp_streams.iter().map(u32::to_string).collect();
+        let counts: Vec<String> = r.tcp_counts().iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "- TCP, at {} Services: iperf3 downloads with {} stream(s), {} s each; short HTTP \
+             requests from {} concurrent connections",
+            counts.join(", "),
+            streams.join(" and "),
+            c.tcp_seconds,
+            c.http_connections
+        );
+    }
     let _ = writeln!(
         out,
         "- portmap: Services from {}; XDP fast path (`--backend-iface`) {}\n",

@@ -31,6 +31,9 @@ pub struct Config {
     pub connections: usize,
     pub fast_path: bool,
     pub portmap_features: Features,
+    /// Service counts with TCP measurements.
+    #[serde(default)]
+    pub tcp_services: Vec<u32>,
     /// Parallel streams of the TCP bulk measurements (none in runs made
     /// before they existed).
     #[serde(default)]
@@ -198,6 +201,17 @@ impl Results {
         self.stat(mode, services, |c| {
             c.http.as_ref().map(|h| h.requests_per_s)
         })
+    }
+
+    /// The Service counts with TCP measurements, ascending.
+    pub fn tcp_counts(&self) -> Vec<u32> {
+        let all = self.service_counts();
+        if self.config.tcp_services.is_empty() {
+            return all;
+        }
+        all.into_iter()
+            .filter(|s| self.config.tcp_services.contains(s))
+            .collect()
     }
 
     /// The Service counts measured, ascending.

@@ -211,10 +211,16 @@ fn bulk_target(r: &Results, what: &str, other: Mode, min: f64) -> Target {
         measured,
         verdict,
     };
+    if !(r.config.modes.contains(&pm) && r.config.modes.contains(&other)) {
+        return target(
+            format!("needs --modes portmap,{}", other.name()),
+            Verdict::NotMeasured,
+        );
+    }
     let measured = |m: Mode| r.cells.iter().any(|c| c.mode == m && !c.bulk.is_empty());
     if !measured(pm) || !measured(other) {
         return target(
-            format!("needs --modes portmap,{} (TCP measured)", other.name()),
+            "no TCP bulk measurement in this run".into(),
             Verdict::NotMeasured,
         );
     }
@@ -222,7 +228,7 @@ fn bulk_target(r: &Results, what: &str, other: Mode, min: f64) -> Target {
     let mut made = 0;
     let mut first = None;
     let mut worst: Option<(f64, u32, u32)> = None;
-    for s in r.service_counts() {
+    for s in r.tcp_counts() {
         for &n in &r.config.tcp_streams {
             let f = r.bulk_failures(pm, s, n);
             failed += f.failed;

@@ -67,24 +67,25 @@ fn bulk_cell(r: &Results, m: Mode, s: u32, streams: u32) -> String {
 
 pub fn bulk(out: &mut String, r: &Results) {
     let c = &r.config;
+    if c.tcp_streams.is_empty() {
+        let _ = writeln!(out, "## TCP bulk throughput\n\nNot measured in this run.\n");
+        return;
+    }
     let _ = writeln!(
         out,
         "## TCP bulk throughput\n\niperf3 downloads (`-R`: the backend sends, so the data are \
          replies that cross the reverse translation) from the client through the bulk Service \
          (one endpoint, backend 0; in `forward` mode straight to backend 0), with the veths' \
-         default offloads; Gbit/s the client received in {} s, after 1 s not counted (higher is \
-         better). A transfer that failed shows as **FAILED**, never as a rate.\n",
-        c.tcp_seconds
+         default offloads; Gbit/s the client received in {} s, after {} s not counted (higher \
+         is better). A transfer that failed shows as **FAILED**, never as a rate.\n",
+        c.tcp_seconds,
+        super::bulk::omit_s(c.tcp_seconds)
     );
-    if c.tcp_streams.is_empty() {
-        let _ = writeln!(out, "Not measured in this run.\n");
-        return;
-    }
     for &streams in &c.tcp_streams {
         let plural = if streams == 1 { "" } else { "s" };
         let _ = writeln!(out, "### {streams} stream{plural}\n");
         head(out, r);
-        for s in r.service_counts() {
+        for s in r.tcp_counts() {
             let mut row: Vec<String> = c
                 .modes
                 .iter()
@@ -109,7 +110,7 @@ pub fn bulk(out: &mut String, r: &Results) {
 fn failed_transfers(out: &mut String, r: &Results) {
     let mut lines = Vec::new();
     for &m in &r.config.modes {
-        for s in r.service_counts() {
+        for s in r.tcp_counts() {
             for &streams in &r.config.tcp_streams {
                 let Failures { failed, of, first } = r.bulk_failures(m, s, streams);
                 if failed > 0 {
@@ -158,6 +159,10 @@ fn tso_note(out: &mut String, r: &Results) {
 
 pub fn http(out: &mut String, r: &Results) {
     let c = &r.config;
+    if !r.cells.iter().any(|cell| cell.http.is_some()) {
+        let _ = writeln!(out, "## Short HTTP requests\n\nNot measured in this run.\n");
+        return;
+    }
     let _ = writeln!(
         out,
         "## Short HTTP requests\n\n{} concurrent connections from the client, a new TCP \
@@ -168,17 +173,13 @@ pub fn http(out: &mut String, r: &Results) {
          request without such an answer within 1 s failed.\n",
         c.http_connections
     );
-    if !r.cells.iter().any(|cell| cell.http.is_some()) {
-        let _ = writeln!(out, "Not measured in this run.\n");
-        return;
-    }
     let failed = |m: Mode, s: u32| -> u64 {
         r.cells_of(m, s)
             .filter_map(|c| c.http.as_ref().map(|h| h.failed))
             .sum()
     };
     head(out, r);
-    for s in r.service_counts() {
+    for s in r.tcp_counts() {
         let mut row: Vec<String> = c
             .modes
             .iter()
@@ -230,5 +231,156 @@ pub fn http(out: &mut String, r: &Results) {
         let _ = writeln!(out, "No request failed.\n");
     } else {
         let _ = writeln!(out, "**Failed requests:**\n\n{}\n", lines.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{
+        bulk::Bulk,
+        http::HttpLoad,
+        report,
+        results::{Cell, Config, Machine},
+        targets::{self, Verdict},
+    };
+
+    fn transfer(streams: u32, gbps: Option<f64>) -> Bulk {
+        Bulk {
+            streams,
+            gbps,
+            bytes: if gbps.is_some() { 1 << 30 } else { 0 },
+            seconds: 2.0,
+            retransmits: None,
+            error: gbps
+                .is_none()
+                .then(|| "iperf3: unable to connect to server: Connection timed out".into()),
+        }
+    }
+
+    fn cell(mode: Mode, gbps: Option<f64>, rps: f64, failed: u64) -> Cell {
+        Cell {
+            rep: 0,
+            services: 1,
+            mode,
+            latency: None,
+            established: None,
+            new_flows: None,
+            load_s: None,
+            change: None,
+            full_resync_skipped: false,
+            bulk: vec![transfer(1, gbps), transfer(8, gbps.map(|g| g * 1.5))],
+            http: Some(HttpLoad {
+                concurrency: 32,
+                seconds: 2.0,
+                requests: (rps * 2.0) as u64,
+                requests_per_s: rps,
+                failed,
+                failed_timeout: failed,
+                first_error: (failed > 0).then(|| "no whole answer within 1s".into()),
+                ..HttpLoad::default()
+            }),
+            tso_off: Vec::new(),
+        }
+    }
+
+    fn results(cells: Vec<Cell>) -> Results {
+        let modes = vec![Mode::Portmap, Mode::Iptables, Mode::Forward];
+        Results {
+            version: 1,
+            command: "test".into(),
+            machine: Machine {
+                cpu_model: "test".into(),
+                cores: 2,
+                kernel: "test".into(),
+                iptables: "test".into(),
+                nft: "test".into(),
+            },
+            config: Config {
+                services: vec![1],
+                flows: 1000,
+                duration_s: 2.0,
+                repeats: 1,
+                modes,
+                connections: 10,
+                fast_path: true,
+                portmap_features: Default::default(),
+                tcp_services: vec![1],
+                tcp_streams: vec![1, 8],
+                tcp_seconds: 2,
+                http_connections: 32,
+            },
+            cells,
+            xdp_cost: Vec::new(),
+            control: Vec::new(),
+            complete: true,
+            error: None,
+            elapsed_s: 1.0,
+        }
+    }
+
+    fn verdicts(r: &Results) -> Vec<Verdict> {
+        targets::evaluate(r, report::fmt_secs)
+            .into_iter()
+            .filter(|t| t.what.starts_with("TCP bulk"))
+            .map(|t| t.verdict)
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_transfer_is_never_a_rate() {
+        let r = results(vec![
+            cell(Mode::Portmap, None, 0.0, 64),
+            cell(Mode::Iptables, Some(8.0), 12_000.0, 0),
+            cell(Mode::Forward, Some(9.0), 16_000.0, 0),
+        ]);
+        let mut out = String::new();
+        bulk(&mut out, &r);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("| 1 |"))
+            .expect("a row for 1 Service");
+        assert!(
+            row.starts_with("| 1 | **FAILED** | 8.00 Gbit/s | 9.00 Gbit/s | **FAILED** |"),
+            "{row}"
+        );
+        assert!(out.contains("**Failed transfers:**"), "{out}");
+        assert!(out.contains("Connection timed out"), "{out}");
+        let mut out = String::new();
+        http(&mut out, &r);
+        assert!(out.contains("0.0 k/s, **64 failed**"), "{out}");
+        assert!(out.contains("64 without an answer in time"), "{out}");
+        assert_eq!(verdicts(&r), [Verdict::Missed, Verdict::Missed]);
+        assert!(report::render(&r).contains("portmap's transfers FAILED (2 of 2)"));
+    }
+
+    #[test]
+    fn the_lowest_ratio_decides() {
+        let r = results(vec![
+            cell(Mode::Portmap, Some(8.5), 15_000.0, 0),
+            cell(Mode::Iptables, Some(8.0), 12_000.0, 0),
+            cell(Mode::Forward, Some(9.0), 16_000.0, 0),
+        ]);
+        assert_eq!(verdicts(&r), [Verdict::Holds, Verdict::Holds]);
+        let slow = results(vec![
+            cell(Mode::Portmap, Some(7.0), 15_000.0, 0),
+            cell(Mode::Iptables, Some(8.0), 12_000.0, 0),
+            cell(Mode::Forward, Some(9.0), 16_000.0, 0),
+        ]);
+        assert_eq!(verdicts(&slow), [Verdict::Missed, Verdict::Missed]);
+        let mut out = String::new();
+        bulk(&mut out, &slow);
+        assert!(out.contains("| 1 | 7.00 Gbit/s | 8.00 Gbit/s | 9.00 Gbit/s | 0.88× | 0.78× |"));
+        assert!(out.contains("No transfer failed."));
+    }
+
+    #[test]
+    fn runs_from_before_the_tcp_measurements_still_render() {
+        let old: Results = serde_json::from_str(include_str!("../../../bench/latest/results.json"))
+            .expect("bench/latest/results.json parses");
+        let text = report::render(&old);
+        assert!(text.contains("## TCP bulk throughput\n\nNot measured in this run."));
+        assert!(text.contains("## Short HTTP requests\n\nNot measured in this run."));
+        assert!(!text.contains("| **FAILED**"));
     }
 }
