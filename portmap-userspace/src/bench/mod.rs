@@ -139,6 +139,7 @@ const WARMUP: Duration = Duration::from_millis(300);
 fn tcp_seconds(args: &BenchArgs) -> u32 {
     args.duration.round().max(1.0) as u32
 }
+
 /// Longest wait for a quiet machine: the kernel's teardown of a cell grows
 /// with its rules, so 2 s plus 2 s per 1,000 Services of the largest count.
 fn quiet_wait(args: &BenchArgs) -> Duration {
