@@ -19,7 +19,7 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Version of the map layout below. A daemon that finds pinned maps of another
 /// version must migrate or refuse them, never read them as its own.
-pub const MAP_LAYOUT_VERSION: u32 = 3;
+pub const MAP_LAYOUT_VERSION: u32 = 4;
 
 /// High bit of a `FRONTEND_GEN` entry: the id is free. The low bits keep the
 /// last generation, so generations only grow, across restarts too.
@@ -362,10 +362,32 @@ pub enum DatapathEvent {
     /// One entry of a live flow was missing (the LRU evicted it under
     /// pressure) and was recreated from its twin, so the flow carries on.
     ConntrackEntryRestored = 17,
+    /// A packet's headers did not all lie in the part of it a program can
+    /// read directly (an XDP buffer's first fragment, or an skb whose headers
+    /// could not be made linear); passed untouched.
+    HeadersNotLinear = 18,
+    /// A translation could not be written into the packet (a kernel helper
+    /// failed); the packet was passed as it was.
+    RewriteFailed = 19,
+    /// As `RewriteFailed`, for a GSO super-packet.
+    GsoRewriteFailed = 20,
+    /// XDP could not tell the packet's L4 checksum from a partial one (an
+    /// offloaded checksum, as veth passes them on) and left the rewrite to the
+    /// tc ingress program, which can.
+    ChecksumDeferred = 21,
+    /// XDP completed a partial L4 checksum before redirecting the packet
+    /// (the fast path), since no one would complete it after.
+    ChecksumCompleted = 22,
+    /// Fast path fallback to the kernel: a multi-buffer frame (jumbo MTU).
+    FastPathMultiBuffer = 23,
 }
 
+/// Slots of the `EVENTS` map: more than there are events, so that adding one
+/// does not change the map's size (and a pinned map stays adoptable).
+pub const EVENT_SLOTS: u32 = 64;
+
 impl DatapathEvent {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 24;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -385,6 +407,12 @@ impl DatapathEvent {
         Self::FastPathOther,
         Self::IcmpTranslated,
         Self::ConntrackEntryRestored,
+        Self::HeadersNotLinear,
+        Self::RewriteFailed,
+        Self::GsoRewriteFailed,
+        Self::ChecksumDeferred,
+        Self::ChecksumCompleted,
+        Self::FastPathMultiBuffer,
     ];
 
     /// The `event` label of the metric.
@@ -408,6 +436,12 @@ impl DatapathEvent {
             Self::FastPathOther => "fast_path_fallback_other",
             Self::IcmpTranslated => "icmp_translated",
             Self::ConntrackEntryRestored => "conntrack_entry_restored",
+            Self::HeadersNotLinear => "headers_not_linear",
+            Self::RewriteFailed => "rewrite_failed",
+            Self::GsoRewriteFailed => "gso_rewrite_failed",
+            Self::ChecksumDeferred => "checksum_deferred_to_tc",
+            Self::ChecksumCompleted => "checksum_completed",
+            Self::FastPathMultiBuffer => "fast_path_fallback_multi_buffer",
         }
     }
 }
@@ -448,4 +482,5 @@ const _: () = {
     assert!(size_of::<SockRevKey>() == 32);
     assert!(size_of::<SockRevValue>() == 28);
     assert!(size_of::<LoadgenConfig>() == 8 + LOADGEN_MAX_FRAME);
+    assert!(DatapathEvent::COUNT <= EVENT_SLOTS);
 };

@@ -12,34 +12,24 @@ use crate::{
     icmp::{self, QuoteSide},
     maps::CONNTRACK,
     nat::{Side, rewrite_tc},
-    parse::{Flow, IcmpAt, NotAFlow, parse},
+    packet::PacketBuf,
+    parse::{Flow, IcmpAt, NotAFlow, parse_skb},
 };
 
-/// Headers are read directly from the skb's linear part; this much of it is
-/// made linear first if the skb is longer but its headers are not all there.
-const HEADER_BYTES: u32 = 256;
-
 /// Always continues to the next program or the stack (`TC_ACT_UNSPEC` is
-/// tcx's "next"), translated or not.
+/// tcx's "next"), translated or not. Replies arrive as the stack made them:
+/// GSO super-packets of up to 64 KiB and more with partial checksums,
+/// GRO-merged ones, payload in pages; only their headers are made linear.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    let linear = ctx.data_end().saturating_sub(ctx.data()) as u32;
-    let want = if ctx.len() < HEADER_BYTES {
-        ctx.len()
-    } else {
-        HEADER_BYTES
-    };
-    if linear < want {
-        let _ = ctx.pull_data(want);
-    }
-    match parse(ctx) {
-        Ok(flow) => {
-            let _ = translate(ctx, &flow);
-        }
+    match parse_skb(ctx) {
+        Ok(flow) => translate(ctx, &flow),
         Err(NotAFlow::Icmp(at)) => {
             let _ = translate_icmp(ctx, &at);
         }
-        Err(_) => {}
+        Err(NotAFlow::Malformed) => count_event(DatapathEvent::Malformed),
+        Err(NotAFlow::Short(_)) => count_event(DatapathEvent::HeadersNotLinear),
+        Err(NotAFlow::Fragment | NotAFlow::Other) => {}
     }
     TC_ACT_UNSPEC
 }
@@ -66,19 +56,29 @@ fn translate_icmp(ctx: &TcContext, at: &IcmpAt) -> Option<()> {
 }
 
 #[inline(always)]
-fn translate(ctx: &TcContext, flow: &Flow) -> Option<()> {
-    let cfg = conntrack::config()?;
+fn translate(ctx: &TcContext, flow: &Flow) {
+    let Some(cfg) = conntrack::config() else {
+        return;
+    };
     let now = conntrack::now_ns();
     let key = conntrack::key_of(flow, CT_REPLY);
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return;
+    };
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
     if !conntrack::reply_allowed(&e, flow.proto, now, cfg) {
-        return None;
+        return;
     }
     conntrack::touch(&key, entry, flow, now);
-    rewrite_tc(ctx, flow, Side::Src, &e.nat_addr, e.nat_port)?;
-    count_traffic(e.frontend_id, e.backend_id, DIR_REPLY, flow.ip_len);
+    if rewrite_tc(ctx, flow, Side::Src, &e.nat_addr, e.nat_port).is_none() {
+        count_event(if ctx.is_gso() {
+            DatapathEvent::GsoRewriteFailed
+        } else {
+            DatapathEvent::RewriteFailed
+        });
+        return;
+    }
+    count_traffic(e.frontend_id, e.backend_id, DIR_REPLY, flow);
     count_event(DatapathEvent::ReplyTranslated);
-    Some(())
 }

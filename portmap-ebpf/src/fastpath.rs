@@ -22,7 +22,12 @@ use portmap_common::{
     csum::CsumDelta,
 };
 
-use crate::{counters::count_event, maps::DEVMAP, packet::ptr_at, parse::Flow};
+use crate::{
+    counters::count_event,
+    maps::DEVMAP,
+    packet::{PacketBuf, ptr_at},
+    parse::Flow,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -46,6 +51,12 @@ pub fn route(
     (dst, dport): (&RawAddr, u16),
 ) -> Option<NextHop> {
     if cfg.flags & DP_FAST_PATH == 0 {
+        return None;
+    }
+    // A multi-buffer frame (jumbo MTU) may not be redirectable into every
+    // device; the kernel forwards it.
+    if !ctx.linear_to(flow.l3_off + flow.ip_len as usize) {
+        count_event(DatapathEvent::FastPathMultiBuffer);
         return None;
     }
     // A VLAN-tagged packet would need its tag re-made for the egress device.

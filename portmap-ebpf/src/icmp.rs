@@ -231,28 +231,30 @@ pub fn rewrite_quote(
     } else {
         None
     };
-    let l4_check = match q.l4_check {
-        Some(off) => {
-            let old = read16(buf, off)?;
-            let new = if q.proto == PROTO_UDP && old == 0 && v4 {
-                0
-            } else if q.proto == PROTO_UDP {
-                fields.apply_udp(old)
-            } else {
-                fields.apply(old)
-            };
-            icmp.replace16(old, new);
-            Some((off, new))
-        }
-        None => None,
-    };
+    // Nothing is written unless everything can be: the L4 checksum's bytes
+    // are checked here, read and written below.
+    if let Some(off) = q.l4_check {
+        read16(buf, off)?;
+    }
     write_addr(buf, addr_off, at.family, addr)?;
     write16(buf, port_off, port)?;
     if let Some(check) = ip_check {
         write16(buf, q.l3 + 10, check)?;
     }
-    if let Some((off, check)) = l4_check {
-        write16(buf, off, check)?;
+    // Read, updated and written in one branch: LLVM would otherwise test the
+    // `Option` twice, and the verifier, which cannot tell that both tests
+    // agree, would follow a path that writes garbage.
+    if let Some(off) = q.l4_check {
+        let old = read16(buf, off)?;
+        let new = if q.proto == PROTO_UDP && old == 0 && v4 {
+            0
+        } else if q.proto == PROTO_UDP {
+            fields.apply_udp(old)
+        } else {
+            fields.apply(old)
+        };
+        icmp.replace16(old, new);
+        write16(buf, off, new)?;
     }
     write16(buf, icmp_check_off, icmp.apply(icmp_check))
 }

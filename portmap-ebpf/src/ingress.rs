@@ -10,13 +10,14 @@ use portmap_common::abi::{
 };
 
 use crate::{
+    checksum,
     conntrack::{self, Decision},
     counters::{count_event, count_traffic},
-    fastpath,
+    fastpath, handoff,
     icmp::{self, QuoteSide},
     lb,
     maps::{CONNTRACK, program_variant},
-    nat::{Side, rewrite_xdp},
+    nat::{L4Check, Side, l4_check_field, rewrite_xdp},
     parse::{Flow, IcmpAt, NotAFlow, parse},
     reject::reject,
 };
@@ -31,6 +32,10 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Ok(flow) => translate(ctx, &flow),
         Err(NotAFlow::Malformed) => {
             count_event(DatapathEvent::Malformed);
+            XDP_PASS
+        }
+        Err(NotAFlow::Short(_)) => {
+            count_event(DatapathEvent::HeadersNotLinear);
             XDP_PASS
         }
         Err(NotAFlow::Fragment) => {
@@ -119,7 +124,32 @@ fn forward(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, e: &CtValue, cre
         (&flow.src, flow.sport),
         (&e.nat_addr, e.nat_port),
     );
-    if rewrite_xdp(ctx, flow, Side::Dst, &e.nat_addr, e.nat_port).is_none() {
+    let Some(old_check) = l4_check_field(ctx, flow) else {
+        return XDP_PASS;
+    };
+    let (addr, port) = (&e.nat_addr, e.nat_port);
+    let mut deferred = false;
+    let written = if !checksum::looks_partial(flow, old_check) {
+        rewrite_xdp(ctx, flow, Side::Dst, addr, port, L4Check::Incremental)
+    } else if let (Some(_), Some(segment)) = (&hop, checksum::segment_sum(ctx, flow)) {
+        count_event(DatapathEvent::ChecksumCompleted);
+        rewrite_xdp(
+            ctx,
+            flow,
+            Side::Dst,
+            addr,
+            port,
+            L4Check::Complete { segment },
+        )
+    } else if handoff::defer(ctx, Side::Dst, addr, port).is_some() {
+        deferred = true;
+        Some(())
+    } else {
+        // No metadata: a NIC's frame, and those are never partial.
+        rewrite_xdp(ctx, flow, Side::Dst, addr, port, L4Check::Incremental)
+    };
+    if written.is_none() {
+        count_event(DatapathEvent::RewriteFailed);
         return XDP_PASS;
     }
     translated(e.frontend_id, e.backend_id, flow);
@@ -127,14 +157,14 @@ fn forward(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, e: &CtValue, cre
         count_event(DatapathEvent::FlowCreated);
     }
     match hop {
-        Some(hop) => fastpath::send(ctx, flow, &hop),
-        None => XDP_PASS,
+        Some(hop) if !deferred => fastpath::send(ctx, flow, &hop),
+        _ => XDP_PASS,
     }
 }
 
 #[inline(always)]
 fn translated(frontend_id: u32, backend_id: u32, flow: &Flow) {
-    count_traffic(frontend_id, backend_id, DIR_REQUEST, flow.ip_len);
+    count_traffic(frontend_id, backend_id, DIR_REQUEST, flow);
     if program_variant() != 0 {
         count_event(DatapathEvent::VariantTranslated);
     }

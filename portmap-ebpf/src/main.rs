@@ -3,6 +3,8 @@
 //! - `portmap_ingress` (XDP, on each published interface): translates a client's
 //!   packets from the frontend it addressed to a backend (DNAT), creating a
 //!   conntrack entry per flow.
+//! - `portmap_ingress_tc` (tc ingress, same interfaces): writes the
+//!   translations XDP decided but left to the kernel's checksum helpers.
 //! - `portmap_egress` (tc egress, same interfaces): translates the backend's
 //!   replies back so they come from the frontend the client used.
 //! - `portmap_connect4/6`, `portmap_sendmsg4/6`, `portmap_recvmsg4/6`,
@@ -20,6 +22,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod checksum;
+#[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod counters;
@@ -27,6 +31,8 @@ mod counters;
 mod egress;
 #[cfg(target_arch = "bpf")]
 mod fastpath;
+#[cfg(target_arch = "bpf")]
+mod handoff;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
@@ -59,15 +65,25 @@ fn main() {
     eprintln!("portmap-ebpf is built for bpfel-unknown-none by portmap-userspace's build script");
 }
 
+/// XDP on published interfaces. Frames of any size (a jumbo MTU makes
+/// multi-buffer frames): only the headers must be in the first buffer.
 #[cfg(target_arch = "bpf")]
-#[xdp]
+#[xdp(frags)]
 pub fn portmap_ingress(ctx: XdpContext) -> u32 {
     ingress::run(&ctx)
 }
 
+/// tc ingress on published interfaces: rewrites XDP left to the kernel's
+/// checksum helpers (see `handoff`).
+#[cfg(target_arch = "bpf")]
+#[classifier]
+pub fn portmap_ingress_tc(ctx: TcContext) -> i32 {
+    handoff::run(&ctx)
+}
+
 /// XDP on backend-facing interfaces: replies forwarded by the fast path.
 #[cfg(target_arch = "bpf")]
-#[xdp]
+#[xdp(frags)]
 pub fn portmap_reply(ctx: XdpContext) -> u32 {
     reply::run(&ctx)
 }

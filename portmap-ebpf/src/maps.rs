@@ -23,8 +23,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use portmap_common::abi::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, DatapathEvent,
-    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SockRevKey, SockRevValue, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, EVENT_SLOTS, FrontendKey,
+    FrontendValue, MaglevBlock, NodeAddrKey, SockRevKey, SockRevValue, SourceRangeKey,
     TrafficCounters,
 };
 
@@ -66,7 +66,7 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_e
 
 /// Counts of `DatapathEvent`s.
 #[map]
-pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DatapathEvent::COUNT, 0);
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_SLOTS, 0);
 
 /// Conntrack timeouts and the map layout version.
 #[map]

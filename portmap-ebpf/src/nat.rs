@@ -1,9 +1,11 @@
 //! Address and port rewriting with checksum updates.
 //!
 //! XDP rewrites in place and updates checksums incrementally (RFC 1624) with
-//! `portmap_common::csum`. tc goes through the kernel's store and checksum
-//! helpers instead, because an skb on egress may carry a partial checksum
-//! (offload) that only the kernel knows how to amend.
+//! `portmap_common::csum`, or completes a partial checksum from the segment's
+//! sum (see `checksum`). tc goes through the kernel's store and checksum
+//! helpers instead, because an skb may carry a partial checksum (offload) or a
+//! checksum of the whole packet (`CHECKSUM_COMPLETE`) that only the kernel
+//! knows how to amend; they also make the bytes they write linear and private.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -12,10 +14,10 @@ use aya_ebpf::{
 use network_types::ip::Ipv4Hdr;
 use portmap_common::{
     abi::{FAMILY_V4, PROTO_TCP, RawAddr},
-    csum::CsumDelta,
+    csum::{CsumDelta, fold},
 };
 
-use crate::{packet::ptr_at, parse::Flow};
+use crate::{checksum::pseudo_sum, packet::ptr_at, parse::Flow};
 
 /// Which end of the flow a rewrite changes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,26 @@ fn old_of(flow: &Flow, side: Side) -> (RawAddr, u16) {
     }
 }
 
+/// The flow's L4 checksum field as it is in the packet.
+#[inline(always)]
+pub fn l4_check_field(ctx: &XdpContext, flow: &Flow) -> Option<u16> {
+    let off = flow.l4_off + if flow.proto == PROTO_TCP { 16 } else { 6 };
+    let check: *const [u8; 2] = ptr_at(ctx, off)?;
+    // SAFETY: bounds checked by `ptr_at` just above.
+    Some(u16::from_ne_bytes(unsafe { *check }))
+}
+
+/// How an XDP rewrite brings the L4 checksum up to date.
+#[derive(Clone, Copy)]
+pub enum L4Check {
+    /// The field holds a complete checksum: updated for the words that change.
+    Incremental,
+    /// The field may hold only a partial one (see `checksum`): it is
+    /// replaced by the complete checksum of the rewritten segment. `segment`
+    /// is the sum of the segment before the rewrite, field included.
+    Complete { segment: u64 },
+}
+
 /// Rewrites `side` of `flow`'s packet to `addr`:`port` in an XDP buffer.
 /// Every pointer is checked before the first write, so a failure leaves the
 /// packet as it was.
@@ -67,6 +89,7 @@ pub fn rewrite_xdp(
     side: Side,
     addr: &RawAddr,
     port: u16,
+    check: L4Check,
 ) -> Option<()> {
     let f = fields(flow, side);
     let (old_addr, old_port) = old_of(flow, side);
@@ -95,7 +118,23 @@ pub fn rewrite_xdp(
         unsafe { addr_ptr.write_unaligned(addr.0) };
     }
     l4.replace16(old_port, port);
-    let new_check = if flow.proto == PROTO_TCP {
+    let new_check = if let L4Check::Complete { segment } = check {
+        // The segment's words without the field, ports as rewritten, under
+        // the pseudo-header of the new addresses.
+        let (src, dst) = match side {
+            Side::Src => (addr, &flow.dst),
+            Side::Dst => (&flow.src, addr),
+        };
+        let data = segment + u64::from(!old_check);
+        let complete = !fold(pseudo_sum(flow.family, flow.proto, src, dst, flow.l4_len) + data);
+        let mut ports = CsumDelta::new();
+        ports.replace16(old_port, port);
+        Some(if flow.proto == PROTO_TCP {
+            ports.apply(complete)
+        } else {
+            ports.apply_udp(complete)
+        })
+    } else if flow.proto == PROTO_TCP {
         Some(l4.apply(old_check))
     } else if old_check == 0 && flow.family == FAMILY_V4 {
         // IPv4 UDP without a checksum stays without one.

@@ -3,6 +3,12 @@
 //!
 //! The parser only reads. It returns the flow's addresses, ports and header
 //! offsets; writers re-check bounds at the offsets they touch.
+//!
+//! Lengths are checked against the whole packet, headers against the bytes
+//! directly accessible: a packet whose payload lies in fragments (a GSO or
+//! GRO super-packet, a multi-buffer frame) parses like any other, and one
+//! whose headers do not all lie in the accessible part says how many bytes
+//! must be (`NotAFlow::Short`), so tc can make exactly those linear.
 
 use network_types::{
     eth::EthHdr,
@@ -12,7 +18,9 @@ use network_types::{
 };
 use portmap_common::abi::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, RawAddr};
 
-use crate::packet::{PacketBuf, ptr_at};
+use aya_ebpf::programs::TcContext;
+
+use crate::packet::{MAX_OFFSET, PacketBuf, ptr_at};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -58,8 +66,16 @@ pub struct Flow {
     pub tcp_flags: u8,
     pub l3_off: usize,
     pub l4_off: usize,
-    /// Length of the IP packet (header included), as counted by the counters.
+    /// Length of the IP packet (header included).
     pub ip_len: u32,
+    /// Length of the TCP segment or UDP datagram, as its checksum's
+    /// pseudo-header counts it.
+    pub l4_len: u32,
+    /// Packets on the wire this one stands for (a GSO packet's segments).
+    pub packets: u32,
+    /// IP bytes on the wire, as the counters count them: a GSO packet's
+    /// length plus the headers each further segment repeats.
+    pub wire_len: u32,
     pub src: RawAddr,
     pub dst: RawAddr,
     /// Network byte order.
@@ -77,20 +93,60 @@ pub enum NotAFlow {
     Icmp(IcmpAt),
     /// Headers cut short or inconsistent with each other.
     Malformed,
+    /// The packet is long enough, but its headers reach past the directly
+    /// accessible bytes: the first this many bytes must be made accessible.
+    Short(usize),
     /// An IP fragment.
     Fragment,
 }
 
+/// Most times an skb's headers are made linear bit by bit before giving up
+/// (each time, exactly as many bytes as the header that did not fit needs).
+const MAX_PULLS: usize = 4;
+
+/// [`parse`] for an skb: headers that lie in its paged part are made linear
+/// first, as far as they go and no further. `Short` comes back only when the
+/// kernel could not make them linear.
+#[inline(always)]
+pub fn parse_skb(ctx: &TcContext) -> Result<Flow, NotAFlow> {
+    let mut pulls = 0;
+    loop {
+        match parse(ctx) {
+            Err(NotAFlow::Short(need))
+                if pulls < MAX_PULLS && ctx.pull_data(need as u32).is_ok() =>
+            {
+                pulls += 1;
+            }
+            parsed => return parsed,
+        }
+    }
+}
+
+/// A pointer to the header `T` at `off`: `Short` if the packet holds it but
+/// not in its directly accessible bytes, `Malformed` if the packet ends first.
+#[inline(always)]
+fn header<T>(buf: &impl PacketBuf, off: usize) -> Result<*const T, NotAFlow> {
+    if let Some(p) = ptr_at::<T>(buf, off) {
+        return Ok(p);
+    }
+    let end = off + core::mem::size_of::<T>();
+    if off <= MAX_OFFSET && buf.reaches(end) {
+        Err(NotAFlow::Short(end))
+    } else {
+        Err(NotAFlow::Malformed)
+    }
+}
+
 #[inline(always)]
 pub fn parse(buf: &impl PacketBuf) -> Result<Flow, NotAFlow> {
-    let eth: *const EthHdr = ptr_at(buf, 0).ok_or(NotAFlow::Malformed)?;
-    // SAFETY: `ptr_at` checked that the whole header is inside the packet.
+    let eth: *const EthHdr = header(buf, 0)?;
+    // SAFETY: `header` checked that the whole header is inside the packet.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l3_off = EthHdr::LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         // The tag's TCI is 2 bytes; the encapsulated EtherType follows it.
-        let inner: *const [u8; 2] = ptr_at(buf, l3_off + 2).ok_or(NotAFlow::Malformed)?;
-        // SAFETY: bounds checked by `ptr_at` just above.
+        let inner: *const [u8; 2] = header(buf, l3_off + 2)?;
+        // SAFETY: bounds checked by `header` just above.
         ether_type = u16::from_be_bytes(unsafe { *inner });
         l3_off += 4;
     }
@@ -103,20 +159,25 @@ pub fn parse(buf: &impl PacketBuf) -> Result<Flow, NotAFlow> {
 
 #[inline(always)]
 fn parse_ipv4(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
-    let ip: *const Ipv4Hdr = ptr_at(buf, l3_off).ok_or(NotAFlow::Malformed)?;
-    // SAFETY: `ptr_at` checked that the fixed header is inside the packet;
+    let ip: *const Ipv4Hdr = header(buf, l3_off)?;
+    // SAFETY: `header` checked that the fixed header is inside the packet;
     // `Ipv4Hdr` is made of byte arrays, so any alignment is fine.
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
         return Err(NotAFlow::Malformed);
     }
     let header_len = usize::from(ip.vihl & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    let mut total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    // A GSO packet over 64 KiB (BIG TCP) has no room for its length: the
+    // stack leaves 0 there and the skb knows it.
+    if total_len == 0 && buf.is_gso() {
+        total_len = buf.len().saturating_sub(l3_off);
+    }
     if header_len < Ipv4Hdr::LEN || total_len < header_len {
         return Err(NotAFlow::Malformed);
     }
     // The frame may be longer than the IP packet (Ethernet padding), never shorter.
-    if buf.data() + l3_off + total_len > buf.data_end() {
+    if !buf.reaches(l3_off + total_len) {
         return Err(NotAFlow::Malformed);
     }
     // More-fragments flag or a fragment offset: the datagram is in pieces.
@@ -130,6 +191,9 @@ fn parse_ipv4(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
         l3_off,
         l4_off: l3_off + header_len,
         ip_len: total_len as u32,
+        l4_len: (total_len - header_len) as u32,
+        packets: 1,
+        wire_len: total_len as u32,
         src: RawAddr([u32::from_ne_bytes(ip.src_addr), 0, 0, 0]),
         dst: RawAddr([u32::from_ne_bytes(ip.dst_addr), 0, 0, 0]),
         sport: 0,
@@ -140,16 +204,20 @@ fn parse_ipv4(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
 
 #[inline(always)]
 fn parse_ipv6(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
-    let ip: *const Ipv6Hdr = ptr_at(buf, l3_off).ok_or(NotAFlow::Malformed)?;
-    // SAFETY: `ptr_at` checked that the fixed header is inside the packet.
+    let ip: *const Ipv6Hdr = header(buf, l3_off)?;
+    // SAFETY: `header` checked that the fixed header is inside the packet.
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
         return Err(NotAFlow::Malformed);
     }
-    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    let mut payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    // As for IPv4: a GSO packet over 64 KiB carries 0 here.
+    if payload_len == 0 && buf.is_gso() {
+        payload_len = buf.len().saturating_sub(l3_off + Ipv6Hdr::LEN);
+    }
     let end = l3_off + Ipv6Hdr::LEN + payload_len;
-    // A payload length of 0 (jumbogram) also fails here unless nothing follows.
-    if buf.data() + end > buf.data_end() {
+    // A payload length of 0 (jumbogram) also fails later unless nothing follows.
+    if !buf.reaches(end) {
         return Err(NotAFlow::Malformed);
     }
     let mut next = ip.next_hdr;
@@ -160,15 +228,15 @@ fn parse_ipv6(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
         }
         let len = match next {
             IPV6_HOPOPTS | IPV6_DSTOPTS => {
-                let h: *const [u8; 2] = ptr_at(buf, off).ok_or(NotAFlow::Malformed)?;
-                // SAFETY: bounds checked by `ptr_at` just above.
+                let h: *const [u8; 2] = header(buf, off)?;
+                // SAFETY: bounds checked by `header` just above.
                 let h = unsafe { *h };
                 next = h[0];
                 (usize::from(h[1]) + 1) * 8
             }
             IPV6_ROUTING => {
-                let h: *const [u8; 4] = ptr_at(buf, off).ok_or(NotAFlow::Malformed)?;
-                // SAFETY: bounds checked by `ptr_at` just above.
+                let h: *const [u8; 4] = header(buf, off)?;
+                // SAFETY: bounds checked by `header` just above.
                 let h = unsafe { *h };
                 // Segments left: this node is not the final destination, so the
                 // destination address is not the one the client means.
@@ -179,8 +247,8 @@ fn parse_ipv6(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
                 (usize::from(h[1]) + 1) * 8
             }
             IPV6_FRAGMENT => {
-                let h: *const [u8; 4] = ptr_at(buf, off).ok_or(NotAFlow::Malformed)?;
-                // SAFETY: bounds checked by `ptr_at` just above.
+                let h: *const [u8; 4] = header(buf, off)?;
+                // SAFETY: bounds checked by `header` just above.
                 let h = unsafe { *h };
                 // Offset (13 bits) and M flag: a real fragment. Both zero is an
                 // atomic fragment (RFC 6946), a whole datagram: parse on.
@@ -191,8 +259,8 @@ fn parse_ipv6(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
                 8
             }
             IPV6_AH => {
-                let h: *const [u8; 2] = ptr_at(buf, off).ok_or(NotAFlow::Malformed)?;
-                // SAFETY: bounds checked by `ptr_at` just above.
+                let h: *const [u8; 2] = header(buf, off)?;
+                // SAFETY: bounds checked by `header` just above.
                 let h = unsafe { *h };
                 next = h[0];
                 (usize::from(h[1]) + 2) * 4
@@ -211,6 +279,10 @@ fn parse_ipv6(buf: &impl PacketBuf, l3_off: usize) -> Result<Flow, NotAFlow> {
         l3_off,
         l4_off: off,
         ip_len: (Ipv6Hdr::LEN + payload_len) as u32,
+        // Extension headers are not part of the upper-layer length.
+        l4_len: end.saturating_sub(off) as u32,
+        packets: 1,
+        wire_len: (Ipv6Hdr::LEN + payload_len) as u32,
         src: RawAddr(addr_words(&ip.src_addr)),
         dst: RawAddr(addr_words(&ip.dst_addr)),
         sport: 0,
@@ -241,8 +313,8 @@ fn parse_l4(buf: &impl PacketBuf, mut flow: Flow, ip_end: usize) -> Result<Flow,
             if l4_off + TcpHdr::LEN > ip_end {
                 return Err(NotAFlow::Malformed);
             }
-            let tcp: *const TcpHdr = ptr_at(buf, l4_off).ok_or(NotAFlow::Malformed)?;
-            // SAFETY: `ptr_at` checked that the fixed TCP header is inside the packet.
+            let tcp: *const TcpHdr = header(buf, l4_off)?;
+            // SAFETY: `header` checked that the fixed TCP header is inside the packet.
             let tcp = unsafe { &*tcp };
             let data_off = usize::from(tcp.doff()) * 4;
             if data_off < TcpHdr::LEN || l4_off + data_off > ip_end {
@@ -251,16 +323,17 @@ fn parse_l4(buf: &impl PacketBuf, mut flow: Flow, ip_end: usize) -> Result<Flow,
             flow.sport = u16::from_ne_bytes(tcp.source);
             flow.dport = u16::from_ne_bytes(tcp.dest);
             // Byte 13 of the TCP header holds CWR ECE URG ACK PSH RST SYN FIN.
-            let flags: *const u8 = ptr_at(buf, l4_off + 13).ok_or(NotAFlow::Malformed)?;
-            // SAFETY: bounds checked by `ptr_at` just above.
+            let flags: *const u8 = header(buf, l4_off + 13)?;
+            // SAFETY: bounds checked by `header` just above.
             flow.tcp_flags = unsafe { *flags };
+            count_segments(buf, &mut flow, data_off);
         }
         PROTO_UDP => {
             if l4_off + UdpHdr::LEN > ip_end {
                 return Err(NotAFlow::Malformed);
             }
-            let udp: *const UdpHdr = ptr_at(buf, l4_off).ok_or(NotAFlow::Malformed)?;
-            // SAFETY: `ptr_at` checked that the UDP header is inside the packet.
+            let udp: *const UdpHdr = header(buf, l4_off)?;
+            // SAFETY: `header` checked that the UDP header is inside the packet.
             let udp = unsafe { &*udp };
             let udp_len = usize::from(u16::from_be_bytes(udp.len));
             if udp_len < UdpHdr::LEN || l4_off + udp_len > ip_end {
@@ -268,6 +341,8 @@ fn parse_l4(buf: &impl PacketBuf, mut flow: Flow, ip_end: usize) -> Result<Flow,
             }
             flow.sport = u16::from_ne_bytes(udp.src);
             flow.dport = u16::from_ne_bytes(udp.dst);
+            flow.l4_len = udp_len as u32;
+            count_segments(buf, &mut flow, UdpHdr::LEN);
         }
         PROTO_ICMP | PROTO_ICMPV6 if (flow.proto == PROTO_ICMP) == (flow.family == FAMILY_V4) => {
             return Err(NotAFlow::Icmp(IcmpAt {
@@ -281,4 +356,16 @@ fn parse_l4(buf: &impl PacketBuf, mut flow: Flow, ip_end: usize) -> Result<Flow,
         _ => return Err(NotAFlow::Other),
     }
     Ok(flow)
+}
+
+/// A GSO packet goes out as several: each further segment repeats the IP
+/// and transport headers (`l4_header` bytes of the latter).
+#[inline(always)]
+fn count_segments(buf: &impl PacketBuf, flow: &mut Flow, l4_header: usize) {
+    let packets = buf.segments();
+    if packets > 1 {
+        let headers = (flow.l4_off - flow.l3_off + l4_header) as u32;
+        flow.packets = packets;
+        flow.wire_len = flow.ip_len + (packets - 1) * headers;
+    }
 }

@@ -18,7 +18,10 @@ use portmap_common::{
     csum::fold,
 };
 
-use crate::{packet::ptr_at, parse::Flow};
+use crate::{
+    packet::{PacketBuf, ptr_at},
+    parse::Flow,
+};
 
 const IPV4_HDR: usize = 20;
 const IPV6_HDR: usize = 40;
@@ -76,8 +79,9 @@ fn build(ctx: &XdpContext, flow: &Flow) -> Option<()> {
         return None;
     }
     let keep = l2 + quote;
-    let len = ctx.data_end() - ctx.data();
-    if keep > len {
+    // The whole frame, fragments included: the tail is cut from its end.
+    let len = ctx.len();
+    if keep > len || !ctx.linear_to(keep) {
         return None;
     }
     // SAFETY: helpers on the program's own context; they check their bounds

@@ -8,11 +8,11 @@ use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use portmap_common::abi::{CT_REPLY, DIR_REPLY, DatapathEvent};
 
 use crate::{
-    conntrack,
+    checksum, conntrack,
     counters::{count_event, count_traffic},
     fastpath,
     maps::CONNTRACK,
-    nat::{Side, rewrite_xdp},
+    nat::{L4Check, Side, l4_check_field, rewrite_xdp},
     parse::{Flow, parse},
 };
 
@@ -48,11 +48,27 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
     ) else {
         return XDP_PASS;
     };
+    let Some(old_check) = l4_check_field(ctx, flow) else {
+        return XDP_PASS;
+    };
+    // A backend's stack leaves its checksums to the NIC: a redirected frame
+    // must leave complete, so a partial one is completed here.
+    let check = if !checksum::looks_partial(flow, old_check) {
+        L4Check::Incremental
+    } else if let Some(segment) = checksum::segment_sum(ctx, flow) {
+        count_event(DatapathEvent::ChecksumCompleted);
+        L4Check::Complete { segment }
+    } else {
+        // Too long to sum here: the kernel path translates it (tc egress).
+        count_event(DatapathEvent::FastPathOther);
+        return XDP_PASS;
+    };
     conntrack::touch(&key, entry, flow, now);
-    if rewrite_xdp(ctx, flow, Side::Src, &e.nat_addr, e.nat_port).is_none() {
+    if rewrite_xdp(ctx, flow, Side::Src, &e.nat_addr, e.nat_port, check).is_none() {
+        count_event(DatapathEvent::RewriteFailed);
         return XDP_PASS;
     }
-    count_traffic(e.frontend_id, e.backend_id, DIR_REPLY, flow.ip_len);
+    count_traffic(e.frontend_id, e.backend_id, DIR_REPLY, flow);
     count_event(DatapathEvent::ReplyTranslated);
     fastpath::send(ctx, flow, &hop)
 }

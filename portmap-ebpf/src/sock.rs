@@ -40,7 +40,7 @@ use portmap_common::{
 
 use crate::{
     conntrack,
-    counters::{count_event, count_traffic},
+    counters::{count, count_event},
     lb::{self, Client, Dest},
     maps::{FRONTEND_GEN, SOCK_REVNAT},
 };
@@ -279,7 +279,7 @@ fn translate(ctx: &SockAddrContext, family: u8) -> i32 {
         let _ = SOCK_REVNAT.insert(key, value, 0);
     }
     set_user(sa, family, &backend.addr, backend.port);
-    count_traffic(fe.frontend_id, backend_id, DIR_REQUEST, 0);
+    count(fe.frontend_id, backend_id, DIR_REQUEST, 1, 0);
     ALLOW
 }
 

@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use portmap_common::csum::{checksum, l4_checksum};
+use portmap_common::csum::{checksum, fold, l4_checksum, sum_bytes};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -346,6 +346,29 @@ pub fn verify_checksums(p: &[u8]) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// Makes `p`'s TCP or UDP checksum look as a sender that offloads it leaves
+/// it (`CHECKSUM_PARTIAL`, what a veth hands XDP): the field holds only the
+/// pseudo-header's sum, folded and not complemented.
+pub fn offload_checksum(p: &mut [u8]) {
+    let i = inspect(p);
+    let (src, dst) = match (i.src.ip(), i.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (s.octets().to_vec(), d.octets().to_vec()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (s.octets().to_vec(), d.octets().to_vec()),
+        _ => unreachable!(),
+    };
+    let at = i.l4 + if i.proto == 6 { 16 } else { 6 };
+    let len = (i.ip_end - i.l4) as u32;
+    let mut pseudo = [src, dst].concat();
+    if pseudo.len() == 8 {
+        pseudo.extend_from_slice(&[0, i.proto]);
+        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        pseudo.extend_from_slice(&len.to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, i.proto]);
+    }
+    p[at..at + 2].copy_from_slice(&fold(sum_bytes(&pseudo)).to_ne_bytes());
 }
 
 /// The UDP checksum field of a packet (raw).

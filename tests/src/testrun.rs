@@ -79,7 +79,8 @@ impl Lab {
         Ok(Lab { dp })
     }
 
-    /// Runs the XDP ingress program; returns its action and the packet after it.
+    /// Runs the XDP ingress program; returns its action and the packet after
+    /// it, preceded by the metadata the program left (if any).
     pub fn xdp(&self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
         let prog: &Xdp = self.program(INGRESS_PROGRAM)?.try_into()?;
         run(prog, packet)
@@ -89,6 +90,30 @@ impl Lab {
     pub fn tc(&self, packet: &[u8]) -> Result<(i32, Vec<u8>)> {
         let prog: &SchedClassifier = self.program(EGRESS_PROGRAM)?.try_into()?;
         run(prog, packet).map(|(verdict, out)| (verdict as i32, out))
+    }
+
+    /// As [`Lab::tc`], on an skb that says it is a GSO packet of `segs`
+    /// segments of `size` bytes (as the stack hands tc a TSO/GSO send).
+    pub fn tc_gso(&self, packet: &[u8], segs: u32, size: u32) -> Result<(i32, Vec<u8>)> {
+        let prog: &SchedClassifier = self.program(EGRESS_PROGRAM)?.try_into()?;
+        // `struct __sk_buff`: the fields BPF_PROG_TEST_RUN takes from it.
+        const WIRE_LEN: usize = 160;
+        const GSO_SEGS: usize = 164;
+        const GSO_SIZE: usize = 176;
+        const SIZE: usize = 192;
+        let mut ctx = [0u8; SIZE];
+        ctx[WIRE_LEN..WIRE_LEN + 4].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&segs.to_ne_bytes());
+        ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&size.to_ne_bytes());
+        let mut out = vec![0u8; packet.len() + 512];
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value as i32, out))
     }
 
     fn program(&self, name: &str) -> Result<&aya::programs::Program> {

@@ -19,7 +19,7 @@ use aya::{
 };
 use log::{info, warn};
 
-use super::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, REPLY_PROGRAM};
+use super::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM};
 
 /// How the XDP program is attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -33,11 +33,34 @@ pub enum XdpMode {
     Auto,
 }
 
-/// Link pin names: `xdp-IFACE`, `tc-egress-IFACE`, `reply-xdp-IFACE` (no
-/// name is a prefix of another followed by `-`).
+/// Link pin names: `xdp-IFACE`, `tc-ingress-IFACE`, `tc-egress-IFACE`,
+/// `reply-xdp-IFACE` (no name is a prefix of another followed by `-`).
 const XDP_LINK: &str = "xdp";
+const TC_INGRESS_LINK: &str = "tc-ingress";
 const TC_LINK: &str = "tc-egress";
 const REPLY_LINK: &str = "reply-xdp";
+
+/// A tc program and where it goes.
+struct TcHook {
+    program: &'static str,
+    link: &'static str,
+    attach: TcAttachType,
+}
+
+/// Rewrites XDP leaves to the kernel's checksum helpers (see the eBPF
+/// `handoff` module). Attached before XDP, so no deferred packet meets an
+/// interface without it.
+const TC_INGRESS: TcHook = TcHook {
+    program: INGRESS_TC_PROGRAM,
+    link: TC_INGRESS_LINK,
+    attach: TcAttachType::Ingress,
+};
+/// Reverse translation of replies.
+const TC_EGRESS: TcHook = TcHook {
+    program: EGRESS_PROGRAM,
+    link: TC_LINK,
+    attach: TcAttachType::Egress,
+};
 
 /// A link this process holds.
 #[derive(Debug)]
@@ -85,8 +108,9 @@ impl Dataplane {
     ) -> Result<Vec<(String, Attached)>> {
         let mut result = Vec::with_capacity(ifaces.len() + backend_ifaces.len());
         for iface in ifaces {
+            self.attach_tc(&TC_INGRESS, iface)?;
             let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, iface, mode)?;
-            self.attach_tc(iface)?;
+            self.attach_tc(&TC_EGRESS, iface)?;
             result.push((iface.clone(), how));
         }
         for iface in backend_ifaces {
@@ -98,6 +122,7 @@ impl Dataplane {
         if let Some(pins) = &self.pins {
             for (kind, wanted) in [
                 (XDP_LINK, ifaces),
+                (TC_INGRESS_LINK, ifaces),
                 (TC_LINK, ifaces),
                 (REPLY_LINK, backend_ifaces),
             ] {
@@ -228,19 +253,19 @@ impl Dataplane {
         Ok(Attached::Fresh(got))
     }
 
-    fn attach_tc(&mut self, iface: &str) -> Result<()> {
-        let pinned = self.pinned_link(TC_LINK, iface)?;
+    fn attach_tc(&mut self, hook: &TcHook, iface: &str) -> Result<()> {
+        let pinned = self.pinned_link(hook.link, iface)?;
         let tc: &mut SchedClassifier = self
             .ebpf
-            .program_mut(EGRESS_PROGRAM)
-            .context("no tc program in the object")?
+            .program_mut(hook.program)
+            .with_context(|| format!("no tc program {} in the object", hook.program))?
             .try_into()?;
         if let Some((path, link)) = pinned {
             let link = SchedClassifierLink::try_from(link)
                 .context("the pinned tc link is not a tcx link")?;
             let id = tc
                 .attach_to_link(link)
-                .with_context(|| format!("replacing the tc program on {iface}"))?;
+                .with_context(|| format!("replacing the tc {} program on {iface}", hook.link))?;
             let link = FdLink::try_from(tc.take_link(id)?)?;
             self.links.push(HeldLink::Adopted { path, link });
             return Ok(());
@@ -253,10 +278,10 @@ impl Dataplane {
             log::debug!("{iface}: clsact qdisc not added ({e}); assuming it exists");
         }
         let id = tc
-            .attach(iface, TcAttachType::Egress)
-            .with_context(|| format!("attaching tc egress to {iface}"))?;
+            .attach(iface, hook.attach)
+            .with_context(|| format!("attaching {} to {iface}", hook.link))?;
         match FdLink::try_from(tc.take_link(id)?) {
-            Ok(link) => self.hold(TC_LINK, iface, link)?,
+            Ok(link) => self.hold(hook.link, iface, link)?,
             Err(e) => {
                 warn!("{iface}: tc attached without a link ({e}); it cannot outlive this process")
             }

@@ -43,6 +43,7 @@ const NODE_ADDRS_CAPACITY: u64 = 1024;
 
 /// Names of the programs in the eBPF object.
 pub const INGRESS_PROGRAM: &str = "portmap_ingress";
+pub const INGRESS_TC_PROGRAM: &str = "portmap_ingress_tc";
 pub const EGRESS_PROGRAM: &str = "portmap_egress";
 pub const REPLY_PROGRAM: &str = "portmap_reply";
 

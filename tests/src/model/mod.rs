@@ -19,6 +19,7 @@
 //! - [`state`]: the maps packets read ([`state::Maps`]) and the ones they
 //!   write ([`state::Flows`]);
 //! - [`program`]: [`program::xdp`] and [`program::tc`], one packet each;
+//! - [`offload`]: requests whose checksum may be offloaded, left to tc;
 //! - [`desired`]: the maps a `DesiredState` must give (checking what
 //!   userspace wrote);
 //! - [`probe`]: reading and aging the real maps;
@@ -26,6 +27,7 @@
 
 pub mod desired;
 pub mod harness;
+pub mod offload;
 pub mod probe;
 pub mod program;
 pub mod state;

@@ -36,6 +36,7 @@ use portmap_common::{
 };
 
 use super::{
+    offload,
     state::{Flows, Maps, family, ip, port, raw, raw_port},
     wire::{
         self, Flow, IcmpAt, NotAFlow, PROTO_TCP, PROTO_UDP, Quote, TCP_ACK, TCP_FIN, TCP_RST,
@@ -79,6 +80,9 @@ pub struct Outcome {
     /// The service whose session affinity the packet consulted (and may
     /// have changed).
     pub affinity_of: Option<u32>,
+    /// A translation XDP left to tc ingress (see `offload`): `bytes` are
+    /// the handoff metadata followed by the untouched frame.
+    pub deferred: bool,
 }
 
 impl Outcome {
@@ -89,6 +93,7 @@ impl Outcome {
             translated: false,
             why: why.into(),
             affinity_of: None,
+            deferred: false,
         }
     }
 
@@ -368,12 +373,25 @@ pub fn rewrite(frame: &[u8], flow: &Flow, dst: bool, addr: IpAddr, new_port: u16
 
 fn translate_to(frame: &[u8], flow: &Flow, e: &CtValue, why: String) -> Outcome {
     let to = ip(&e.nat_addr, family(flow.src));
+    if offload::deferred(frame, flow) {
+        let mut bytes = offload::handoff(to, port(e.nat_port));
+        bytes.extend_from_slice(frame);
+        return Outcome {
+            verdict: XdpVerdict::Pass,
+            bytes,
+            translated: true,
+            why: format!("{why}; checksum field holds the pseudo-header sum: left to tc ingress"),
+            affinity_of: None,
+            deferred: true,
+        };
+    }
     Outcome {
         verdict: XdpVerdict::Pass,
         bytes: rewrite(frame, flow, true, to, port(e.nat_port)),
         translated: true,
         why,
         affinity_of: None,
+        deferred: false,
     }
 }
 
@@ -546,6 +564,7 @@ fn icmp_from_client(maps: &Maps, flows: &Flows, frame: &[u8], at: &IcmpAt, now: 
         translated: true,
         why: format!("ICMP error about a reply, to backend {}", e.backend_id),
         affinity_of: None,
+        deferred: false,
     }
 }
 
@@ -571,6 +590,7 @@ fn icmp_to_client(maps: &Maps, flows: &Flows, frame: &[u8], at: &IcmpAt, now: u6
         translated: true,
         why: format!("ICMP error about a request, to frontend {}", e.frontend_id),
         affinity_of: None,
+        deferred: false,
     }
 }
 
@@ -622,6 +642,7 @@ pub fn xdp(maps: &Maps, flows: &mut Flows, frame: &[u8], now: u64) -> Outcome {
                     translated: false,
                     why: format!("{history}port unreachable"),
                     affinity_of: None,
+                    deferred: false,
                 }
             } else {
                 Outcome::drop(
@@ -700,5 +721,6 @@ pub fn tc(maps: &Maps, flows: &mut Flows, frame: &[u8], now: u64) -> Outcome {
         translated: true,
         why: format!("reply of frontend {}", e.frontend_id),
         affinity_of: None,
+        deferred: false,
     }
 }

@@ -175,9 +175,15 @@ pub(crate) enum Damage {
     PayloadLength(Len),
     UdpLength(Len),
     DataOffset(u8),
-    Byte { at: u16, value: u8 },
+    Byte {
+        at: u16,
+        value: u8,
+    },
     IpChecksum,
     L4Checksum,
+    /// The TCP or UDP checksum left to the NIC: the field holds only the sum
+    /// of the pseudo-header, as a veth hands XDP an offloaded packet.
+    Offloaded,
 }
 
 #[derive(Clone, Debug)]
@@ -502,6 +508,15 @@ pub(crate) fn build(spec: &PacketSpec) -> Vec<u8> {
                 f[at] = value;
             }
             Damage::IpChecksum if is_ip && !lay.v6 => f[lay.l3 + 10] ^= 0x5a,
+            Damage::Offloaded if matches!(lay.proto, 6 | 17) => {
+                if let Ok(flow) = wire::parse(&f)
+                    && matches!(flow.proto, 6 | 17)
+                {
+                    let at = flow.l4 + if flow.proto == 6 { 16 } else { 6 };
+                    let seed = offload::pseudo_header_sum(&f, &flow);
+                    f[at..at + 2].copy_from_slice(&seed.to_be_bytes());
+                }
+            }
             Damage::L4Checksum if matches!(lay.proto, 6 | 17) => {
                 let at = lay.l4.unwrap() + if lay.proto == 6 { 16 } else { 6 };
                 if at < f.len() {

@@ -225,6 +225,7 @@ pub(crate) fn damage() -> impl Strategy<Value = Damage> {
         1 => (any::<u16>(), any::<u8>()).prop_map(|(at, value)| Damage::Byte { at, value }),
         1 => Just(Damage::IpChecksum),
         1 => Just(Damage::L4Checksum),
+        2 => Just(Damage::Offloaded),
     ]
 }
 
