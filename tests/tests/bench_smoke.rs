@@ -1,6 +1,6 @@
 //! `portmap bench` end to end on a small configuration: every mode delivers
-//! packets, the report, the results and the charts are written, and nothing
-//! is left behind.
+//! packets, moves TCP bulk data and answers HTTP requests, the report, the
+//! results and the charts are written, and nothing is left behind.
 
 use std::time::Duration;
 
@@ -12,6 +12,53 @@ use serde_json::Value;
 
 const MODES: [&str; 4] = ["portmap", "iptables", "nftables", "forward"];
 const TIMEOUT: Duration = Duration::from_secs(240);
+
+/// The TCP measurements of one mode's cells: made at 1 Service (as
+/// `--tcp-services 1` asks), not at 100; every transfer received data, and
+/// the HTTP load got answers.
+fn check_tcp(mode: &str, cells: &[&Value], log: &str) {
+    for cell in cells {
+        let (bulk, http) = (&cell["bulk"], &cell["http"]);
+        if cell["services"] != 1 {
+            assert_eq!(
+                bulk,
+                &Value::Array(Vec::new()),
+                "{mode}: TCP at 100 Services"
+            );
+            assert!(http.is_null(), "{mode}: HTTP at 100 Services");
+            continue;
+        }
+        for streams in [1, 8] {
+            let t = bulk
+                .as_array()
+                .and_then(|v| v.iter().find(|t| t["streams"] == streams))
+                .unwrap_or_else(|| panic!("{mode}: no TCP bulk with {streams} streams:\n{log}"));
+            assert!(
+                t["error"].is_null(),
+                "{mode}: TCP bulk with {streams} streams failed: {}\n{log}",
+                t["error"]
+            );
+            let gbps = t["gbps"].as_f64().unwrap_or(0.0);
+            let bytes = t["bytes"].as_u64().unwrap_or(0);
+            assert!(
+                gbps > 0.0 && bytes > 0,
+                "{mode}: {streams} streams moved {bytes} bytes ({gbps} Gbit/s):\n{log}"
+            );
+        }
+        let answered = http["requests"].as_u64().unwrap_or(0);
+        let failed = http["failed"].as_u64().unwrap_or(u64::MAX);
+        assert!(
+            answered > 0,
+            "{mode}: no HTTP request answered: {http}\n{log}"
+        );
+        // A request held up past its 1 s timeout on a loaded 2-CPU machine
+        // is not a broken path; a broken path fails (nearly) all of them.
+        assert!(
+            failed.saturating_mul(100) <= answered,
+            "{mode}: {failed} HTTP requests failed, {answered} answered: {http}\n{log}"
+        );
+    }
+}
 
 fn sum(cells: &[&Value], pointer: &str) -> u64 {
     cells
@@ -34,6 +81,8 @@ fn bench_measures_every_mode_and_writes_its_report() {
             "1",
             "--connections",
             "50",
+            "--tcp-services",
+            "1",
         ],
         TIMEOUT,
     );
@@ -55,18 +104,28 @@ fn bench_measures_every_mode_and_writes_its_report() {
             );
         }
         assert!(sum(&of_mode, "/latency/samples") > 0, "{mode}: no latency");
+        check_tcp(mode, &of_mode, log);
     }
     assert!(!results["xdp_cost"].as_array().unwrap().is_empty());
     assert_eq!(results["control"].as_array().unwrap().len(), 2);
 
     let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
-    for section in ["## Targets", "## Throughput, new flows", "## Control plane"] {
+    for section in [
+        "## Targets",
+        "## Throughput, new flows",
+        "## TCP bulk throughput",
+        "## Short HTTP requests",
+        "## Control plane",
+    ] {
         assert!(report.contains(section), "report.md lacks {section}");
     }
     for svg in [
         "throughput_established.svg",
         "throughput_new.svg",
         "latency.svg",
+        "tcp_bulk_1.svg",
+        "tcp_bulk_8.svg",
+        "http_requests.svg",
     ] {
         let text = std::fs::read_to_string(out.join(svg)).unwrap_or_default();
         assert!(text.starts_with("<svg"), "{svg} is not an SVG");

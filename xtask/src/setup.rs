@@ -25,9 +25,15 @@ const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("pgrep", "procps"),
     ("sha256sum", "coreutils"),
+    // The transfer tests, and the benchmark's TCP bulk transfers and short
+    // HTTP requests.
     ("nginx", "nginx"),
     ("iperf3", "iperf3"),
 ];
+
+/// Debian's hook that tells maintainer scripts whether they may start a
+/// service: while it exits 101, none is started.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// The bpf-linker release the eBPF build expects.
 const BPF_LINKER_MINOR: &str = "0.13.";
@@ -103,10 +109,41 @@ fn packages() -> Result<()> {
 }
 
 fn apt_install(packages: &str) -> Result<()> {
+    // nginx and iperf3 would start system-wide daemons in the root namespace
+    // (nginx on port 80); the tests and the benchmark run their own copies
+    // inside their namespaces, so no service is started.
+    let _no_starts = NoServiceStarts::new()?;
     run(cmd("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(packages.split(' '))
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A `policy-rc.d` that forbids starting services, removed on drop; an
+/// existing one (the administrator's) is left as it is.
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn new() -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = PathBuf::from(POLICY_RC_D);
+        if path.symlink_metadata().is_ok() {
+            return Ok(Self(None));
+        }
+        fs::write(&path, "#!/bin/sh\n# portmap's `cargo xtask setup`: start no service while installing\nexit 101\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 /// What the eBPF build needs to know about the nightly toolchain.

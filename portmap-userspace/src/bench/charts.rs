@@ -22,6 +22,8 @@ fn color(mode: Mode) -> RGBColor {
 
 struct Series {
     mode: Mode,
+    /// The legend's text: the mode, and whether its measurements failed.
+    label: String,
     points: Vec<(f64, Stat)>,
 }
 
@@ -77,7 +79,7 @@ fn chart(
             .collect();
         c.draw_series(LineSeries::new(line.clone(), col.stroke_width(2)))
             .map_err(|e| err(&e))?
-            .label(s.mode.name())
+            .label(s.label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
         c.draw_series(line.iter().map(|p| Circle::new(*p, 4, col.filled())))
             .map_err(|e| err(&e))?;
@@ -100,22 +102,65 @@ fn chart(
 }
 
 fn series(r: &Results, f: impl Fn(Mode, u32) -> Option<Stat>) -> Vec<Series> {
+    series_failing(r, f, |_, _| false)
+}
+
+/// Series of the modes; a mode with a failed measurement keeps its legend
+/// entry, marked FAILED, even with no point to draw.
+fn series_failing(
+    r: &Results,
+    f: impl Fn(Mode, u32) -> Option<Stat>,
+    failed: impl Fn(Mode, u32) -> bool,
+) -> Vec<Series> {
     r.config
         .modes
         .iter()
-        .map(|&mode| Series {
-            mode,
-            points: r
-                .service_counts()
-                .into_iter()
-                .filter_map(|s| f(mode, s).map(|st| (f64::from(s), st)))
-                .collect(),
+        .map(|&mode| {
+            let counts = r.service_counts();
+            let any_failed = counts.iter().any(|&s| failed(mode, s));
+            Series {
+                mode,
+                label: if any_failed {
+                    format!("{}: FAILED", mode.name())
+                } else {
+                    mode.name().to_string()
+                },
+                points: counts
+                    .into_iter()
+                    .filter(|&s| !failed(mode, s))
+                    .filter_map(|s| f(mode, s).map(|st| (f64::from(s), st)))
+                    .collect(),
+            }
         })
-        .filter(|s| !s.points.is_empty())
+        .filter(|s| !s.points.is_empty() || s.label.ends_with("FAILED"))
         .collect()
 }
 
-/// Writes `throughput_established.svg`, `throughput_new.svg` and `latency.svg`.
+/// The TCP charts of a run that measured TCP: file name, what it shows.
+pub fn tcp_charts(r: &Results) -> Vec<(String, String)> {
+    if !r.cells.iter().any(|c| !c.bulk.is_empty()) {
+        return Vec::new();
+    }
+    let mut v: Vec<(String, String)> = r
+        .config
+        .tcp_streams
+        .iter()
+        .map(|n| {
+            let plural = if *n == 1 { "" } else { "s" };
+            (
+                format!("tcp_bulk_{n}.svg"),
+                format!("TCP bulk throughput, {n} stream{plural}"),
+            )
+        })
+        .collect();
+    if r.cells.iter().any(|c| c.http.is_some()) {
+        v.push(("http_requests.svg".into(), "short HTTP requests".into()));
+    }
+    v
+}
+
+/// Writes `throughput_established.svg`, `throughput_new.svg`, `latency.svg`
+/// and the TCP charts ([`tcp_charts`]).
 pub fn write_all(r: &Results, dir: &Path) -> Result<()> {
     let xs: Vec<f64> = r.service_counts().into_iter().map(f64::from).collect();
     chart(
@@ -144,5 +189,45 @@ pub fn write_all(r: &Results, dir: &Path) -> Result<()> {
         1.0,
         &xs,
         &series(r, |m, s| r.p50(m, s)),
-    )
+    )?;
+    for (name, _) in tcp_charts(r) {
+        if name == "http_requests.svg" {
+            chart(
+                &dir.join(&name),
+                "Short HTTP requests (a new connection each): answered/s",
+                "thousand requests/s",
+                1e3,
+                &xs,
+                &series_failing(
+                    r,
+                    |m, s| r.http_rps(m, s),
+                    |m, s| {
+                        r.cells_of(m, s)
+                            .any(|c| c.http.as_ref().is_some_and(|h| h.failed > 0))
+                    },
+                ),
+            )?;
+            continue;
+        }
+        let Some(streams) = name
+            .strip_prefix("tcp_bulk_")
+            .and_then(|n| n.strip_suffix(".svg"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        chart(
+            &dir.join(&name),
+            &format!("TCP bulk throughput (iperf3 -R, {streams} stream(s)): received"),
+            "Gbit/s",
+            1.0,
+            &xs,
+            &series_failing(
+                r,
+                |m, s| r.bulk(m, s, streams),
+                |m, s| r.bulk_failures(m, s, streams).failed > 0,
+            ),
+        )?;
+    }
+    Ok(())
 }

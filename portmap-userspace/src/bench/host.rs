@@ -29,6 +29,12 @@ pub fn tools(args: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
             bail!("{tool} is missing: install {package}");
         }
     }
+    // The TCP measurements of every mode: bulk transfers, HTTP requests.
+    for (tool, package) in [("iperf3", "iperf3"), ("nginx", "nginx")] {
+        if !args.soak && find_tool(tool).is_none() {
+            bail!("{tool} is missing: install {package} (`cargo xtask setup` does)");
+        }
+    }
     let need = |mode: Mode, tool: &str, package: &str| -> Result<PathBuf> {
         match find_tool(tool) {
             Some(p) => Ok(p),

@@ -5,13 +5,16 @@
 //! For each repetition, the per-packet cost of the XDP program and portmap's
 //! control plane are measured, then for each Service count every mode in turn
 //! (interleaved, so drift affects them alike), each in fresh namespaces:
-//! first-packet latency, established-flow and new-flow throughput, and for
-//! iptables and nftables the time to load and to change their rulesets.
+//! first-packet latency, established-flow and new-flow throughput, TCP bulk
+//! throughput (iperf3) and short HTTP requests (nginx), and for iptables and
+//! nftables the time to load and to change their rulesets.
 
+mod bulk;
 mod charts;
 mod control;
 mod frames;
 mod host;
+mod http;
 mod latency;
 mod loadgen;
 mod modes;
@@ -22,6 +25,7 @@ mod rules;
 mod signals;
 mod soak;
 mod targets;
+mod tcpreport;
 mod topo;
 mod xdpcost;
 
@@ -80,6 +84,17 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR", default_value = "bench/latest")]
     pub out: PathBuf,
 
+    /// Service counts at which the TCP measurements (bulk throughput, HTTP
+    /// requests) are made (comma-separated; default: every one of
+    /// --services).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub tcp_services: Vec<u32>,
+
+    /// Concurrent connections of the short-HTTP-request load (each request
+    /// on a new connection).
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub http_connections: u32,
+
     /// New TCP connections per latency measurement.
     #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
@@ -119,6 +134,12 @@ pub struct BenchArgs {
 /// Runs of BPF_PROG_TEST_RUN per case of the per-packet cost.
 const XDP_COST_REPEAT: u32 = 5_000_000;
 const WARMUP: Duration = Duration::from_millis(300);
+
+/// iperf3 measures whole seconds: `--duration` rounded, at least one.
+fn tcp_seconds(args: &BenchArgs) -> u32 {
+    args.duration.round().max(1.0) as u32
+}
+
 /// Longest wait for a quiet machine: the kernel's teardown of a cell grows
 /// with its rules, so 2 s plus 2 s per 1,000 Services of the largest count.
 fn quiet_wait(args: &BenchArgs) -> Duration {
@@ -205,6 +226,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             connections: args.connections as usize,
             fast_path: !args.no_fast_path,
             portmap_features: env.features.clone(),
+            tcp_services: args.tcp_services.clone(),
+            tcp_streams: bulk::STREAMS.to_vec(),
+            tcp_seconds: tcp_seconds(&args),
+            http_connections: args.http_connections,
         },
         cells: Vec::new(),
         xdp_cost: Vec::new(),
@@ -318,8 +343,18 @@ fn validate(args: &BenchArgs) -> Result<BenchArgs> {
             args.duration
         );
     }
+    let mut tcp_services = args.tcp_services.clone();
+    tcp_services.sort_unstable();
+    tcp_services.dedup();
+    if let Some(bad) = tcp_services.iter().find(|s| !services.contains(s)) {
+        bail!("--tcp-services: {bad} is not one of --services");
+    }
+    if tcp_services.is_empty() {
+        tcp_services.clone_from(&services);
+    }
     Ok(BenchArgs {
         services,
+        tcp_services,
         modes,
         out: args.out.clone(),
         iptables_restore: args.iptables_restore.clone(),
@@ -382,7 +417,7 @@ fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
             for &mode in &modes {
                 signals::check()?;
                 let c = cell(ctx, rep, count, mode, &tag)?;
-                ctx.say(summary(&c));
+                ctx.say(report::summary(&c));
                 results.cells.push(c);
                 ctx.progress.inc(1);
             }
@@ -391,27 +426,12 @@ fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
     Ok(())
 }
 
-fn summary(c: &Cell) -> String {
-    let mpps =
-        |t: Option<Throughput>| t.map_or("–".into(), |t| format!("{:.2}", t.delivered_pps / 1e6));
-    format!(
-        "rep {} {:>5} Services {:<8}: established {} Mpps, new {} Mpps, latency p50 {}",
-        c.rep + 1,
-        c.services,
-        c.mode.name(),
-        mpps(c.established),
-        mpps(c.new_flows),
-        c.latency
-            .map_or("–".into(), |l| format!("{:.0} µs", l.p50_us)),
-    )
-}
-
 fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Cell> {
     let step = |ctx: &Ctx, what: &str| {
         ctx.progress
             .set_message(format!("{tag}: {count} Services, {}: {what}", mode.name()))
     };
-    let services = Services::new(count)?;
+    let services = Services::new(count)?.with_bulk();
     ctx.cells += 1;
     let prefix = format!("pm-bench-{}-{}", ctx.pid, ctx.cells);
     let name = format!("r{rep}-s{count}-{}", mode.name());
@@ -423,7 +443,7 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     let programmed = modes::program(mode, &topo, &services, &ctx.env, &name)
         .with_context(|| format!("{}: programming {count} Services", mode.name()))?;
     // XDP_TX into the client's veth needs a program on its peer.
-    let _pass = match mode {
+    let pass = match mode {
         Mode::Portmap => None,
         _ => Some(ctx.bench.attach(PASS, &topo.node, NODE_CLIENT_IF)?),
     };
@@ -454,6 +474,15 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     let new_flows = throughput(ctx, &topo, ifindex, &template, 0)
         .with_context(|| format!("{}: new flows at {count} Services", mode.name()))?;
     drop(sinks);
+    // The TCP measurements: what a node of this mode has, no more (no
+    // bench_pass), with the veths' default offloads.
+    drop(pass);
+    let tcp = if ctx.args.tcp_services.contains(&count) {
+        tcp(ctx, &topo, &programmed, &name, &|what| step(ctx, what))
+            .with_context(|| format!("{}: TCP at {count} Services", mode.name()))?
+    } else {
+        Tcp::default()
+    };
 
     step(ctx, "changing one Service");
     let skip_full = ctx.resync_timed_out_at.is_some_and(|s| s <= count);
@@ -466,7 +495,6 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     step(ctx, "tearing down");
     modes::teardown(programmed, &topo, &ctx.env, &name)
         .with_context(|| format!("{}: tearing down", mode.name()))?;
-    drop(_pass);
     drop(topo);
     Ok(Cell {
         rep,
@@ -478,6 +506,63 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
         load_s,
         change: matches!(mode, Mode::Iptables | Mode::Nftables).then_some(change),
         full_resync_skipped: mode == Mode::Iptables && skip_full,
+        bulk: tcp.bulk,
+        http: tcp.http,
+        tso_off: tcp.tso_off,
+    })
+}
+
+/// The TCP measurements of a cell (none where --tcp-services leaves it out).
+#[derive(Default)]
+struct Tcp {
+    bulk: Vec<bulk::Bulk>,
+    http: Option<http::HttpLoad>,
+    tso_off: Vec<String>,
+}
+
+/// TCP bulk throughput with each stream count, then the short HTTP requests.
+fn tcp(
+    ctx: &Ctx,
+    topo: &Topology,
+    programmed: &modes::Programmed,
+    name: &str,
+    step: &dyn Fn(&str),
+) -> Result<Tcp> {
+    step("TCP: default offloads");
+    let tso_off = topo.default_offloads()?;
+    step("waiting for a quiet machine");
+    host::wait_until_quiet(quiet_wait(&ctx.args))?;
+    let target = programmed
+        .bulk_target
+        .context("the cell's Services have no bulk Service")?;
+    let mut transfers = Vec::new();
+    for streams in bulk::STREAMS {
+        signals::check()?;
+        step(&format!("TCP bulk, {streams} stream(s)"));
+        transfers.push(bulk::run(
+            &topo.client,
+            &topo.backends[0],
+            target,
+            streams,
+            tcp_seconds(&ctx.args),
+            &ctx.env.scratch,
+            &format!("{name}-{streams}"),
+        )?);
+    }
+    step("short HTTP requests");
+    let nginx = http::Nginx::start(&topo.backends, &ctx.env.scratch, name)?;
+    let http = http::run(
+        &topo.client,
+        &programmed.http_targets,
+        ctx.args.http_connections,
+        WARMUP,
+        Duration::from_secs_f64(ctx.args.duration),
+    )?;
+    drop(nginx);
+    Ok(Tcp {
+        bulk: transfers,
+        http: Some(http),
+        tso_off,
     })
 }
 

@@ -159,6 +159,11 @@ pub struct Programmed {
     pub mode: Mode,
     /// Where the client sends (UDP load and TCP connections).
     pub target: SocketAddrV4,
+    /// Where iperf3 connects: the bulk Service (one endpoint, backend 0).
+    pub bulk_target: Option<SocketAddrV4>,
+    /// Where the HTTP requests go, in turn: the target Service, or in
+    /// `forward` mode every backend (the Service would spread them too).
+    pub http_targets: Vec<SocketAddrV4>,
     /// iptables and nftables: how long loading the whole ruleset took.
     pub load_time: Option<Duration>,
     pub daemon: Option<Daemon>,
@@ -212,6 +217,8 @@ pub fn program(
     let mut programmed = Programmed {
         mode,
         target: services.target_addr(),
+        bulk_target: services.bulk_addr(),
+        http_targets: vec![services.target_addr()],
         load_time: None,
         daemon: None,
     };
@@ -238,7 +245,10 @@ pub fn program(
             programmed.load_time = Some(timed.check("nft -f of the whole ruleset")?);
         }
         Mode::Forward => {
-            programmed.target = SocketAddrV4::new(topo::backend_ip(0), BACKEND_PORT);
+            let backend = |i| SocketAddrV4::new(topo::backend_ip(i), BACKEND_PORT);
+            programmed.target = backend(0);
+            programmed.bulk_target = programmed.bulk_target.map(|_| backend(0));
+            programmed.http_targets = (0..topo::BACKENDS).map(backend).collect();
         }
     }
     Ok(programmed)
@@ -338,8 +348,11 @@ fn start_daemon(topo: &Topology, services: &Services, env: &Env, cell: &str) -> 
                 format!("{t}:{backend}:{BACKEND_PORT}{suffix}").into(),
             ]);
         }
+        if let Some(b) = services.bulk_addr() {
+            publish.extend(["-p".into(), format!("{b}:{backend}:{BACKEND_PORT}").into()]);
+        }
     }
-    start_portmap(topo, env, cell, services.list.len() as u32, &publish)
+    start_portmap(topo, env, cell, services.all().count() as u32, &publish)
 }
 
 /// Starts `portmap run` in the node namespace with `publish` (`-p` specs or

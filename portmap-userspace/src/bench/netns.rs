@@ -229,3 +229,138 @@ pub fn run_timed(
         stderr: tail.to_string(),
     })
 }
+
+/// A process started inside a namespace, stopped on drop: SIGTERM, then
+/// SIGKILL if it is still there after 2 s.
+pub struct Process {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Process {
+    pub fn start(ns: &Netns, cmd: &mut Command, what: &str) -> Result<Self> {
+        let child = ns
+            .enter(|| cmd.spawn())?
+            .with_context(|| format!("cannot start {what} in {}", ns.name()))?;
+        Ok(Self {
+            child: Some(child),
+            what: what.to_string(),
+        })
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => c
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.what)),
+            None => bail!("{} was already stopped", self.what),
+        }
+    }
+
+    /// Waits up to `max` for it to exit; stops waiting early (and kills it)
+    /// when the benchmark is interrupted.
+    pub fn wait_for(&mut self, max: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + max;
+        loop {
+            if let Some(status) = self.exited()? {
+                return Ok(Some(status));
+            }
+            if signals::interrupted() {
+                self.stop();
+                signals::check()?;
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (it may have exited already: then nothing happens).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if let Some(child) = self.child.as_mut()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            // SAFETY: our own child, and not reaped (try_wait just saw it
+            // running), so the pid is still its.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 2 s; returns how it ended.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: our own child, not reaped yet (try_wait saw it running).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a TCP socket of `ns` listens on `port` (IPv4, or IPv6 and so
+/// both, as iperf3's does).
+pub fn listening(ns: &Netns, port: u16) -> Result<bool> {
+    // /proc/thread-self: /proc/self/net would show the main thread's namespace.
+    let read = |v: &str| std::fs::read_to_string(format!("/proc/thread-self/net/{v}"));
+    let table = ns
+        .enter(|| Ok::<_, std::io::Error>(read("tcp")? + &read("tcp6").unwrap_or_default()))?
+        .with_context(|| format!("reading the TCP sockets of {}", ns.name()))?;
+    let port = format!(":{port:04X}");
+    Ok(table.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1).is_some_and(|local| local.ends_with(&port)) && fields.get(3) == Some(&"0A")
+    }))
+}
+
+/// Waits up to `max` until `process` listens on `port` in `ns`; fails if it
+/// exits first, with `log` (its output) in the error.
+pub fn wait_listening(
+    ns: &Netns,
+    port: u16,
+    process: &mut Process,
+    log: &Path,
+    max: Duration,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        signals::check()?;
+        if listening(ns, port)? {
+            return Ok(());
+        }
+        let tail = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(status) = process.exited()? {
+            bail!(
+                "{} exited ({status}) in {}:\n{}",
+                process.what,
+                ns.name(),
+                tail()
+            );
+        }
+        if start.elapsed() > max {
+            bail!(
+                "{} did not listen on port {port} in {} within {max:?}:\n{}",
+                process.what,
+                ns.name(),
+                tail()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}

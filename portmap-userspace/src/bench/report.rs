@@ -5,8 +5,9 @@ use std::fmt::Write as _;
 
 use super::{
     modes::Mode,
-    results::{Results, Stat},
+    results::{Cell, Results, Stat, Throughput},
     targets::{self, Verdict},
+    tcpreport,
 };
 
 pub fn pps(v: f64) -> (f64, &'static str) {
@@ -67,7 +68,7 @@ fn fmt_ratio(a: Option<Stat>, b: Option<Stat>) -> String {
     }
 }
 
-fn table_head(out: &mut String, first: &str, cols: &[String]) {
+pub fn table_head(out: &mut String, first: &str, cols: &[String]) {
     let _ = writeln!(out, "| {first} | {} |", cols.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(cols.len()));
 }
@@ -104,6 +105,56 @@ fn metric_table(
     out.push('\n');
 }
 
+/// One line about a cell, printed as the run goes (and the failures under it).
+pub fn summary(c: &Cell) -> String {
+    let mpps =
+        |t: Option<Throughput>| t.map_or("–".into(), |t| format!("{:.2}", t.delivered_pps / 1e6));
+    let bulk: Vec<String> = c
+        .bulk
+        .iter()
+        .map(|b| match (b.gbps, &b.error) {
+            (Some(g), _) => format!("{}×{g:.2}", b.streams),
+            (None, _) => format!("{}×FAILED", b.streams),
+        })
+        .collect();
+    let http = c.http.as_ref().map_or("–".into(), |h| {
+        let failed = if h.failed > 0 {
+            format!(" ({} FAILED)", h.failed)
+        } else {
+            String::new()
+        };
+        format!("{:.0} req/s{failed}", h.requests_per_s)
+    });
+    let tcp = if bulk.is_empty() {
+        "–".to_string()
+    } else {
+        format!("{} Gbit/s", bulk.join(" "))
+    };
+    let mut line = format!(
+        "rep {} {:>5} Services {:<8}: established {} Mpps, new {} Mpps, latency p50 {}, \
+         TCP {tcp}, HTTP {http}",
+        c.rep + 1,
+        c.services,
+        c.mode.name(),
+        mpps(c.established),
+        mpps(c.new_flows),
+        c.latency
+            .map_or("–".into(), |l| format!("{:.0} µs", l.p50_us)),
+    );
+    for b in &c.bulk {
+        if let Some(e) = &b.error {
+            line.push_str(&format!(
+                "\n    TCP bulk, {} stream(s) FAILED: {e}",
+                b.streams
+            ));
+        }
+    }
+    if let Some(e) = c.http.as_ref().and_then(|h| h.first_error.as_ref()) {
+        line.push_str(&format!("\n    HTTP: first failure: {e}"));
+    }
+    line
+}
+
 pub fn render(r: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# portmap benchmark\n");
@@ -118,6 +169,8 @@ pub fn render(r: &Results) -> String {
     target_section(&mut out, r);
     throughput(&mut out, r);
     latency(&mut out, r);
+    tcpreport::bulk(&mut out, r);
+    tcpreport::http(&mut out, r);
     control(&mut out, r);
     xdp_cost(&mut out, r);
     let _ = writeln!(
@@ -125,6 +178,9 @@ pub fn render(r: &Results) -> String {
         "## Charts\n\n![established-flow throughput](throughput_established.svg)\n\n\
          ![new-flow throughput](throughput_new.svg)\n\n![first-packet latency](latency.svg)\n"
     );
+    for (name, what) in super::charts::tcp_charts(r) {
+        let _ = writeln!(out, "![{what}]({name})\n");
+    }
     method(&mut out, r);
     out
 }
@@ -152,6 +208,19 @@ fn machine(out: &mut String, r: &Results) {
          {} established flows; {} connections per latency cell; took {:.0} s",
         c.repeats, c.duration_s, c.flows, c.connections, r.elapsed_s
     );
+    if !c.tcp_streams.is_empty() {
+        let streams: Vec<String> = c.tcp_streams.iter().map(u32::to_string).collect();
+        let counts: Vec<String> = r.tcp_counts().iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "- TCP, at {} Services: iperf3 downloads with {} stream(s), {} s each; short HTTP \
+             requests from {} concurrent connections",
+            counts.join(", "),
+            streams.join(" and "),
+            c.tcp_seconds,
+            c.http_connections
+        );
+    }
     let _ = writeln!(
         out,
         "- portmap: Services from {}; XDP fast path (`--backend-iface`) {}\n",
@@ -417,6 +486,16 @@ fn method(out: &mut String, r: &Results) {
          this build has them: the client is another host, whose packets must cross XDP.\n\
          - Latency is measured before the throughput runs (no sinks attached), against an echo \
          server in each backend namespace.\n\
+         - The TCP measurements come last in each cell, after the UDP load, with what a node of \
+         the mode has (no `bench_pass`) and the veths' default offloads given back (transmit \
+         checksum offload, scatter-gather, TSO, GSO; checked with `ethtool -k`): iperf3 \
+         downloads (`-R`), 1 stream then 8, from a one-off `iperf3 --server` in backend 0 \
+         through a Service of its own (VIP 198.19.63.80, TCP port 80, one endpoint: iperf3's \
+         control and data connections must reach the same server; in the iptables layout its \
+         rule comes first, the target's stays last); then the HTTP load (the benchmark's own \
+         client: one task per connection, on a thread per CPU, up to 4) against nginx on every \
+         backend. A transfer or request that fails is counted as failed, with its error, never \
+         as a rate.\n\
          - Each cell, and its latency measurement once the mode is programmed, starts when the \
          machine is quiet (under 15 % busy over 250 ms; at most 2 s plus 2 s per 1,000 Services): the kernel tears \
          down a namespace that held 10,000 rules in the background, and a daemon's start-up is \

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
+    bulk::Bulk,
     control::PortmapControl,
+    http::HttpLoad,
     latency::Latency,
     modes::{ChangeTimes, Features, Mode},
     xdpcost::XdpCost,
@@ -29,6 +31,19 @@ pub struct Config {
     pub connections: usize,
     pub fast_path: bool,
     pub portmap_features: Features,
+    /// Service counts with TCP measurements.
+    #[serde(default)]
+    pub tcp_services: Vec<u32>,
+    /// Parallel streams of the TCP bulk measurements (none in runs made
+    /// before they existed).
+    #[serde(default)]
+    pub tcp_streams: Vec<u32>,
+    /// Seconds each iperf3 transfer is measured.
+    #[serde(default)]
+    pub tcp_seconds: u32,
+    /// Concurrent connections of the HTTP load.
+    #[serde(default)]
+    pub http_connections: u32,
 }
 
 /// One load-generator measurement.
@@ -56,6 +71,16 @@ pub struct Cell {
     /// The full iptables resync was not tried (it timed out at fewer Services).
     #[serde(default)]
     pub full_resync_skipped: bool,
+    /// TCP bulk transfers (iperf3), one per stream count.
+    #[serde(default)]
+    pub bulk: Vec<Bulk>,
+    /// Short HTTP requests, a new connection each.
+    #[serde(default)]
+    pub http: Option<HttpLoad>,
+    /// Interfaces whose TSO was off during the TCP measurements (the kernel
+    /// turns it off on a veth whose peer runs XDP).
+    #[serde(default)]
+    pub tso_off: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,6 +95,14 @@ pub struct Results {
     pub complete: bool,
     pub error: Option<String>,
     pub elapsed_s: f64,
+}
+
+/// Failed measurements among those made.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Failures {
+    pub failed: usize,
+    pub of: usize,
+    pub first: Option<String>,
 }
 
 /// A median and its spread over the repetitions.
@@ -134,6 +167,51 @@ impl Results {
 
     pub fn p99(&self, mode: Mode, services: u32) -> Option<Stat> {
         self.stat(mode, services, |c| c.latency.map(|l| l.p99_us))
+    }
+
+    /// The TCP bulk throughput (Gbit/s) of the transfers that succeeded.
+    pub fn bulk(&self, mode: Mode, services: u32, streams: u32) -> Option<Stat> {
+        self.stat(mode, services, |c| {
+            c.bulk
+                .iter()
+                .find(|b| b.streams == streams)
+                .and_then(|b| b.gbps)
+        })
+    }
+
+    /// The transfers of (mode, Service count, streams) that failed: how many
+    /// of how many, and the first one's error.
+    pub fn bulk_failures(&self, mode: Mode, services: u32, streams: u32) -> Failures {
+        let mut f = Failures::default();
+        for b in self
+            .cells_of(mode, services)
+            .flat_map(|c| c.bulk.iter().filter(|b| b.streams == streams))
+        {
+            f.of += 1;
+            if let Some(e) = &b.error {
+                f.failed += 1;
+                f.first.get_or_insert_with(|| e.clone());
+            }
+        }
+        f
+    }
+
+    /// HTTP requests per second (answered whole and right).
+    pub fn http_rps(&self, mode: Mode, services: u32) -> Option<Stat> {
+        self.stat(mode, services, |c| {
+            c.http.as_ref().map(|h| h.requests_per_s)
+        })
+    }
+
+    /// The Service counts with TCP measurements, ascending.
+    pub fn tcp_counts(&self) -> Vec<u32> {
+        let all = self.service_counts();
+        if self.config.tcp_services.is_empty() {
+            return all;
+        }
+        all.into_iter()
+            .filter(|s| self.config.tcp_services.contains(s))
+            .collect()
     }
 
     /// The Service counts measured, ascending.

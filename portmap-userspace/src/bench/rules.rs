@@ -7,6 +7,10 @@
 //! (198.19.128.0/17). The last Service is the target: it also has a UDP port
 //! 80, and its endpoints are the real backends. In the iptables layout its
 //! rule is the last one of KUBE-SERVICES, the worst case of a linear chain.
+//!
+//! In the cells, one more Service comes first: the bulk Service (TCP port 80,
+//! one endpoint, backend 0), for iperf3, whose control and data connections
+//! must all reach the same server.
 
 use std::{
     fmt::Write as _,
@@ -57,6 +61,8 @@ pub struct Svc {
 #[derive(Clone, Debug)]
 pub struct Services {
     pub list: Vec<Svc>,
+    /// The bulk Service, before the others in rule order.
+    pub bulk: Option<Svc>,
 }
 
 pub fn vip(i: u32) -> Ipv4Addr {
@@ -66,6 +72,10 @@ pub fn vip(i: u32) -> Ipv4Addr {
 fn fake_endpoint(j: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 128, 0)) + (j % 32_768) as u32)
 }
+
+/// The bulk Service's VIP, outside the generated VIPs (198.19.64.0/18) so
+/// that every count up to [`MAX_SERVICES`] keeps them all.
+pub const BULK_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 63, 80);
 
 /// An endpoint address no generated Service uses, for the "one Service
 /// changed" measurements.
@@ -97,7 +107,31 @@ impl Services {
                 }
             })
             .collect();
-        Ok(Self { list })
+        Ok(Self { list, bulk: None })
+    }
+
+    /// The same Services with the bulk Service added.
+    pub fn with_bulk(mut self) -> Self {
+        self.bulk = Some(Svc {
+            name: "svc-bulk".into(),
+            vip: BULK_VIP,
+            protos: vec![Proto::Tcp],
+            endpoints: vec![topo::backend_ip(0)],
+        });
+        self
+    }
+
+    /// Every Service in rule order: the bulk Service (if any) first, the
+    /// target last.
+    pub fn all(&self) -> impl Iterator<Item = &Svc> {
+        self.bulk.iter().chain(&self.list)
+    }
+
+    /// Where iperf3 connects: the bulk Service, if there is one.
+    pub fn bulk_addr(&self) -> Option<SocketAddrV4> {
+        self.bulk
+            .as_ref()
+            .map(|b| SocketAddrV4::new(b.vip, SERVICE_PORT))
     }
 
     pub fn target(&self) -> &Svc {
@@ -127,7 +161,7 @@ impl Services {
     /// EndpointSlice of ready endpoints per Service.
     pub fn manifests(&self) -> String {
         let mut y = String::with_capacity(self.list.len() * 700);
-        for s in &self.list {
+        for s in self.all() {
             let _ = write!(
                 y,
                 "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n\
@@ -213,7 +247,7 @@ pub fn iptables(services: &Services, deleted: &[String]) -> String {
          -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
     );
     let mut portals = String::new();
-    for s in &services.list {
+    for s in services.all() {
         for &p in &s.protos {
             service_chains(s, p, &mut chains, &mut rules);
             portal(s, p, &mut portals);
@@ -302,7 +336,7 @@ pub fn iptables_change(before: &Services) -> IptablesChange {
     for c in &deleted {
         let _ = writeln!(chains, ":{c} - [0:0]");
     }
-    for s in &after.list {
+    for s in after.all() {
         for &p in &s.protos {
             portal(s, p, &mut rules);
         }
@@ -376,7 +410,7 @@ pub fn nftables(services: &Services) -> String {
          add rule {NFT_TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips\n"
     );
     let mut elements = String::new();
-    for s in &services.list {
+    for s in services.all() {
         for &p in &s.protos {
             let chain = nft_service_chain(s, p);
             let _ = writeln!(chains, "add chain {NFT_TABLE} {chain}");
@@ -482,6 +516,33 @@ mod tests {
         let change = nftables_change(&s);
         assert!(change.contains(&format!("dnat to {REPLACEMENT_ENDPOINT}:8080")));
         assert!(change.contains("delete chain ip kube-proxy endpoint-"));
+    }
+
+    #[test]
+    fn the_bulk_service_comes_first_with_one_endpoint() {
+        let s = Services::new(2).unwrap().with_bulk();
+        assert_eq!(
+            s.bulk_addr(),
+            Some(SocketAddrV4::new(BULK_VIP, SERVICE_PORT))
+        );
+        let text = iptables(&s, &[]);
+        let portals: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-SERVICES -d"))
+            .collect();
+        assert_eq!(portals.len(), 4);
+        assert!(portals[0].contains("198.19.63.80/32 -p tcp"));
+        assert!(portals[3].contains("198.19.64.1/32 -p udp"), "target last");
+        assert!(
+            iptables_change(&s)
+                .partial
+                .contains("-d 198.19.63.80/32 -p tcp")
+        );
+        assert!(nftables(&s).contains("198.19.63.80 . tcp . 80 : goto service-"));
+        let y = s.manifests();
+        assert_eq!(y.matches("kind: Service\n").count(), 3);
+        assert!(y.contains("clusterIP: 198.19.63.80"));
+        assert!(Services::new(2).unwrap().bulk_addr().is_none());
     }
 
     #[test]

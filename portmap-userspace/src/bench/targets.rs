@@ -145,6 +145,18 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
         r.p50(pm, BIG),
         &both,
     ));
+    out.push(bulk_target(
+        r,
+        "TCP bulk throughput ≥ iptables (1 and 8 streams, every Service count)",
+        Mode::Iptables,
+        1.0,
+    ));
+    out.push(bulk_target(
+        r,
+        "TCP bulk throughput within 10 % of forward (≥ 0.90×; 1 and 8 streams, every Service count)",
+        Mode::Forward,
+        0.9,
+    ));
     let pass = Stat::of(r.xdp_cost.iter().map(|c| c.pass_ns));
     let hit = Stat::of(r.xdp_cost.iter().map(|c| c.hit_ns));
     out.push(at_least_inverse(
@@ -186,5 +198,72 @@ fn at_least_inverse(what: &str, r: Option<f64>, max: f64) -> Target {
             measured: "not run".into(),
             verdict: Verdict::NotMeasured,
         },
+    }
+}
+
+/// portmap's TCP bulk throughput against `other`'s: the lowest ratio over
+/// stream counts and Service counts decides. A transfer of portmap's that
+/// failed misses the target, whatever the others did.
+fn bulk_target(r: &Results, what: &str, other: Mode, min: f64) -> Target {
+    let pm = Mode::Portmap;
+    let target = |measured: String, verdict| Target {
+        what: what.into(),
+        measured,
+        verdict,
+    };
+    if !(r.config.modes.contains(&pm) && r.config.modes.contains(&other)) {
+        return target(
+            format!("needs --modes portmap,{}", other.name()),
+            Verdict::NotMeasured,
+        );
+    }
+    let measured = |m: Mode| r.cells.iter().any(|c| c.mode == m && !c.bulk.is_empty());
+    if !measured(pm) || !measured(other) {
+        return target(
+            "no TCP bulk measurement in this run".into(),
+            Verdict::NotMeasured,
+        );
+    }
+    let mut failed = 0;
+    let mut made = 0;
+    let mut first = None;
+    let mut worst: Option<(f64, u32, u32)> = None;
+    for s in r.tcp_counts() {
+        for &n in &r.config.tcp_streams {
+            let f = r.bulk_failures(pm, s, n);
+            failed += f.failed;
+            made += f.of;
+            if first.is_none() {
+                first = f.first;
+            }
+            if let Some(x) = ratio(r.bulk(pm, s, n), r.bulk(other, s, n))
+                && worst.is_none_or(|w| x < w.0)
+            {
+                worst = Some((x, s, n));
+            }
+        }
+    }
+    if failed > 0 {
+        return target(
+            format!(
+                "portmap's transfers FAILED ({failed} of {made}): {}",
+                first.unwrap_or_default()
+            ),
+            Verdict::Missed,
+        );
+    }
+    match worst {
+        Some((x, s, n)) => target(
+            format!("{x:.2}× (the lowest, at S = {s}, {n} stream(s))"),
+            if x >= min {
+                Verdict::Holds
+            } else {
+                Verdict::Missed
+            },
+        ),
+        None => target(
+            format!("no transfer of {} succeeded", other.name()),
+            Verdict::NotMeasured,
+        ),
     }
 }

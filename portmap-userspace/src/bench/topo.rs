@@ -9,10 +9,13 @@
 //!
 //! Every address is in 198.18.0.0/15 (RFC 2544 benchmarking); Service VIPs
 //! are 198.19.64.0/18. MAC addresses are fixed so the load generator's frames
-//! can be built before the links exist. Transmit checksum offload is off on
-//! every veth; GRO is on at the client and the backends (the ends that stand
-//! for other hosts) so that frames redirected by XDP into their veths are
-//! received even when no XDP program is attached there.
+//! can be built before the links exist. For the UDP and latency measurements
+//! transmit checksum offload is off on every veth; the TCP measurements give
+//! it back ([`Topology::default_offloads`]), so they run with what veth has by
+//! default (checksum offload, scatter-gather, TSO, GSO). GRO is on at the
+//! client and the backends (the ends that stand for other hosts, whose NICs
+//! have it) so that frames redirected by XDP into their veths are received
+//! even when no XDP program is attached there.
 
 use std::{net::Ipv4Addr, process::Command};
 
@@ -85,7 +88,81 @@ fn veth(
     b.ip(&["link", "set", b_if, "up"])
 }
 
+/// Offload features the TCP measurements need on, as `ethtool -k` names them.
+const DEFAULT_OFFLOADS: [&str; 4] = [
+    "tx-checksum-ip-generic",
+    "tx-scatter-gather",
+    "generic-segmentation-offload",
+    "generic-receive-offload",
+];
+
+/// The features `ethtool -k` shows on, of those it lists.
+fn features_on(ns: &Netns, ifname: &str) -> Result<Vec<String>> {
+    let out = ns
+        .enter(|| Command::new("ethtool").args(["-k", ifname]).output())?
+        .with_context(|| format!("ethtool -k {ifname} in {}", ns.name()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ethtool -k {ifname} in {} failed: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, state) = l.trim().split_once(':')?;
+            state.trim().starts_with("on").then(|| name.to_string())
+        })
+        .collect())
+}
+
 impl Topology {
+    /// Every veth of the topology: its namespace, its name, and whether it
+    /// stands for another host (client, backends: GRO on).
+    fn veths(&self) -> Vec<(&Netns, String, bool)> {
+        let mut v = vec![
+            (&self.client, CLIENT_IF.to_string(), true),
+            (&self.node, NODE_CLIENT_IF.to_string(), false),
+        ];
+        for (i, ns) in self.backends.iter().enumerate() {
+            v.push((&self.node, node_backend_if(i), false));
+            v.push((ns, BACKEND_IF.to_string(), true));
+        }
+        v
+    }
+
+    /// Gives every veth its default offloads back (transmit checksum offload,
+    /// and with it TSO) and checks that checksum offload, scatter-gather and
+    /// GSO are on, and GRO where it was. Returns the interfaces whose TSO is
+    /// off all the same: the kernel turns it off on a veth whose peer runs an
+    /// XDP program (so that no frame is too big for XDP), as portmap's do.
+    pub fn default_offloads(&self) -> Result<Vec<String>> {
+        let mut tso_off = Vec::new();
+        for (ns, ifname, _) in self.veths() {
+            ns.enter(|| run_ok(Command::new("ethtool").args(["-K", &ifname, "tx", "on"])))?
+                .with_context(|| format!("ethtool -K {ifname} tx on in {}", ns.name()))?;
+        }
+        for (ns, ifname, gro) in self.veths() {
+            let on = features_on(ns, &ifname)?;
+            let wanted = DEFAULT_OFFLOADS
+                .iter()
+                .filter(|f| gro || !f.contains("receive"));
+            if let Some(missing) = wanted.into_iter().find(|f| !on.iter().any(|o| o == *f)) {
+                anyhow::bail!("{ifname} in {}: {missing} is off", ns.name());
+            }
+            if !on.iter().any(|o| o == "tx-tcp-segmentation") {
+                let role = match ns.name().rsplit('-').next().unwrap_or("") {
+                    "c" => "client".to_string(),
+                    "n" => "node".to_string(),
+                    b => b.replacen('b', "backend", 1),
+                };
+                tso_off.push(format!("{role}/{ifname}"));
+            }
+        }
+        Ok(tso_off)
+    }
+
     /// Namespaces `<prefix>-c`, `<prefix>-n` and `<prefix>-b<i>`.
     pub fn new(prefix: &str) -> Result<Self> {
         let client = Netns::new(&format!("{prefix}-c"))?;
