@@ -1,21 +1,32 @@
-//! The XDP fast path: a translated packet leaves by `XDP_REDIRECT` instead
-//! of crossing the kernel's forwarding path.
+//! The fast path: a translated packet leaves by a redirect instead of
+//! crossing the kernel's forwarding path.
+//!
+//! - Requests, in XDP on the published interfaces: `XDP_REDIRECT` into the
+//!   backend's interface.
+//! - Replies, in tc ingress on the backend interfaces: `bpf_redirect` (or
+//!   `bpf_redirect_neigh` while the client's neighbour entry is not known
+//!   yet) out of the client's interface. tc, not XDP: an XDP program on a
+//!   veth makes the kernel turn GSO off on its peer, and a backend (a
+//!   container) would then send every TCP segment on its own. In tc a reply
+//!   stays the GSO super-packet the backend sent, its checksum partial.
 //!
 //! `bpf_fib_lookup` finds the egress interface and the next hop's MAC for the
-//! packet as it will be after translation. If XDP can finish the job (route
-//! found, neighbour known, fits the MTU, TTL left, egress interface in
-//! `DEVMAP`) the MACs are rewritten, the TTL decremented and the packet
-//! redirected. Otherwise it goes to the kernel, which resolves the neighbour,
-//! sends "fragmentation needed", or drops it as it would anyway; each such
-//! fallback is counted by reason.
+//! packet as it will be after translation. If the redirect can finish the job
+//! (route found, fits the MTU, TTL left, egress interface in `DEVMAP`) the
+//! MACs are rewritten, the TTL decremented and the packet redirected.
+//! Otherwise it goes to the kernel, which resolves the neighbour, sends
+//! "fragmentation needed", or drops it as it would anyway; each such fallback
+//! is counted by reason.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        bpf_fib_lookup as FibParams, xdp_action::XDP_PASS,
+        TC_ACT_UNSPEC, bpf_fib_lookup as FibParams, xdp_action::XDP_PASS,
     },
-    helpers::bpf_fib_lookup,
-    programs::XdpContext,
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::{TcContext, XdpContext},
 };
 use portmap_common::{
     abi::{DP_FAST_PATH, DatapathConfig, DatapathEvent, FAMILY_V4, RawAddr},
@@ -35,8 +46,8 @@ const AF_INET6: u8 = 10;
 /// Where a packet goes next, found before it is rewritten.
 pub struct NextHop {
     ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    /// The MACs, if the neighbour is known (always, for XDP).
+    macs: Option<([u8; 6], [u8; 6])>,
 }
 
 /// The next hop of `flow` once its addresses and ports are `src`:`sport` →
@@ -47,8 +58,8 @@ pub fn route(
     ctx: &XdpContext,
     cfg: &DatapathConfig,
     flow: &Flow,
-    (src, sport): (&RawAddr, u16),
-    (dst, dport): (&RawAddr, u16),
+    src: (&RawAddr, u16),
+    dst: (&RawAddr, u16),
 ) -> Option<NextHop> {
     if cfg.flags & DP_FAST_PATH == 0 {
         return None;
@@ -59,6 +70,51 @@ pub fn route(
         count_event(DatapathEvent::FastPathMultiBuffer);
         return None;
     }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // XDP cannot queue a packet for neighbour resolution: the kernel does.
+    lookup(
+        ctx,
+        ctx.ctx.cast(),
+        ifindex,
+        flow,
+        src,
+        dst,
+        flow.ip_len,
+        false,
+    )
+}
+
+/// [`route`] for tc: the MTU is checked against the skb (a GSO packet against
+/// its segments), and a next hop whose MAC is not known yet is still taken:
+/// `bpf_redirect_neigh` resolves it.
+#[inline(always)]
+pub fn route_skb(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    flow: &Flow,
+    src: (&RawAddr, u16),
+    dst: (&RawAddr, u16),
+) -> Option<NextHop> {
+    if cfg.flags & DP_FAST_PATH == 0 {
+        return None;
+    }
+    // SAFETY: `skb` is the kernel's valid `__sk_buff` for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    lookup(ctx, ctx.skb.skb.cast(), ifindex, flow, src, dst, 0, true)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn lookup(
+    buf: &impl PacketBuf,
+    raw_ctx: *mut c_void,
+    ifindex: u32,
+    flow: &Flow,
+    (src, sport): (&RawAddr, u16),
+    (dst, dport): (&RawAddr, u16),
+    tot_len: u32,
+    resolve_neighbour: bool,
+) -> Option<NextHop> {
     // A VLAN-tagged packet would need its tag re-made for the egress device.
     if flow.l3_off != 14 {
         count_event(DatapathEvent::FastPathOther);
@@ -70,8 +126,9 @@ pub fn route(
     p.l4_protocol = flow.proto;
     p.sport = sport;
     p.dport = dport;
-    p.__bindgen_anon_1.tot_len = flow.ip_len as u16;
-    p.ifindex = ctx.ingress_ifindex() as u32;
+    // 0: the kernel checks the packet itself against the egress MTU.
+    p.__bindgen_anon_1.tot_len = tot_len as u16;
+    p.ifindex = ifindex;
     if flow.family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = src.0[0];
@@ -81,11 +138,12 @@ pub fn route(
         p.__bindgen_anon_3.ipv6_src = src.0;
         p.__bindgen_anon_4.ipv6_dst = dst.0;
     }
-    // SAFETY: the helper reads and writes `p`, a valid struct of the size given.
-    let rc =
-        unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut p, size_of::<FibParams>() as i32, 0) } as u32;
-    match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
+    // SAFETY: the helper reads and writes `p`, a valid struct of the size
+    // given; `raw_ctx` is this program's own context.
+    let rc = unsafe { bpf_fib_lookup(raw_ctx, &mut p, size_of::<FibParams>() as i32, 0) } as u32;
+    let known = match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH if resolve_neighbour => false,
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             count_event(DatapathEvent::FastPathNoNeighbour);
             return None;
@@ -98,33 +156,38 @@ pub fn route(
             count_event(DatapathEvent::FastPathOther);
             return None;
         }
-    }
+    };
     // Only into interfaces portmap was given (a redirect into one that cannot
-    // take XDP frames would lose the packet), and never with the TTL spent.
+    // take the packet would lose it), and never with the TTL spent.
     // TTL with the protocol (IPv4), hop limit with the next header (IPv6):
     // two bytes, as a 1-byte bounds check confuses the verifier.
-    let (word_off, ttl_at) = if flow.family == FAMILY_V4 {
-        (flow.l3_off + 8, 0)
-    } else {
-        (flow.l3_off + 6, 1)
-    };
-    let word: *const [u8; 2] = ptr_at(ctx, word_off)?;
+    let word: *const [u8; 2] = ptr_at(buf, ttl_word(flow))?;
     // SAFETY: bounds checked by `ptr_at` just above.
-    if DEVMAP.get(p.ifindex).is_none() || unsafe { (*word)[ttl_at] } <= 1 {
+    let ttl = unsafe { (*word)[usize::from(flow.family != FAMILY_V4)] };
+    if DEVMAP.get(p.ifindex).is_none() || ttl <= 1 {
         count_event(DatapathEvent::FastPathOther);
         return None;
     }
     Some(NextHop {
         ifindex: p.ifindex,
-        smac: p.smac,
-        dmac: p.dmac,
+        macs: known.then_some((p.smac, p.dmac)),
     })
 }
 
-/// Sends the (already translated) packet to `hop`: new MACs, TTL or hop
-/// limit minus one, then `XDP_REDIRECT`.
+/// Offset of the 16-bit word that holds the TTL (IPv4: TTL, protocol) or
+/// the hop limit (IPv6: next header, hop limit).
+#[inline(always)]
+fn ttl_word(flow: &Flow) -> usize {
+    flow.l3_off + if flow.family == FAMILY_V4 { 8 } else { 6 }
+}
+
+/// Sends the (already translated) packet to `hop` from XDP: new MACs, TTL or
+/// hop limit minus one, then `XDP_REDIRECT`.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, flow: &Flow, hop: &NextHop) -> u32 {
+    let Some((smac, dmac)) = hop.macs else {
+        return XDP_PASS;
+    };
     let Some(macs) = ptr_at::<[u8; 12]>(ctx, 0) else {
         return XDP_PASS;
     };
@@ -156,9 +219,57 @@ pub fn send(ctx: &XdpContext, flow: &Flow, hop: &NextHop) -> u32 {
     // SAFETY: bounds checked by `ptr_at` above.
     unsafe {
         let m = &mut *macs;
-        m[..6].copy_from_slice(&hop.dmac);
-        m[6..].copy_from_slice(&hop.smac);
+        m[..6].copy_from_slice(&dmac);
+        m[6..].copy_from_slice(&smac);
     }
     count_event(DatapathEvent::FastPathRedirected);
     DEVMAP.redirect(hop.ifindex, 0).unwrap_or(XDP_PASS)
+}
+
+/// Sends the (already translated) skb to `hop` from tc: TTL or hop limit
+/// minus one, then out of the egress interface with the MACs of the next
+/// hop, or with the neighbour subsystem's once it has resolved it.
+#[inline(always)]
+pub fn send_skb(ctx: &TcContext, flow: &Flow, hop: &NextHop) -> i32 {
+    let at = ttl_word(flow);
+    let Some(word) = ptr_at::<[u8; 2]>(ctx, at) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked by `ptr_at` just above.
+    let old = unsafe { *word };
+    let new = if flow.family == FAMILY_V4 {
+        [old[0].wrapping_sub(1), old[1]]
+    } else {
+        [old[0], old[1].wrapping_sub(1)]
+    };
+    if ctx.store(at, &new, 0).is_err() {
+        return TC_ACT_UNSPEC;
+    }
+    if flow.family == FAMILY_V4 {
+        let (old, new) = (
+            u64::from(u16::from_ne_bytes(old)),
+            u64::from(u16::from_ne_bytes(new)),
+        );
+        if ctx.l3_csum_replace(flow.l3_off + 10, old, new, 2).is_err() {
+            return TC_ACT_UNSPEC;
+        }
+    }
+    count_event(DatapathEvent::FastPathRedirected);
+    // SAFETY: helper calls with plain integers (and no neighbour parameters):
+    // they only record where the skb goes, and return the verdict that sends
+    // it there.
+    unsafe {
+        match hop.macs {
+            Some((smac, dmac)) => {
+                let mut macs = [0u8; 12];
+                macs[..6].copy_from_slice(&dmac);
+                macs[6..].copy_from_slice(&smac);
+                if ctx.store(0, &macs, 0).is_err() {
+                    return TC_ACT_UNSPEC;
+                }
+                bpf_redirect(hop.ifindex, 0) as i32
+            }
+            None => bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0) as i32,
+        }
+    }
 }

@@ -81,10 +81,11 @@ pub fn portmap_ingress_tc(ctx: TcContext) -> i32 {
     handoff::run(&ctx)
 }
 
-/// XDP on backend-facing interfaces: replies forwarded by the fast path.
+/// tc ingress on backend-facing interfaces: replies forwarded by the fast
+/// path.
 #[cfg(target_arch = "bpf")]
-#[xdp(frags)]
-pub fn portmap_reply(ctx: XdpContext) -> u32 {
+#[classifier]
+pub fn portmap_reply(ctx: TcContext) -> i32 {
     reply::run(&ctx)
 }
 

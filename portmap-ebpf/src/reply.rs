@@ -1,74 +1,69 @@
-//! XDP on backend-facing interfaces (`--backend-iface`): the fast path for
-//! replies. A backend's reply is translated back to its frontend and
-//! redirected out towards the client in XDP. When XDP cannot forward it, the
-//! packet is left untouched for the kernel, and the tc program on the client
-//! interface translates it as on the slow path.
+//! tc ingress on backend-facing interfaces (`--backend-iface`): the fast
+//! path for replies. A backend's reply is translated back to its frontend and
+//! redirected out of the client's interface, skipping the kernel's forwarding
+//! path. It stays whatever the backend's stack made it (a GSO super-packet,
+//! a partial checksum), since no XDP program on the interface made the kernel
+//! turn the backend's offloads off (see `fastpath`). When it cannot be
+//! redirected the packet is left untouched for the kernel, and the tc egress
+//! program on the client interface translates it as on the slow path.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use portmap_common::abi::{CT_REPLY, DIR_REPLY, DatapathEvent};
 
 use crate::{
-    checksum, conntrack,
+    conntrack,
     counters::{count_event, count_traffic},
     fastpath,
     maps::CONNTRACK,
-    nat::{L4Check, Side, l4_check_field, rewrite_xdp},
-    parse::{Flow, parse},
+    nat::{Side, rewrite_tc},
+    packet::PacketBuf,
+    parse::{Flow, parse_skb},
 };
 
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> u32 {
-    match parse(ctx) {
+pub fn run(ctx: &TcContext) -> i32 {
+    match parse_skb(ctx) {
         Ok(flow) => translate(ctx, &flow),
-        Err(_) => XDP_PASS,
+        Err(_) => TC_ACT_UNSPEC,
     }
 }
 
 #[inline(always)]
-fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
+fn translate(ctx: &TcContext, flow: &Flow) -> i32 {
     let Some(cfg) = conntrack::config() else {
-        return XDP_PASS;
+        return TC_ACT_UNSPEC;
     };
     let now = conntrack::now_ns();
     let key = conntrack::key_of(flow, CT_REPLY);
     let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
-        return XDP_PASS;
+        return TC_ACT_UNSPEC;
     };
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
     if !conntrack::reply_allowed(&e, flow.proto, now, cfg) {
-        return XDP_PASS;
+        return TC_ACT_UNSPEC;
     }
-    let Some(hop) = fastpath::route(
+    // Routed before anything is rewritten, so a fallback leaves the packet
+    // as it was for the slow path.
+    let Some(hop) = fastpath::route_skb(
         ctx,
         cfg,
         flow,
         (&e.nat_addr, e.nat_port),
         (&flow.dst, flow.dport),
     ) else {
-        return XDP_PASS;
-    };
-    let Some(old_check) = l4_check_field(ctx, flow) else {
-        return XDP_PASS;
-    };
-    // A backend's stack leaves its checksums to the NIC: a redirected frame
-    // must leave complete, so a partial one is completed here.
-    let check = if !checksum::looks_partial(flow, old_check) {
-        L4Check::Incremental
-    } else if let Some(segment) = checksum::segment_sum(ctx, flow) {
-        count_event(DatapathEvent::ChecksumCompleted);
-        L4Check::Complete { segment }
-    } else {
-        // Too long to sum here: the kernel path translates it (tc egress).
-        count_event(DatapathEvent::FastPathOther);
-        return XDP_PASS;
+        return TC_ACT_UNSPEC;
     };
     conntrack::touch(&key, entry, flow, now);
-    if rewrite_xdp(ctx, flow, Side::Src, &e.nat_addr, e.nat_port, check).is_none() {
-        count_event(DatapathEvent::RewriteFailed);
-        return XDP_PASS;
+    if rewrite_tc(ctx, flow, Side::Src, &e.nat_addr, e.nat_port).is_none() {
+        count_event(if ctx.is_gso() {
+            DatapathEvent::GsoRewriteFailed
+        } else {
+            DatapathEvent::RewriteFailed
+        });
+        return TC_ACT_UNSPEC;
     }
     count_traffic(e.frontend_id, e.backend_id, DIR_REPLY, flow);
     count_event(DatapathEvent::ReplyTranslated);
-    fastpath::send(ctx, flow, &hop)
+    fastpath::send_skb(ctx, flow, &hop)
 }

@@ -49,10 +49,11 @@ pub struct RunArgs {
     #[arg(long = "iface", value_name = "IF", required = true)]
     pub ifaces: Vec<String>,
 
-    /// Interface towards backends (repeatable): turns on the XDP fast path.
-    /// Translated packets are forwarded by XDP_REDIRECT between the --iface
-    /// and --backend-iface interfaces, and replies are translated back in XDP
-    /// here; what XDP cannot forward falls back to the kernel, counted.
+    /// Interface towards backends (repeatable): turns on the fast path.
+    /// Translated requests go from the --iface interfaces to these by
+    /// XDP_REDIRECT, and replies are translated back by tc here and
+    /// redirected towards the client; what cannot take the fast path falls
+    /// back to the kernel, counted.
     #[arg(long = "backend-iface", value_name = "IF")]
     pub backend_ifaces: Vec<String>,
 

@@ -308,7 +308,10 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
     enable_forwarding(desired, &node)?;
     for (iface, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
         match how {
-            Attached::Fresh(mode) => info!("attached to {iface} (XDP {mode:?}, tc egress)"),
+            Attached::Fresh(Some(mode)) => {
+                info!("attached to {iface} (XDP {mode:?}, tc ingress and egress)")
+            }
+            Attached::Fresh(None) => info!("attached to {iface} (tc ingress: replies' fast path)"),
             Attached::Replaced => {
                 info!("{iface}: replaced the programs in the pinned links (no detach)")
             }

@@ -34,11 +34,15 @@ pub enum XdpMode {
 }
 
 /// Link pin names: `xdp-IFACE`, `tc-ingress-IFACE`, `tc-egress-IFACE`,
-/// `reply-xdp-IFACE` (no name is a prefix of another followed by `-`).
+/// `tc-reply-IFACE` (no name is a prefix of another followed by `-`).
 const XDP_LINK: &str = "xdp";
 const TC_INGRESS_LINK: &str = "tc-ingress";
 const TC_LINK: &str = "tc-egress";
-const REPLY_LINK: &str = "reply-xdp";
+const REPLY_LINK: &str = "tc-reply";
+/// Where replies were translated in XDP before they moved to tc (an XDP
+/// program on a veth turns GSO off on its peer): a link a previous daemon
+/// pinned under this name is removed.
+const OLD_REPLY_LINK: &str = "reply-xdp";
 
 /// A tc program and where it goes.
 struct TcHook {
@@ -60,6 +64,12 @@ const TC_EGRESS: TcHook = TcHook {
     program: EGRESS_PROGRAM,
     link: TC_LINK,
     attach: TcAttachType::Egress,
+};
+/// The fast path of replies, on the backend interfaces.
+const TC_REPLY: TcHook = TcHook {
+    program: REPLY_PROGRAM,
+    link: REPLY_LINK,
+    attach: TcAttachType::Ingress,
 };
 
 /// A link this process holds.
@@ -91,7 +101,8 @@ impl HeldLink {
 /// How an interface got its program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attached {
-    Fresh(XdpMode),
+    /// Attached now; with the XDP mode it got, if XDP.
+    Fresh(Option<XdpMode>),
     /// The previous daemon's link, now running this daemon's program.
     Replaced,
 }
@@ -108,13 +119,13 @@ impl Dataplane {
     ) -> Result<Vec<(String, Attached)>> {
         let mut result = Vec::with_capacity(ifaces.len() + backend_ifaces.len());
         for iface in ifaces {
-            self.attach_tc(&TC_INGRESS, iface)?;
+            let _ = self.attach_tc(&TC_INGRESS, iface)?;
             let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, iface, mode)?;
-            self.attach_tc(&TC_EGRESS, iface)?;
+            let _ = self.attach_tc(&TC_EGRESS, iface)?;
             result.push((iface.clone(), how));
         }
         for iface in backend_ifaces {
-            let how = self.attach_xdp(REPLY_PROGRAM, REPLY_LINK, iface, mode)?;
+            let how = self.attach_tc(&TC_REPLY, iface)?;
             result.push((iface.clone(), how));
         }
         let all: Vec<&String> = ifaces.iter().chain(backend_ifaces).collect();
@@ -125,6 +136,7 @@ impl Dataplane {
                 (TC_INGRESS_LINK, ifaces),
                 (TC_LINK, ifaces),
                 (REPLY_LINK, backend_ifaces),
+                (OLD_REPLY_LINK, &Vec::new()),
             ] {
                 for old in pins.linked_ifaces(kind)? {
                     if !wanted.contains(&old) {
@@ -250,10 +262,10 @@ impl Dataplane {
                 warn!("{iface}: XDP attached without a link ({e}); it cannot outlive this process")
             }
         }
-        Ok(Attached::Fresh(got))
+        Ok(Attached::Fresh(Some(got)))
     }
 
-    fn attach_tc(&mut self, hook: &TcHook, iface: &str) -> Result<()> {
+    fn attach_tc(&mut self, hook: &TcHook, iface: &str) -> Result<Attached> {
         let pinned = self.pinned_link(hook.link, iface)?;
         let tc: &mut SchedClassifier = self
             .ebpf
@@ -268,7 +280,7 @@ impl Dataplane {
                 .with_context(|| format!("replacing the tc {} program on {iface}", hook.link))?;
             let link = FdLink::try_from(tc.take_link(id)?)?;
             self.links.push(HeldLink::Adopted { path, link });
-            return Ok(());
+            return Ok(Attached::Replaced);
         }
         // tcx (kernel ≥ 6.6) needs no qdisc; aya's netlink fallback on older
         // kernels needs clsact (left in place on exit, as tc users expect).
@@ -286,7 +298,7 @@ impl Dataplane {
                 warn!("{iface}: tc attached without a link ({e}); it cannot outlive this process")
             }
         }
-        Ok(())
+        Ok(Attached::Fresh(None))
     }
 }
 
