@@ -6,6 +6,7 @@ mod alloc;
 mod apply;
 mod attach;
 mod gc;
+mod journal;
 pub mod maps;
 mod pin;
 mod sock;
@@ -27,6 +28,7 @@ use self::{
     alloc::{IdAllocator, RegionAllocator},
     apply::AppliedService,
     attach::HeldLink,
+    journal::Journal,
     maps::{Maps, names, node_addr_key},
 };
 pub use self::{
@@ -102,6 +104,8 @@ pub struct Dataplane {
     links: Vec<HeldLink>,
     /// Services found pinned at load, from a previous daemon.
     adopted: usize,
+    /// The map writes of applies, in order (recorded in unit tests only).
+    journal: Journal,
 }
 
 impl Dataplane {
@@ -188,6 +192,7 @@ impl Dataplane {
             pins,
             links: Vec::new(),
             adopted: 0,
+            journal: Journal::default(),
         };
         if adopting {
             dataplane.adopted = dataplane.adopt().context("adopting the pinned dataplane")?;
