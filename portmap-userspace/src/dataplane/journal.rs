@@ -14,6 +14,7 @@ pub enum Op {
 
 /// One map operation: the map's name, what was done, and which entry (a
 /// human-readable key, e.g. the frontend or the prefix).
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapOp {
     pub map: &'static str,
@@ -21,6 +22,7 @@ pub struct MapOp {
     pub key: String,
 }
 
+#[cfg(test)]
 impl std::fmt::Display for MapOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?} {}[{}]", self.op, self.map, self.key)
