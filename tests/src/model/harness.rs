@@ -43,6 +43,9 @@ pub struct Stats {
     pub runs: u64,
     pub translated: u64,
     pub replies_translated: u64,
+    /// ICMP errors about a flow translated (either way; also counted in
+    /// `translated` or `replies_translated`).
+    pub icmp_translated: u64,
     pub rejected: u64,
     pub dropped: u64,
     pub untouched: u64,
@@ -542,6 +545,9 @@ impl Harness {
                 self.stats.translated += 1;
             } else {
                 self.stats.replies_translated += 1;
+            }
+            if wire::icmp_checksums_ok(frame).is_some() {
+                self.stats.icmp_translated += 1;
             }
             if let Some(true) = wire::icmp_checksums_ok(frame) {
                 if wire::icmp_checksums_ok(&out.bytes) != Some(true) {
