@@ -11,6 +11,7 @@ pub mod maps;
 mod pin;
 mod sock;
 mod stats;
+mod variant;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -117,7 +118,8 @@ impl Dataplane {
 
     /// Loads the programs with their maps pinned in `pins`. Maps a previous
     /// daemon pinned there are checked, reused, and adopted: the flows they
-    /// carry keep their backends. `variant` is 0 except in upgrade tests.
+    /// carry keep their backends. `variant` is 0 except in upgrade tests,
+    /// which load other code (see `variant`).
     pub fn load_pinned(
         limits: Limits,
         config: DatapathConfig,
@@ -148,6 +150,13 @@ impl Dataplane {
         if let Some(pins) = pins.as_ref().filter(|_| adopting) {
             pins.check_compatible(ebpf_object(), &sizes)?;
         }
+        // An upgrade test's variant is another program: other code, same maps.
+        let variant_object = if variant != 0 {
+            Some(variant::code_variant(ebpf_object())?)
+        } else {
+            None
+        };
+        let object = variant_object.as_deref().unwrap_or(ebpf_object());
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes {
             loader.map_max_entries(name, entries);
@@ -157,12 +166,7 @@ impl Dataplane {
                 loader.map_pin_path(name, pins.map_path(name));
             }
         }
-        if variant != 0 {
-            loader.override_global("PROGRAM_VARIANT", &variant, true);
-        }
-        let mut ebpf = loader
-            .load(ebpf_object())
-            .context("loading the eBPF object")?;
+        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         for (name, program) in ebpf.programs_mut() {
             match program {
                 aya::programs::Program::Xdp(p) => Xdp::load(p),
