@@ -12,6 +12,7 @@ pub mod list;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod node_addrs;
 pub mod reload;
 pub mod spec;

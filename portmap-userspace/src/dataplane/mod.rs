@@ -5,7 +5,9 @@ mod adopt;
 mod alloc;
 mod apply;
 mod attach;
+mod bpf_sys;
 mod gc;
+mod ifaces;
 mod journal;
 pub mod maps;
 mod pin;
@@ -29,6 +31,7 @@ use self::{
     alloc::{IdAllocator, RegionAllocator},
     apply::AppliedService,
     attach::HeldLink,
+    ifaces::Followed,
     journal::Journal,
     maps::{Maps, names, node_addr_key},
 };
@@ -36,8 +39,9 @@ pub use self::{
     apply::{ApplyReport, CapacityError},
     attach::{Attached, XdpMode},
     gc::GcReport,
+    ifaces::{InterfaceChange, InterfaceStatus, Role},
     pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
-    sock::{SockAttached, cgroup2_mount, default_cgroup, is_cgroup2},
+    sock::{SockAttached, SocketLbStatus, cgroup2_mount, default_cgroup, is_cgroup2},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
 };
 
@@ -100,9 +104,14 @@ pub struct Dataplane {
     conntrack_entries: Option<u64>,
     /// Where maps and links are pinned, if they are.
     pins: Option<PinDir>,
-    /// Links this process holds (pinned ones keep their programs attached
-    /// when it exits).
-    links: Vec<HeldLink>,
+    /// Links this process holds, by pin name (pinned ones keep their
+    /// programs attached when it exits).
+    links: BTreeMap<String, HeldLink>,
+    /// The interfaces asked for, followed while the daemon runs.
+    followed: Vec<Followed>,
+    xdp_mode: XdpMode,
+    /// Socket-level load balancing: on which cgroup, or why it is off.
+    socket_lb: SocketLbStatus,
     /// Services found pinned at load, from a previous daemon.
     adopted: usize,
     /// The map writes of applies, in order (recorded in unit tests only).
@@ -194,7 +203,10 @@ impl Dataplane {
             limits,
             conntrack_entries: None,
             pins,
-            links: Vec::new(),
+            links: BTreeMap::new(),
+            followed: Vec::new(),
+            xdp_mode: XdpMode::default(),
+            socket_lb: SocketLbStatus::off("not attached"),
             adopted: 0,
             journal: Journal::default(),
         };
@@ -217,7 +229,7 @@ impl Dataplane {
     pub fn shutdown(&mut self, keep: bool) -> Result<()> {
         let links = std::mem::take(&mut self.links);
         let mut result = Ok(());
-        for link in links {
+        for link in links.into_values() {
             if let Err(e) = link.release(!keep) {
                 result = Err(e);
             }
