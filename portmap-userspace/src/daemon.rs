@@ -308,9 +308,9 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
     }
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
-    for (iface, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
+    for (iface, role, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
         match how {
-            Attached::Fresh(mode) => info!("attached to {iface} (XDP {mode:?}, tc egress)"),
+            Attached::Fresh(_) => info!("attached to {iface} ({})", how.describe(role)),
             Attached::Replaced => {
                 info!("{iface}: replaced the programs in the pinned links (no detach)")
             }
@@ -395,13 +395,15 @@ fn log_change(change: InterfaceChange) {
             "{name}: {why}; detached (its programs are attached again when an interface named \
              {name} appears)"
         ),
-        InterfaceChange::Attached { name, ifindex, how } => {
-            let how = match how {
-                Attached::Fresh(mode) => format!("XDP {mode:?}"),
-                Attached::Replaced => "pinned links".to_string(),
-            };
-            info!("{name}: the interface is there (index {ifindex}); attached ({how})");
-        }
+        InterfaceChange::Attached {
+            name,
+            role,
+            ifindex,
+            how,
+        } => info!(
+            "{name}: the interface is there (index {ifindex}); attached ({})",
+            how.describe(role)
+        ),
         InterfaceChange::Failed { name, error } => warn!(
             "{name}: the interface is there but attaching failed: {error:#}; retried at its next \
              change"

@@ -89,6 +89,19 @@ pub enum Attached {
     Replaced,
 }
 
+impl Attached {
+    /// What an interface of `role` got, for the log.
+    pub fn describe(self, role: Role) -> String {
+        match (self, role) {
+            (Attached::Fresh(mode), Role::Published) => format!("XDP {mode:?}, tc egress"),
+            (Attached::Fresh(mode), Role::Backend) => format!("reply XDP {mode:?}"),
+            (Attached::Replaced, _) => {
+                "the programs replaced in the pinned links, no detach".to_string()
+            }
+        }
+    }
+}
+
 impl Dataplane {
     /// Attaches the XDP program (ingress) and the tc program (egress) to each
     /// interface of `ifaces`, the reply XDP program to each of
@@ -100,7 +113,7 @@ impl Dataplane {
         ifaces: &[String],
         backend_ifaces: &[String],
         mode: XdpMode,
-    ) -> Result<Vec<(String, Attached)>> {
+    ) -> Result<Vec<(String, Role, Attached)>> {
         self.xdp_mode = mode;
         self.followed = ifaces
             .iter()
@@ -116,7 +129,7 @@ impl Dataplane {
             let (name, role) = (self.followed[i].name.clone(), self.followed[i].role);
             let (ifindex, how) = self.attach_iface(&name, role)?;
             self.followed[i].ifindex = Some(ifindex);
-            result.push((name, how));
+            result.push((name, role, how));
         }
         self.set_fast_path_ifaces()?;
         if let Some(pins) = &self.pins {

@@ -68,6 +68,7 @@ pub enum InterfaceChange {
     /// `name` (back, at `ifindex`) got its programs.
     Attached {
         name: String,
+        role: Role,
         ifindex: u32,
         how: Attached,
     },
@@ -145,7 +146,12 @@ impl Dataplane {
                 match self.attach_iface(&name, role) {
                     Ok((ifindex, how)) => {
                         self.followed[i].ifindex = Some(ifindex);
-                        changes.push(InterfaceChange::Attached { name, ifindex, how });
+                        changes.push(InterfaceChange::Attached {
+                            name,
+                            role,
+                            ifindex,
+                            how,
+                        });
                     }
                     Err(error) => {
                         // Whatever was attached before the failure goes too.
