@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fuzz_checks;
 pub mod k8s;
 pub mod list;
 pub mod maglev;

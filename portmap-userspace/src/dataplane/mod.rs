@@ -144,6 +144,10 @@ impl Dataplane {
         pins: Option<PinDir>,
         variant: u32,
     ) -> Result<Self> {
+        anyhow::ensure!(
+            !ebpf_object().is_empty(),
+            "this portmap was built without its eBPF programs (AYA_BUILD_SKIP); build it again without"
+        );
         let config = sock::with_host_netns(config);
         let maglev_blocks = limits.maglev_slots().div_ceil(MAGLEV_BLOCK_SLOTS);
         let sizes = [
