@@ -16,8 +16,11 @@ use crate::{
     spec::{HostAddr, PublishSpec},
 };
 
+/// A check: panics if `data` breaks a rule.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets, each with its check.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("publish_spec", publish_spec),
     ("cidr", cidr),
     ("manifests", manifests),
