@@ -300,7 +300,7 @@ impl Dataplane {
             }
         }
         if detached > 0 {
-            info!("detached the socket programs a previous portmap left (--no-socket-lb)");
+            info!("detached the socket programs a previous portmap left (socket-level load balancing is off)");
         }
         Ok(())
     }
