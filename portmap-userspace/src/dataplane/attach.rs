@@ -241,12 +241,18 @@ impl Dataplane {
             .try_into()?;
         if let Some((path, link)) = pinned {
             let link = XdpLink::try_from(link).context("the pinned XDP link is not an XDP link")?;
-            let id = xdp
-                .attach_to_link(link)
-                .with_context(|| format!("replacing the XDP program on {iface}"))?;
-            let link = FdLink::try_from(xdp.take_link(id)?)?;
-            self.hold_adopted(kind, iface, Some(path), link);
-            return Ok(Attached::Replaced);
+            match xdp.attach_to_link(link) {
+                Ok(id) => {
+                    let link = FdLink::try_from(xdp.take_link(id)?)?;
+                    self.hold_adopted(kind, iface, Some(path), link);
+                    return Ok(Attached::Replaced);
+                }
+                // Severed since it was checked: as if it had been then.
+                Err(e) if severed(&e) => unpin_severed(&path, kind, iface)?,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("replacing the XDP program on {iface}"));
+                }
+            }
         }
         let attach = |xdp: &mut Xdp, m| xdp.attach(iface, m);
         let (id, got) = match mode {
@@ -295,12 +301,17 @@ impl Dataplane {
         if let Some((path, link)) = pinned {
             let link = SchedClassifierLink::try_from(link)
                 .context("the pinned tc link is not a tcx link")?;
-            let id = tc
-                .attach_to_link(link)
-                .with_context(|| format!("replacing the tc program on {iface}"))?;
-            let link = FdLink::try_from(tc.take_link(id)?)?;
-            self.hold_adopted(TC_LINK, iface, Some(path), link);
-            return Ok(());
+            match tc.attach_to_link(link) {
+                Ok(id) => {
+                    let link = FdLink::try_from(tc.take_link(id)?)?;
+                    self.hold_adopted(TC_LINK, iface, Some(path), link);
+                    return Ok(());
+                }
+                Err(e) if severed(&e) => unpin_severed(&path, TC_LINK, iface)?,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("replacing the tc program on {iface}"));
+                }
+            }
         }
         // tcx (kernel ≥ 6.6) needs no qdisc; aya's netlink fallback on older
         // kernels needs clsact (left in place on exit, as tc users expect).
@@ -320,6 +331,24 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Whether `bpf_link_update` failed because the link is severed (ENOLINK:
+/// its interface went away).
+fn severed(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOLINK))
+    })
+}
+
+fn unpin_severed(path: &std::path::Path, kind: &str, iface: &str) -> Result<()> {
+    std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))?;
+    warn!(
+        "{iface}: the pinned {kind} link is severed (replacing its program failed with ENOLINK); \
+         unpinned it and attaching afresh (the pinned maps and their flows carry on)"
+    );
+    Ok(())
 }
 
 /// Whether a pinned link of `kind` leads to interface `iface` of this
@@ -365,4 +394,34 @@ fn leads_to(kind: &str, iface: &str, info: &bpf_sys::LinkInfo) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("`bpf_link_update` failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_severed_link_is_told_by_enolink_anywhere_in_the_chain() {
+        let enolink = || std::io::Error::from_raw_os_error(libc::ENOLINK);
+        assert!(severed(&enolink()));
+        assert!(severed(&Wrapped(enolink())));
+        assert!(!severed(&Wrapped(std::io::Error::from_raw_os_error(
+            libc::EPERM
+        ))));
+    }
 }

@@ -300,7 +300,9 @@ impl Dataplane {
             }
         }
         if detached > 0 {
-            info!("detached the socket programs a previous portmap left (socket-level load balancing is off)");
+            info!(
+                "detached the socket programs a previous portmap left (socket-level load balancing is off)"
+            );
         }
         Ok(())
     }
