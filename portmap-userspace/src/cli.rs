@@ -132,7 +132,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub keep_datapath: bool,
 
-    /// Load a variant of the programs (for upgrade tests).
+    /// Load programs whose code differs from this build's, same maps (for
+    /// upgrade tests).
     #[arg(long, hide = true, default_value_t = 0)]
     pub datapath_variant: u32,
 

@@ -25,7 +25,6 @@ pub const DEFAULT_SOCKET: &str = "/run/portmap/portmap.sock";
 /// What `list` returns.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
-    pub interfaces: Vec<String>,
     pub snapshot: serde_json::Value,
 }
 
@@ -59,25 +58,19 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
 pub async fn serve(
     listener: tokio::net::UnixListener,
     dataplane: Arc<Mutex<Dataplane>>,
-    interfaces: Vec<String>,
 ) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let dataplane = dataplane.clone();
-        let interfaces = interfaces.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, dataplane, interfaces).await {
+            if let Err(e) = answer(stream, dataplane).await {
                 log::debug!("control socket: {e:#}");
             }
         });
     }
 }
 
-async fn answer(
-    stream: tokio::net::UnixStream,
-    dataplane: Arc<Mutex<Dataplane>>,
-    interfaces: Vec<String>,
-) -> Result<()> {
+async fn answer(stream: tokio::net::UnixStream, dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(read).read_line(&mut line).await?;
@@ -89,7 +82,6 @@ async fn answer(
             })
             .await??;
             serde_json::to_string(&Status {
-                interfaces,
                 snapshot: serde_json::to_value(snapshot)?,
             })?
         }
@@ -101,7 +93,7 @@ async fn answer(
 }
 
 /// Asks the daemon at `path` for its status.
-pub fn request_list(path: &PathBuf) -> Result<(Vec<String>, Snapshot)> {
+pub fn request_list(path: &PathBuf) -> Result<Snapshot> {
     let mut stream = UnixStream::connect(path).with_context(|| {
         format!(
             "connecting to {} (is `portmap run` running?)",
@@ -113,7 +105,5 @@ pub fn request_list(path: &PathBuf) -> Result<(Vec<String>, Snapshot)> {
     let mut body = String::new();
     BufReader::new(&mut stream).read_to_string(&mut body)?;
     let status: Status = serde_json::from_str(&body).context("reading the daemon's answer")?;
-    let snapshot =
-        serde_json::from_value(status.snapshot).context("reading the daemon's snapshot")?;
-    Ok((status.interfaces, snapshot))
+    serde_json::from_value(status.snapshot).context("reading the daemon's snapshot")
 }

@@ -19,11 +19,13 @@ use crate::{
     config::{ConfigError, Loaded, Sources},
     control,
     dataplane::{
-        Attached, Dataplane, Limits, MapUsage, PinDir, SockAttached, default_cgroup, is_cgroup2,
+        Attached, Dataplane, InterfaceChange, Limits, MapUsage, PinDir, SockAttached,
+        default_cgroup, is_cgroup2,
     },
     k8s::NodeConfig,
     metrics,
     model::DesiredState,
+    netlink::LinkWatch,
     node_addrs::{interface_exists, interface_names, node_addresses},
     reload::Reloader,
     spec::HostAddr,
@@ -214,6 +216,9 @@ async fn publish_and_wait(
         backends: args.max_backends,
         conntrack: args.conntrack_entries,
     };
+    // Subscribed before attaching: an interface that goes while the daemon
+    // starts is seen.
+    let links = LinkWatch::open().context("subscribing to network interface events")?;
     let pins = PinDir::open(&args.bpffs_dir)
         .with_context(|| format!("--bpffs-dir {}", args.bpffs_dir.display()))?;
     let mut dataplane =
@@ -258,12 +263,9 @@ async fn publish_and_wait(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::serve(metrics_listener, registry));
-    tasks.spawn(control::serve(
-        control_listener,
-        dataplane.clone(),
-        args.ifaces.clone(),
-    ));
+    tasks.spawn(control::serve(control_listener, dataplane.clone()));
     tasks.spawn(maintain(dataplane.clone(), reloader));
+    tasks.spawn(follow_interfaces(dataplane.clone(), links));
 
     let outcome = tokio::select! {
         _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
@@ -306,12 +308,9 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
     }
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
-    for (iface, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
+    for (iface, role, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
         match how {
-            Attached::Fresh(Some(mode)) => {
-                info!("attached to {iface} (XDP {mode:?}, tc ingress and egress)")
-            }
-            Attached::Fresh(None) => info!("attached to {iface} (tc ingress: replies' fast path)"),
+            Attached::Fresh(_) => info!("attached to {iface} ({})", how.describe(role)),
             Attached::Replaced => {
                 info!("{iface}: replaced the programs in the pinned links (no detach)")
             }
@@ -325,7 +324,24 @@ fn attach_sockets(dataplane: &mut Dataplane, args: &RunArgs) -> Result<()> {
     let cgroup = match (&args.cgroup, args.no_socket_lb) {
         (_, true) => None,
         (Some(path), false) => Some(path.clone()),
-        (None, false) => Some(default_cgroup().context("finding the cgroup v2 hierarchy")?),
+        (None, false) => match default_cgroup() {
+            Ok(path) => Some(path),
+            // An addition to the packet path, not a reason to publish
+            // nothing (e.g. under `ip netns exec`, whose private /sys has
+            // no cgroup2 and takes no mount).
+            Err(e) => {
+                let why = format!("no cgroup v2 hierarchy to attach to ({e:#})");
+                warn!(
+                    "socket-level load balancing is off: {why}. Traffic arriving on --iface is \
+                     translated; localhost:PORT and this node's own connections are not. Give \
+                     --cgroup PATH (a cgroup v2 directory) to turn it on, or --no-socket-lb to \
+                     run without it and without this warning"
+                );
+                dataplane.attach_sockets(None)?;
+                dataplane.socket_lb_unavailable(&why);
+                return Ok(());
+            }
+        },
     };
     let how = dataplane.attach_sockets(cgroup.as_deref())?;
     let cgroup = cgroup.unwrap_or_default();
@@ -341,6 +357,58 @@ fn attach_sockets(dataplane: &mut Dataplane, args: &RunArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Follows the interfaces on rtnetlink link events: one that goes is
+/// detached, one that comes back (by name) is attached again; each logged.
+async fn follow_interfaces(dataplane: Arc<Mutex<Dataplane>>, links: LinkWatch) -> Result<()> {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the fd is the socket `links` owns, open until the AsyncFd (which
+    // owns `links`) is dropped; `as_raw_fd` always returns it.
+    let links = unsafe { AsyncFd::register_with_interest(links, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("watching link events")?;
+    loop {
+        let mut ready = links.readable().await?;
+        let events = ready
+            .get_inner()
+            .read_all()
+            .context("reading link events")?;
+        ready.clear_ready();
+        let (names, indexes) = lock(&dataplane).followed();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        if !events.iter().any(|e| e.concerns(&names, &indexes)) {
+            continue;
+        }
+        let dp = dataplane.clone();
+        let changes = tokio::task::spawn_blocking(move || lock(&dp).follow_interfaces()).await?;
+        match changes {
+            Ok(changes) => changes.into_iter().for_each(log_change),
+            Err(e) => warn!("following the interfaces: {e:#}"),
+        }
+    }
+}
+
+fn log_change(change: InterfaceChange) {
+    match change {
+        InterfaceChange::Detached { name, why } => warn!(
+            "{name}: {why}; detached (its programs are attached again when an interface named \
+             {name} appears)"
+        ),
+        InterfaceChange::Attached {
+            name,
+            role,
+            ifindex,
+            how,
+        } => info!(
+            "{name}: the interface is there (index {ifindex}); attached ({})",
+            how.describe(role)
+        ),
+        InterfaceChange::Failed { name, error } => warn!(
+            "{name}: the interface is there but attaching failed: {error:#}; retried at its next \
+             change"
+        ),
+    }
 }
 
 /// `portmap reset`: removes a pinned dataplane.

@@ -7,25 +7,53 @@ use anyhow::Result;
 use crate::{
     cli::ListArgs,
     control,
-    dataplane::{BackendStats, Counters, Snapshot},
+    dataplane::{BackendStats, Counters, Role, Snapshot},
     model::EndpointState,
 };
 
 pub fn run(args: &ListArgs) -> Result<()> {
-    let (interfaces, snapshot) = control::request_list(&args.control_socket)?;
+    let snapshot = control::request_list(&args.control_socket)?;
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "interfaces": interfaces,
+                "interfaces": snapshot.interfaces,
+                "socket_lb": snapshot.socket_lb,
                 "services": snapshot.services,
                 "events": snapshot.events,
             }))?
         );
     } else {
-        print!("{}", render(&interfaces, &snapshot));
+        print!("{}", render(&snapshot));
     }
     Ok(())
+}
+
+/// The interfaces, each attached or detached, and socket-level load
+/// balancing, on or off and why.
+fn header(snapshot: &Snapshot) -> String {
+    let interfaces: Vec<String> = snapshot
+        .interfaces
+        .iter()
+        .map(|i| {
+            let role = match i.role {
+                Role::Published => "",
+                Role::Backend => "towards backends, ",
+            };
+            let state = if i.attached { "attached" } else { "detached" };
+            format!("{} ({role}{state})", i.name)
+        })
+        .collect();
+    let lb = &snapshot.socket_lb;
+    let socket_lb = match (&lb.cgroup, &lb.off_because) {
+        (Some(cgroup), _) if lb.enabled => format!("on (cgroup {})", cgroup.display()),
+        (_, Some(why)) => format!("off: {why}"),
+        _ => "off".to_string(),
+    };
+    format!(
+        "interfaces: {}\nsocket-level load balancing: {socket_lb}\n",
+        interfaces.join(", ")
+    )
 }
 
 fn both(c: &Counters) -> (String, String) {
@@ -39,7 +67,7 @@ fn both(c: &Counters) -> (String, String) {
 /// frontend's counters on that line; with several, a line for the frontend's
 /// total, then one per backend with the backend's counters (summed over the
 /// service's frontends, as the per-backend metrics are).
-pub fn render(interfaces: &[String], snapshot: &Snapshot) -> String {
+pub fn render(snapshot: &Snapshot) -> String {
     let mut rows = vec![
         [
             "FRONTEND",
@@ -114,7 +142,7 @@ pub fn render(interfaces: &[String], snapshot: &Snapshot) -> String {
     let widths: Vec<usize> = (0..6)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    let mut out = format!("interfaces: {}\n", interfaces.join(", "));
+    let mut out = header(snapshot);
     for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {

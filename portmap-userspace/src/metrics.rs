@@ -171,6 +171,24 @@ impl Collector for DataplaneCollector {
             "Capacity per map, as sized by the flags.",
             snapshot.maps.iter().map(|m| (m.map.as_str(), m.capacity)),
         )?;
+        let mut metric = encoder.encode_descriptor(
+            "portmap_interface_attached",
+            "1 while the programs are attached to the interface (--iface, --backend-iface), 0 while it is gone; it is attached again when an interface of that name comes back.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for iface in &snapshot.interfaces {
+            let labels = [("interface", iface.name.as_str())];
+            ConstGauge::new(i64::from(iface.attached)).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "portmap_socket_lb_enabled",
+            "1 if socket-level load balancing runs (cgroup programs on --cgroup), 0 if it is off (--no-socket-lb, or no cgroup v2 hierarchy to attach to).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(snapshot.socket_lb.enabled))
+            .encode(metric.encode_family(&NoLabels)?)?;
         encode_counters(
             &mut encoder,
             "portmap_datapath_events",

@@ -43,9 +43,25 @@ impl Portmap {
     /// it serves metrics. Started again in the same namespace, it finds the
     /// same pin directory (a restart).
     pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
+        Self::launch(ns, args, ns.command_net_only(bin_path("portmap"))?, true)
+    }
+
+    /// Starts `portmap run ARGS` as a user would with `ip netns exec NS`:
+    /// in a private mount namespace whose `/sys` has no cgroup2 and no bpffs
+    /// (so pins end with the process), and without `--no-socket-lb`, so
+    /// portmap finds out by itself that there is no cgroup to attach to.
+    pub fn start_under_ip_netns_exec(ns: &Netns, args: &[&str]) -> Result<Self> {
+        Self::launch(ns, args, ns.command(bin_path("portmap")), false)
+    }
+
+    fn launch(
+        ns: &Netns,
+        args: &[&str],
+        mut cmd: std::process::Command,
+        no_socket_lb: bool,
+    ) -> Result<Self> {
         let socket = PathBuf::from(format!("/run/portmap-tests/{}.sock", ns.name()));
         let pins = pin_dir(ns);
-        let mut cmd = ns.command_net_only(bin_path("portmap"))?;
         cmd.arg("run")
             .args(args)
             .arg("--control-socket")
@@ -55,9 +71,10 @@ impl Portmap {
         // Socket-level load balancing attaches to the root cgroup by default,
         // i.e. to every process of the machine: tests give it a cgroup of
         // their own (`crate::cgroup`) or turn it off.
-        if !args
-            .iter()
-            .any(|a| *a == "--cgroup" || *a == "--no-socket-lb")
+        if no_socket_lb
+            && !args
+                .iter()
+                .any(|a| *a == "--cgroup" || *a == "--no-socket-lb")
         {
             cmd.arg("--no-socket-lb");
         }

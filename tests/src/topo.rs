@@ -80,7 +80,9 @@ pub fn backend_v6(i: usize) -> IpAddr {
     format!("2001:db8:1:{i}::2").parse().expect("valid address")
 }
 
-fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str, options: LinkOptions) -> Result<()> {
+/// A veth pair `a_if` (in `a`) ↔ `b_if` (in `b`), up, as the topology
+/// makes them (also for tests that delete and recreate one).
+pub fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str, options: LinkOptions) -> Result<()> {
     a.ip(&[
         "link",
         "add",
@@ -108,7 +110,8 @@ fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str, options: LinkOptions) -> R
     Ok(())
 }
 
-fn addr(ns: &Netns, cidr: &str, ifname: &str) -> Result<()> {
+/// Adds `cidr` to `ifname` (IPv6 without duplicate address detection).
+pub fn addr(ns: &Netns, cidr: &str, ifname: &str) -> Result<()> {
     if cidr.contains(':') {
         ns.ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"])
     } else {

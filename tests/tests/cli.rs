@@ -153,6 +153,24 @@ fn conflicts_between_flags_are_refused() {
         &["--max-backends", "0"],
     );
     assert_refused(&ns, &["-p", "8080:198.19.0.2:80"], &["--iface"]);
+    // Socket-level load balancing degrades without a cgroup2 hierarchy, but
+    // a --cgroup that is asked for and missing stays an error.
+    assert_refused(
+        &ns,
+        &[
+            "--iface",
+            "eth0",
+            "-p",
+            "8080:198.19.0.2:80",
+            "--cgroup",
+            "/sys/fs/cgroup/portmap-no-such-cgroup",
+        ],
+        &[
+            "--cgroup",
+            "/sys/fs/cgroup/portmap-no-such-cgroup",
+            "no such directory",
+        ],
+    );
 }
 
 #[test]

@@ -57,6 +57,15 @@ fn xdp_prog_id(node: &Netns) -> Option<u32> {
     text[at + 12..].split_whitespace().next()?.parse().ok()
 }
 
+/// The tag of a loaded program: a hash of its instructions.
+fn prog_tag(id: u32) -> u64 {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .map(|p| p.tag())
+        .unwrap_or_else(|| panic!("no loaded program {id}"))
+}
+
 fn tc_prog_ids(node: &Netns) -> Vec<u32> {
     node.run(|| {
         let (_, programs) = SchedClassifier::query_tcx(NODE_IFACE, TcAttachType::Egress).unwrap();
@@ -116,6 +125,9 @@ fn upgrade_to_a_changed_program_keeps_flows() {
     let load = Load::start(&topo.client, sa(NODE_V4, 8080), sa(NODE_V4, 8080), 6).unwrap();
     load.wait_for(50);
     let (xdp_before, tc_before) = (xdp_prog_id(&topo.node), tc_prog_ids(&topo.node));
+    // Read now: the old program is unloaded once it is swapped out.
+    let tag = |id: Option<u32>| prog_tag(id.expect("an XDP program is attached"));
+    let xdp_tag_before = tag(xdp_before);
     assert!(pm.stop().unwrap().success(), "{}", pm.logs());
     assert!(
         pm.logs().contains("left the dataplane pinned"),
@@ -125,7 +137,8 @@ fn upgrade_to_a_changed_program_keeps_flows() {
     drop(pm.abandon());
     load.wait_for(30);
 
-    // The upgrade: a different build of the programs, same map layout.
+    // The upgrade: programs whose code differs (the variant has a test
+    // hard-wired), same map layout.
     let mut upgraded = args.clone();
     upgraded.extend(["--datapath-variant", "1"]);
     let pm = Portmap::start(&topo.node, &upgraded).unwrap();
@@ -135,6 +148,11 @@ fn upgrade_to_a_changed_program_keeps_flows() {
 
     let (xdp_after, tc_after) = (xdp_prog_id(&topo.node), tc_prog_ids(&topo.node));
     assert_ne!(xdp_after, xdp_before, "XDP program replaced");
+    assert_ne!(
+        tag(xdp_after),
+        xdp_tag_before,
+        "the XDP program swapped in has other code (another tag), not only other data"
+    );
     assert_eq!(
         tc_after.len(),
         1,

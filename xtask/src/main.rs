@@ -1,6 +1,7 @@
 //! Developer tasks for portmap, run as `cargo xtask <command>`.
 
 mod demo;
+mod fuzz;
 mod sandbox;
 mod setup;
 mod test;
@@ -26,9 +27,14 @@ enum Command {
     /// Install what building and testing need (Debian packages, nightly with
     /// rust-src, bpf-linker built against the nightly's LLVM); idempotent.
     Setup,
-    /// Setup, build, and run the whole test suite (as root); fails if tests
-    /// leave network namespaces or bpffs pins behind.
+    /// Setup, build, and run the whole test suite (as root), then each fuzz
+    /// target for a bounded time; fails if tests leave network namespaces or
+    /// bpffs pins behind.
     Test {
+        /// Seconds of fuzzing per target after the tests (0: none). Fuzzing
+        /// runs only for the whole suite, i.e. without arguments for `cargo test`.
+        #[arg(long, value_name = "SECONDS", default_value_t = fuzz::TEST_SECONDS)]
+        fuzz_seconds: u64,
         /// Passed on to `cargo test`, e.g. `cargo xtask test -- -p portmap-tests`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -36,6 +42,15 @@ enum Command {
     /// Publish a port of a throwaway "container" through the XDP dataplane,
     /// as `docker run -p 8080:3000` does, show it working, and clean up.
     Demo,
+    /// Run the fuzz targets (cargo-fuzz on the nightly) for what a user types
+    /// or writes: `-p` SPECs, CIDRs, manifest files, command lines.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Build (release) and run `portmap bench` (as root): portmap against
     /// kube-proxy's iptables and nftables modes and plain forwarding. Without
     /// arguments, the full run (`--services 1,1000,10000`) into bench/latest.
@@ -51,7 +66,10 @@ fn main() -> ExitCode {
     util::install_signal_handlers();
     let result = match cli.command {
         Command::Setup => setup::run_setup().map(|()| ExitCode::SUCCESS),
-        Command::Test { args } => test::run_tests(&args),
+        Command::Test { fuzz_seconds, args } => test::run_tests(&args, fuzz_seconds),
+        Command::Fuzz { seconds, targets } => setup::run_setup()
+            .and_then(|()| fuzz::run_fuzz(seconds, &targets))
+            .map(|_| ExitCode::SUCCESS),
         Command::Demo => demo::run_demo().map(|()| ExitCode::SUCCESS),
         Command::Bench { args } => run_bench(&args),
     };
@@ -121,7 +139,7 @@ mod tests {
 
     fn test_args(argv: &[&str]) -> Vec<String> {
         match Cli::try_parse_from(argv).map(|cli| cli.command) {
-            Ok(Command::Test { args }) => args,
+            Ok(Command::Test { args, .. }) => args,
             other => panic!("{argv:?} parsed as {other:?}"),
         }
     }

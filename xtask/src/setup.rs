@@ -51,6 +51,9 @@ pub fn run_setup() -> Result<()> {
             if let Err(e) = bpf_linker(&nightly) {
                 failures.push(e);
             }
+            if let Err(e) = cargo_fuzz() {
+                failures.push(e);
+            }
         }
         Err(e) => failures.push(e),
     }
@@ -290,6 +293,56 @@ fn bpf_linker(nightly: &Nightly) -> Result<()> {
     let found = check_bpf_linker().context(
         "bpf-linker was installed but does not run; check `ldd $(which bpf-linker)` against the nightly's libLLVM",
     )?;
+    println!("ok: {found} (installed)");
+    Ok(())
+}
+
+/// The cargo-fuzz release the fuzz targets are run with.
+const CARGO_FUZZ_MINOR: &str = "0.13.";
+
+/// `cargo-fuzz 0.13.x` if it runs; why not otherwise.
+fn check_cargo_fuzz() -> Result<String> {
+    let path = find_in_path("cargo-fuzz")
+        .ok_or_else(|| anyhow!("cargo-fuzz is not in $CARGO_HOME/bin nor on PATH"))?;
+    let out = output(cmd(&path).arg("--version"))?;
+    let version = out
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("`{} --version` printed `{}`", path.display(), out.trim()))?;
+    if !version.starts_with(CARGO_FUZZ_MINOR) {
+        bail!(
+            "{} is version {version}, portmap uses {CARGO_FUZZ_MINOR}x",
+            path.display()
+        );
+    }
+    Ok(format!("cargo-fuzz {version} ({})", path.display()))
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` and the fuzzing at the end of
+/// `cargo xtask test` (libFuzzer comes with the targets' libfuzzer-sys).
+fn cargo_fuzz() -> Result<()> {
+    let why = match check_cargo_fuzz() {
+        Ok(found) => {
+            println!("ok: {found}");
+            return Ok(());
+        }
+        Err(why) => why,
+    };
+    let mut install = cmd("cargo");
+    install.args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        "^0.13",
+        "--locked",
+        "--force",
+    ]);
+    println!(
+        "installing: cargo-fuzz (because {why:#}): {} (about two minutes)",
+        crate::util::describe(&install)
+    );
+    run(&mut install).context("cargo-fuzz missing: installing it failed (see above)")?;
+    let found = check_cargo_fuzz().context("cargo-fuzz was installed but does not run")?;
     println!("ok: {found} (installed)");
     Ok(())
 }

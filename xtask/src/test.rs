@@ -6,7 +6,7 @@ use std::{fs, path::Path, process::ExitCode};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    setup,
+    fuzz, setup,
     util::{cmd, output, require_root, run, workspace_root},
 };
 
@@ -17,7 +17,7 @@ const BPFFS_PREFIX: &str = "portmap";
 /// cgroups the tests and the demo create at the root of the unified hierarchy.
 const CGROUP_PREFIXES: [&str; 2] = ["portmap-test-", "portmap-demo-"];
 
-pub fn run_tests(extra: &[String]) -> Result<ExitCode> {
+pub fn run_tests(extra: &[String], fuzz_seconds: u64) -> Result<ExitCode> {
     require_root(
         "cargo xtask test",
         "the tests create network namespaces and attach XDP programs",
@@ -72,6 +72,21 @@ pub fn run_tests(extra: &[String]) -> Result<ExitCode> {
         if code == 0 {
             return Ok(ExitCode::FAILURE);
         }
+    }
+    if extra.is_empty() && fuzz_seconds > 0 {
+        // After the tests, so a fuzz finding does not hide a test result.
+        let started = std::time::Instant::now();
+        let runs = fuzz::run_fuzz(fuzz_seconds, &[])?;
+        let execs: u64 = runs.iter().map(|r| r.execs).sum();
+        println!(
+            "ok: fuzzing, {} targets, {execs} inputs in {:.0} s (build included)",
+            runs.len(),
+            started.elapsed().as_secs_f64()
+        );
+    } else if fuzz_seconds > 0 {
+        println!(
+            "note: no fuzzing (it runs with the whole suite, without arguments for cargo test)"
+        );
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

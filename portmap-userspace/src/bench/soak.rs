@@ -347,9 +347,7 @@ pub fn run(env: &Env, duration: Duration, churn: Duration, workers: usize) -> Re
     // Let the last requests finish on the last state.
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
+    let workers = join_workers(threads);
     let seconds = started.elapsed().as_secs_f64();
     // One last look at the daemon's counters, before it stops.
     let last = modes::scrape(&topo.node);
@@ -358,6 +356,7 @@ pub fn run(env: &Env, duration: Duration, churn: Duration, workers: usize) -> Re
     if let Some(e) = churn_error {
         return Err(e.context("churning the backends"));
     }
+    workers?;
     let last = last?;
     let (reloads, _) = reloads(&last)?;
 
@@ -376,6 +375,24 @@ pub fn run(env: &Env, duration: Duration, churn: Duration, workers: usize) -> Re
         failures,
         datapath_events: datapath_events(&last),
     })
+}
+
+/// Waits for every worker. One that could not start (no namespace, no
+/// socket) or panicked sent less than the counts say was possible: the soak
+/// did not run as reported, so it fails, naming why.
+fn join_workers(threads: Vec<std::thread::JoinHandle<Result<()>>>) -> Result<()> {
+    let mut errors = Vec::new();
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
+            Err(_) => errors.push("a worker panicked".to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("soak workers failed: {}", errors.join("; "));
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -399,6 +416,18 @@ mod tests {
             BTreeMap::from([("flow_created".to_string(), 12)])
         );
         assert!(reloads("portmap_config_reloads_total{result=\"success\"} 1\n").is_err());
+    }
+
+    #[test]
+    fn a_failed_or_panicked_worker_fails_the_soak() {
+        let ok = || std::thread::spawn(|| Ok(()));
+        assert!(join_workers(vec![ok(), ok()]).is_ok());
+        let failed = std::thread::spawn(|| -> Result<()> { bail!("no socket") });
+        let err = join_workers(vec![ok(), failed]).unwrap_err().to_string();
+        assert!(err.contains("no socket"), "{err}");
+        let panicked = std::thread::spawn(|| -> Result<()> { panic!("worker bug") });
+        let err = join_workers(vec![panicked, ok()]).unwrap_err().to_string();
+        assert!(err.contains("panicked"), "{err}");
     }
 
     #[test]

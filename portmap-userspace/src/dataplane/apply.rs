@@ -5,8 +5,12 @@
 //! written into a free region before a frontend points at it, frontends are
 //! swapped to it with one atomic hash-map update each, and only then are removed
 //! frontends, backends and old tables released (tables and ids after a grace
-//! period). Capacity is checked before the first write, so an apply that cannot
-//! fit changes nothing.
+//! period). Source ranges follow the same rule: new prefixes go in before a
+//! frontend's flag enforces them, and prefixes leave only after the frontends
+//! stopped needing them (a service whose ranges shrink to none is not left
+//! "restricted" with nothing allowed). Capacity is checked before the first
+//! write, so an apply that cannot fit changes nothing. The unit tests in
+//! `tests::apply_order` check this order against a journal of the writes.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -24,7 +28,8 @@ use portmap_common::abi::{
 use super::{
     Dataplane,
     alloc::Region,
-    maps::{family_of, frontend_key, raw_addr, zero_counters},
+    journal::Op,
+    maps::{family_of, frontend_key, names, raw_addr, zero_counters},
 };
 use crate::{
     maglev::{self, MaglevBackend},
@@ -305,6 +310,8 @@ impl Dataplane {
                     let (id, generation) =
                         self.backend_ids.alloc(now).context("no free backend id")?;
                     zero_counters(&mut self.maps.backend_stats, id)?;
+                    self.journal
+                        .note(names::BACKEND_STATS, Op::Write, || id.to_string());
                     let state = backend_state(ep.state);
                     self.write_backend(id, addr, state, generation, applied.service_id)?;
                     applied.backends.insert(
@@ -344,6 +351,9 @@ impl Dataplane {
                     .alloc(size, now)
                     .context("no room in the Maglev pool")?;
                 self.maps.maglev.write(region.offset, &table)?;
+                self.journal.note(names::MAGLEV, Op::Write, || {
+                    format!("{}+{}", region.offset, region.len)
+                });
                 Some(AppliedTable { region, members })
             };
             retired_table = std::mem::replace(&mut applied.table, new_table);
@@ -366,7 +376,8 @@ impl Dataplane {
         if !svc.source_ranges.is_empty() {
             flags |= FE_SOURCE_RANGES;
         }
-        self.sync_source_ranges(applied, &svc.source_ranges)?;
+        // New prefixes before any frontend is flagged to enforce them.
+        self.allow_source_ranges(applied, &svc.source_ranges)?;
         for fe in &svc.frontends {
             // On a loopback address: for this host only, never for XDP.
             let host_only = matches!(fe.addr, HostAddr::Ip(ip) if ip.is_loopback());
@@ -383,10 +394,14 @@ impl Dataplane {
                         .alloc(now)
                         .context("no free frontend id")?;
                     zero_counters(&mut self.maps.frontend_stats, id)?;
+                    self.journal
+                        .note(names::FRONTEND_STATS, Op::Write, || id.to_string());
                     self.maps
                         .frontend_gen
                         .set(id, generation, 0)
                         .context("writing FRONTEND_GEN")?;
+                    self.journal
+                        .note(names::FRONTEND_GEN, Op::Write, || id.to_string());
                     (id, generation)
                 }
             };
@@ -413,9 +428,12 @@ impl Dataplane {
                 .frontends
                 .insert(frontend_key(fe), value, 0)
                 .with_context(|| format!("publishing frontend {fe}"))?;
+            self.journal
+                .note(names::FRONTENDS, Op::Write, || fe.to_string());
         }
 
-        // 4. Release what the service no longer has.
+        // 4. Release what the service no longer has: frontends, the
+        // prefixes no frontend enforces any more, backends, the old table.
         let dropped: Vec<Frontend> = applied
             .frontends
             .keys()
@@ -426,6 +444,7 @@ impl Dataplane {
             let slot = applied.frontends.remove(&fe).expect("listed above");
             self.retire_frontend(&fe, slot, owners, &svc.key, now)?;
         }
+        self.forget_source_ranges(applied, &svc.source_ranges)?;
         let kept: BTreeSet<SocketAddr> = svc
             .endpoints
             .iter()
@@ -471,7 +490,7 @@ impl Dataplane {
         if let Some(table) = applied.table.take() {
             self.regions.free(table.region, now);
         }
-        if let Err(e) = self.sync_source_ranges(&mut applied, &[]) {
+        if let Err(e) = self.forget_source_ranges(&mut applied, &[]) {
             self.services.insert(key.to_string(), applied);
             return Err(e);
         }
@@ -494,6 +513,8 @@ impl Dataplane {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).with_context(|| format!("unpublishing frontend {fe}")),
             }
+            self.journal
+                .note(names::FRONTENDS, Op::Remove, || fe.to_string());
         }
         // The generation stays (with the free bit), so the id's next one is higher.
         let retired = slot.value.generation | FRONTEND_GEN_FREE;
@@ -501,6 +522,9 @@ impl Dataplane {
             .frontend_gen
             .set(slot.value.frontend_id, retired, 0)
             .context("clearing FRONTEND_GEN")?;
+        self.journal.note(names::FRONTEND_GEN, Op::Write, || {
+            format!("{} (free)", slot.value.frontend_id)
+        });
         self.frontend_ids.free(slot.value.frontend_id, now);
         Ok(())
     }
@@ -532,22 +556,41 @@ impl Dataplane {
         self.maps
             .backends
             .set(id, backend, 0)
-            .with_context(|| format!("writing backend {id} ({addr})"))
+            .with_context(|| format!("writing backend {id} ({addr})"))?;
+        self.journal.note(names::BACKENDS, Op::Write, || {
+            format!("{id} {addr} state {state}")
+        });
+        Ok(())
     }
 
-    /// Makes `SOURCE_RANGES` hold exactly `ranges` for the service. New
-    /// prefixes go in before the flag that enforces them is set, and old ones
-    /// leave after, so a source that stays allowed is never dropped.
-    fn sync_source_ranges(&mut self, applied: &mut AppliedService, ranges: &[Cidr]) -> Result<()> {
+    /// Adds the prefixes of `ranges` that `SOURCE_RANGES` lacks for the
+    /// service. Runs before the frontends are written: a flag that starts to
+    /// restrict finds its prefixes already there.
+    fn allow_source_ranges(&mut self, applied: &mut AppliedService, ranges: &[Cidr]) -> Result<()> {
         let wanted: BTreeSet<Cidr> = ranges.iter().copied().collect();
         for cidr in wanted.difference(&applied.source_ranges) {
             self.maps
                 .source_ranges
                 .insert(&source_range_key(applied.service_id, cidr), 1, 0)
                 .with_context(|| format!("allowing source {cidr}"))?;
+            self.journal
+                .note(names::SOURCE_RANGES, Op::Write, || cidr.to_string());
         }
+        applied.source_ranges.extend(wanted);
+        Ok(())
+    }
+
+    /// Removes the service's prefixes that are not in `ranges`. Runs after the
+    /// frontends are written: until a frontend stops restricting, every
+    /// prefix it allowed still allows, so a source that stays allowed (or
+    /// becomes unrestricted) is never dropped.
+    fn forget_source_ranges(
+        &mut self,
+        applied: &mut AppliedService,
+        ranges: &[Cidr],
+    ) -> Result<()> {
+        let wanted: BTreeSet<Cidr> = ranges.iter().copied().collect();
         let stale: Vec<Cidr> = applied.source_ranges.difference(&wanted).copied().collect();
-        applied.source_ranges.extend(wanted.iter().copied());
         for cidr in stale {
             match self
                 .maps
@@ -557,8 +600,13 @@ impl Dataplane {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).with_context(|| format!("removing source {cidr}")),
             }
+            self.journal
+                .note(names::SOURCE_RANGES, Op::Remove, || cidr.to_string());
             applied.source_ranges.remove(&cidr);
         }
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

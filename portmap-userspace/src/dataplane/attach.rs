@@ -3,7 +3,10 @@
 //!
 //! A link pinned by a previous daemon is not detached and re-attached: the new
 //! program replaces the old one in it atomically (`bpf_link_update`), so no
-//! packet meets an interface without a program during an upgrade.
+//! packet meets an interface without a program during an upgrade. A pinned
+//! link that no longer leads anywhere (its interface was deleted, recreated
+//! under another index, or lives in a namespace that is gone) is unpinned
+//! and replaced by a fresh attachment; the maps, and so the flows, carry on.
 
 use std::path::PathBuf;
 
@@ -19,7 +22,10 @@ use aya::{
 };
 use log::{info, warn};
 
-use super::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM};
+use super::{
+    Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM, bpf_sys,
+    ifaces::{Followed, Role, if_index},
+};
 
 /// How the XDP program is attached (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -35,66 +41,83 @@ pub enum XdpMode {
 
 /// Link pin names: `xdp-IFACE`, `tc-ingress-IFACE`, `tc-egress-IFACE`,
 /// `tc-reply-IFACE` (no name is a prefix of another followed by `-`).
-const XDP_LINK: &str = "xdp";
-const TC_INGRESS_LINK: &str = "tc-ingress";
-const TC_LINK: &str = "tc-egress";
-const REPLY_LINK: &str = "tc-reply";
+pub(super) const XDP_LINK: &str = "xdp";
+pub(super) const TC_INGRESS_LINK: &str = "tc-ingress";
+pub(super) const TC_LINK: &str = "tc-egress";
+pub(super) const REPLY_LINK: &str = "tc-reply";
 /// Where replies were translated in XDP before they moved to tc (an XDP
 /// program on a veth turns GSO off on its peer): a link a previous daemon
 /// pinned under this name is removed.
 const OLD_REPLY_LINK: &str = "reply-xdp";
 
 /// A tc program and where it goes.
-struct TcHook {
+pub(super) struct TcHook {
     program: &'static str,
-    link: &'static str,
+    pub(super) link: &'static str,
     attach: TcAttachType,
 }
 
 /// Rewrites XDP leaves to the kernel's checksum helpers (see the eBPF
 /// `handoff` module). Attached before XDP, so no deferred packet meets an
 /// interface without it.
-const TC_INGRESS: TcHook = TcHook {
+pub(super) const TC_INGRESS: TcHook = TcHook {
     program: INGRESS_TC_PROGRAM,
     link: TC_INGRESS_LINK,
     attach: TcAttachType::Ingress,
 };
 /// Reverse translation of replies.
-const TC_EGRESS: TcHook = TcHook {
+pub(super) const TC_EGRESS: TcHook = TcHook {
     program: EGRESS_PROGRAM,
     link: TC_LINK,
     attach: TcAttachType::Egress,
 };
 /// The fast path of replies, on the backend interfaces.
-const TC_REPLY: TcHook = TcHook {
+pub(super) const TC_REPLY: TcHook = TcHook {
     program: REPLY_PROGRAM,
     link: REPLY_LINK,
     attach: TcAttachType::Ingress,
 };
 
-/// A link this process holds.
+/// The tc hook a link pin name belongs to (`None`: the XDP link).
+fn tc_hook(kind: &str) -> Option<&'static TcHook> {
+    [&TC_INGRESS, &TC_EGRESS, &TC_REPLY]
+        .into_iter()
+        .find(|h| h.link == kind)
+}
+
+/// The key of a held link: its pin name, `KIND-NAME`.
+pub(super) fn link_key(kind: &str, name: &str) -> String {
+    format!("{kind}-{name}")
+}
+
+/// A link this process holds, and where it is pinned (`None`: unpinned, for
+/// tests; it lives as long as this process holds it).
 #[derive(Debug)]
-pub(super) enum HeldLink {
-    /// Pinned by this process.
-    Pinned(PinnedLink),
-    /// Pinned by an earlier process; this one swapped its program.
-    Adopted { path: PathBuf, link: FdLink },
+pub(super) struct HeldLink {
+    pub path: Option<PathBuf>,
+    pub link: FdLink,
 }
 
 impl HeldLink {
     /// Lets go of the link; with `unpin`, the pin goes too, so the program is
     /// detached once no process holds the link.
     pub(super) fn release(self, unpin: bool) -> Result<()> {
-        match (self, unpin) {
-            (HeldLink::Pinned(link), true) => drop(link.unpin().context("unpinning a link")?),
-            (HeldLink::Adopted { path, link }, true) => {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("unpinning {}", path.display()))?;
-                drop(link);
+        if unpin && let Some(path) = &self.path {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("unpinning {}", path.display())),
             }
-            (held, false) => drop(held),
         }
+        drop(self.link);
         Ok(())
+    }
+
+    /// What the kernel says about the link now.
+    pub(super) fn info(&self) -> Result<bpf_sys::LinkInfo> {
+        let id = self.link.info().context("reading a link's id")?.id();
+        let fd = bpf_sys::link_by_id(id).with_context(|| format!("opening link {id}"))?;
+        Ok(bpf_sys::link_info(&fd)?)
     }
 }
 
@@ -107,29 +130,55 @@ pub enum Attached {
     Replaced,
 }
 
+impl Attached {
+    /// What an interface of `role` got, for the log.
+    pub fn describe(self, role: Role) -> String {
+        match (self, role) {
+            (Attached::Fresh(mode), Role::Published) => {
+                format!("XDP {}, tc ingress and egress", mode_name(mode))
+            }
+            (Attached::Fresh(_), Role::Backend) => "tc ingress: replies' fast path".to_string(),
+            (Attached::Replaced, _) => {
+                "the programs replaced in the pinned links, no detach".to_string()
+            }
+        }
+    }
+}
+
+fn mode_name(mode: Option<XdpMode>) -> String {
+    mode.map_or_else(|| "?".to_string(), |m| format!("{m:?}"))
+}
+
 impl Dataplane {
-    /// Attaches the XDP program (ingress) and the tc program (egress) to each
-    /// interface, and unpins links a previous daemon left on interfaces no
-    /// longer asked for. Returns how each interface was attached.
+    /// Attaches the XDP program and the tc programs (ingress, egress) to each
+    /// interface of `ifaces`, the reply tc program to each of
+    /// `backend_ifaces`, and unpins links a previous daemon left on
+    /// interfaces no longer asked for. The interfaces are then followed (see
+    /// [`Dataplane::follow_interfaces`]). Returns how each was attached.
     pub fn attach(
         &mut self,
         ifaces: &[String],
         backend_ifaces: &[String],
         mode: XdpMode,
-    ) -> Result<Vec<(String, Attached)>> {
-        let mut result = Vec::with_capacity(ifaces.len() + backend_ifaces.len());
-        for iface in ifaces {
-            let _ = self.attach_tc(&TC_INGRESS, iface)?;
-            let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, iface, mode)?;
-            let _ = self.attach_tc(&TC_EGRESS, iface)?;
-            result.push((iface.clone(), how));
+    ) -> Result<Vec<(String, Role, Attached)>> {
+        self.xdp_mode = mode;
+        self.followed = ifaces
+            .iter()
+            .map(|n| Followed::new(n, Role::Published))
+            .chain(
+                backend_ifaces
+                    .iter()
+                    .map(|n| Followed::new(n, Role::Backend)),
+            )
+            .collect();
+        let mut result = Vec::with_capacity(self.followed.len());
+        for i in 0..self.followed.len() {
+            let (name, role) = (self.followed[i].name.clone(), self.followed[i].role);
+            let (ifindex, how) = self.attach_iface(&name, role)?;
+            self.followed[i].ifindex = Some(ifindex);
+            result.push((name, role, how));
         }
-        for iface in backend_ifaces {
-            let how = self.attach_tc(&TC_REPLY, iface)?;
-            result.push((iface.clone(), how));
-        }
-        let all: Vec<&String> = ifaces.iter().chain(backend_ifaces).collect();
-        self.set_fast_path_ifaces(&all)?;
+        self.set_fast_path_ifaces()?;
         if let Some(pins) = &self.pins {
             for (kind, wanted) in [
                 (XDP_LINK, ifaces),
@@ -152,28 +201,26 @@ impl Dataplane {
         Ok(result)
     }
 
-    /// Makes `DEVMAP` hold exactly these interfaces: the fast path redirects
-    /// only into interfaces portmap runs on.
-    fn set_fast_path_ifaces(&mut self, ifaces: &[&String]) -> Result<()> {
-        let wanted: Vec<u32> = ifaces.iter().map(|i| if_index(i)).collect::<Result<_>>()?;
-        let present: Vec<u32> = self
-            .maps
-            .devmap
-            .keys()
-            .collect::<Result<_, _>>()
-            .context("reading DEVMAP")?;
-        for index in &wanted {
-            self.maps
-                .devmap
-                .insert(*index, *index, None, 0)
-                .with_context(|| format!("adding interface {index} to DEVMAP"))?;
-        }
-        for index in present.into_iter().filter(|i| !wanted.contains(i)) {
-            let _ = self.maps.devmap.remove(index);
-        }
-        Ok(())
+    /// Attaches what an interface of `role` gets; returns the index it was
+    /// attached at.
+    pub(super) fn attach_iface(&mut self, name: &str, role: Role) -> Result<(u32, Attached)> {
+        let ifindex = if_index(name)?;
+        let mode = self.xdp_mode;
+        let how = match role {
+            Role::Published => {
+                self.attach_tc(&TC_INGRESS, name)?;
+                let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, name, mode)?;
+                self.attach_tc(&TC_EGRESS, name)?;
+                how
+            }
+            Role::Backend => self.attach_tc(&TC_REPLY, name)?,
+        };
+        Ok((ifindex, how))
     }
 
+    /// The link a previous daemon pinned for `kind` on `iface`, if it still
+    /// leads to this namespace's `iface`. One that does not is unpinned
+    /// (so released) and logged, and the caller attaches afresh.
     fn pinned_link(&self, kind: &str, iface: &str) -> Result<Option<(PathBuf, FdLink)>> {
         let Some(pins) = &self.pins else {
             return Ok(None);
@@ -182,28 +229,51 @@ impl Dataplane {
         if !path.exists() {
             return Ok(None);
         }
+        let fd =
+            bpf_sys::open_pinned(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info =
+            bpf_sys::link_info(&fd).with_context(|| format!("reading {}", path.display()))?;
+        if let Err(why) = leads_to(kind, iface, &info) {
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            warn!(
+                "{iface}: the pinned {kind} link is severed ({why}); unpinned it and attaching \
+                 afresh (the pinned maps and their flows carry on)"
+            );
+            return Ok(None);
+        }
         let pinned =
             PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok(Some((path, FdLink::from(pinned))))
     }
 
-    /// Pins a link this process just created, if there is a pin directory.
-    pub(super) fn hold(&mut self, kind: &str, iface: &str, link: FdLink) -> Result<()> {
-        match &self.pins {
+    /// Pins a link this process just created, if there is a pin directory,
+    /// and holds it.
+    pub(super) fn hold(&mut self, kind: &str, name: &str, link: FdLink) -> Result<()> {
+        let (path, link) = match &self.pins {
             Some(pins) => {
-                let path = pins.link_path(kind, iface);
+                let path = pins.link_path(kind, name);
                 let pinned = link
                     .pin(&path)
                     .with_context(|| format!("pinning {}", path.display()))?;
-                self.links.push(HeldLink::Pinned(pinned));
+                (Some(path), FdLink::from(pinned))
             }
             // Unpinned (tests): dropping the FdLink would detach; keep it.
-            None => self.links.push(HeldLink::Adopted {
-                path: PathBuf::new(),
-                link,
-            }),
-        }
+            None => (None, link),
+        };
+        self.hold_adopted(kind, name, path, link);
         Ok(())
+    }
+
+    /// Holds a link pinned before (by a previous daemon).
+    pub(super) fn hold_adopted(
+        &mut self,
+        kind: &str,
+        name: &str,
+        path: Option<PathBuf>,
+        link: FdLink,
+    ) {
+        self.links
+            .insert(link_key(kind, name), HeldLink { path, link });
     }
 
     fn attach_xdp(
@@ -221,12 +291,18 @@ impl Dataplane {
             .try_into()?;
         if let Some((path, link)) = pinned {
             let link = XdpLink::try_from(link).context("the pinned XDP link is not an XDP link")?;
-            let id = xdp
-                .attach_to_link(link)
-                .with_context(|| format!("replacing the XDP program on {iface}"))?;
-            let link = FdLink::try_from(xdp.take_link(id)?)?;
-            self.links.push(HeldLink::Adopted { path, link });
-            return Ok(Attached::Replaced);
+            match xdp.attach_to_link(link) {
+                Ok(id) => {
+                    let link = FdLink::try_from(xdp.take_link(id)?)?;
+                    self.hold_adopted(kind, iface, Some(path), link);
+                    return Ok(Attached::Replaced);
+                }
+                // Severed since it was checked: as if it had been then.
+                Err(e) if severed(&e) => unpin_severed(&path, kind, iface)?,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("replacing the XDP program on {iface}"));
+                }
+            }
         }
         let attach = |xdp: &mut Xdp, m| xdp.attach(iface, m);
         let (id, got) = match mode {
@@ -275,12 +351,19 @@ impl Dataplane {
         if let Some((path, link)) = pinned {
             let link = SchedClassifierLink::try_from(link)
                 .context("the pinned tc link is not a tcx link")?;
-            let id = tc
-                .attach_to_link(link)
-                .with_context(|| format!("replacing the tc {} program on {iface}", hook.link))?;
-            let link = FdLink::try_from(tc.take_link(id)?)?;
-            self.links.push(HeldLink::Adopted { path, link });
-            return Ok(Attached::Replaced);
+            match tc.attach_to_link(link) {
+                Ok(id) => {
+                    let link = FdLink::try_from(tc.take_link(id)?)?;
+                    self.hold_adopted(hook.link, iface, Some(path), link);
+                    return Ok(Attached::Replaced);
+                }
+                Err(e) if severed(&e) => unpin_severed(&path, hook.link, iface)?,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("replacing the {} program on {iface}", hook.link)
+                    });
+                }
+            }
         }
         // tcx (kernel ≥ 6.6) needs no qdisc; aya's netlink fallback on older
         // kernels needs clsact (left in place on exit, as tc users expect).
@@ -302,11 +385,96 @@ impl Dataplane {
     }
 }
 
-fn if_index(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).context("interface name")?;
-    // SAFETY: `c` is a valid NUL-terminated string for the call's duration.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("interface {name}")),
-        index => Ok(index),
+/// Whether `bpf_link_update` failed because the link is severed (ENOLINK:
+/// its interface went away).
+fn severed(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOLINK))
+    })
+}
+
+fn unpin_severed(path: &std::path::Path, kind: &str, iface: &str) -> Result<()> {
+    std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))?;
+    warn!(
+        "{iface}: the pinned {kind} link is severed (replacing its program failed with ENOLINK); \
+         unpinned it and attaching afresh (the pinned maps and their flows carry on)"
+    );
+    Ok(())
+}
+
+/// Whether a pinned link of `kind` leads to interface `iface` of this
+/// network namespace; if not, why. The index alone is not enough: indexes
+/// are per namespace, so the program attached at that index here must be
+/// the link's.
+fn leads_to(kind: &str, iface: &str, info: &bpf_sys::LinkInfo) -> Result<(), String> {
+    let tc = tc_hook(kind);
+    let want_type = if tc.is_some() {
+        bpf_sys::BPF_LINK_TYPE_TCX
+    } else {
+        bpf_sys::BPF_LINK_TYPE_XDP
+    };
+    if info.link_type != want_type {
+        return Err(format!("it is a link of type {}", info.link_type));
+    }
+    if info.ifindex() == 0 {
+        return Err(
+            "its interface is gone: deleted, or in a network namespace that is gone".into(),
+        );
+    }
+    let here = if_index(iface).map_err(|e| format!("{e:#}"))?;
+    if info.ifindex() != here {
+        return Err(format!(
+            "it is on interface index {}, and {iface} is index {here} now (recreated?)",
+            info.ifindex()
+        ));
+    }
+    let runs_here = match tc {
+        None => {
+            crate::netlink::xdp_prog_id(here)
+                .map_err(|e| format!("reading {iface}'s XDP program: {e}"))?
+                == Some(info.prog_id)
+        }
+        Some(hook) => SchedClassifier::query_tcx(iface, hook.attach)
+            .map_err(|e| format!("reading {iface}'s tc programs: {e}"))?
+            .1
+            .iter()
+            .any(|p| p.id() == info.prog_id),
+    };
+    if !runs_here {
+        return Err(format!(
+            "{iface} here does not run its program: it is an interface of another network namespace"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("`bpf_link_update` failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_severed_link_is_told_by_enolink_anywhere_in_the_chain() {
+        let enolink = || std::io::Error::from_raw_os_error(libc::ENOLINK);
+        assert!(severed(&enolink()));
+        assert!(severed(&Wrapped(enolink())));
+        assert!(!severed(&Wrapped(std::io::Error::from_raw_os_error(
+            libc::EPERM
+        ))));
     }
 }

@@ -5,11 +5,15 @@ mod adopt;
 mod alloc;
 mod apply;
 mod attach;
+mod bpf_sys;
 mod gc;
+mod ifaces;
+mod journal;
 pub mod maps;
 mod pin;
 mod sock;
 mod stats;
+mod variant;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,14 +31,17 @@ use self::{
     alloc::{IdAllocator, RegionAllocator},
     apply::AppliedService,
     attach::HeldLink,
+    ifaces::Followed,
+    journal::Journal,
     maps::{Maps, names, node_addr_key},
 };
 pub use self::{
     apply::{ApplyReport, CapacityError},
     attach::{Attached, XdpMode},
     gc::GcReport,
+    ifaces::{InterfaceChange, InterfaceStatus, Role},
     pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
-    sock::{SockAttached, cgroup2_mount, default_cgroup, is_cgroup2},
+    sock::{SockAttached, SocketLbStatus, cgroup2_mount, default_cgroup, is_cgroup2},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
 };
 
@@ -98,11 +105,18 @@ pub struct Dataplane {
     conntrack_entries: Option<u64>,
     /// Where maps and links are pinned, if they are.
     pins: Option<PinDir>,
-    /// Links this process holds (pinned ones keep their programs attached
-    /// when it exits).
-    links: Vec<HeldLink>,
+    /// Links this process holds, by pin name (pinned ones keep their
+    /// programs attached when it exits).
+    links: BTreeMap<String, HeldLink>,
+    /// The interfaces asked for, followed while the daemon runs.
+    followed: Vec<Followed>,
+    xdp_mode: XdpMode,
+    /// Socket-level load balancing: on which cgroup, or why it is off.
+    socket_lb: SocketLbStatus,
     /// Services found pinned at load, from a previous daemon.
     adopted: usize,
+    /// The map writes of applies, in order (recorded in unit tests only).
+    journal: Journal,
 }
 
 impl Dataplane {
@@ -114,7 +128,8 @@ impl Dataplane {
 
     /// Loads the programs with their maps pinned in `pins`. Maps a previous
     /// daemon pinned there are checked, reused, and adopted: the flows they
-    /// carry keep their backends. `variant` is 0 except in upgrade tests.
+    /// carry keep their backends. `variant` is 0 except in upgrade tests,
+    /// which load other code (see `variant`).
     pub fn load_pinned(
         limits: Limits,
         config: DatapathConfig,
@@ -130,6 +145,10 @@ impl Dataplane {
         pins: Option<PinDir>,
         variant: u32,
     ) -> Result<Self> {
+        anyhow::ensure!(
+            !ebpf_object().is_empty(),
+            "this portmap was built without its eBPF programs (AYA_BUILD_SKIP); build it again without"
+        );
         let config = sock::with_host_netns(config);
         let maglev_blocks = limits.maglev_slots().div_ceil(MAGLEV_BLOCK_SLOTS);
         let sizes = [
@@ -145,6 +164,13 @@ impl Dataplane {
         if let Some(pins) = pins.as_ref().filter(|_| adopting) {
             pins.check_compatible(ebpf_object(), &sizes)?;
         }
+        // An upgrade test's variant is another program: other code, same maps.
+        let variant_object = if variant != 0 {
+            Some(variant::code_variant(ebpf_object())?)
+        } else {
+            None
+        };
+        let object = variant_object.as_deref().unwrap_or(ebpf_object());
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes {
             loader.map_max_entries(name, entries);
@@ -154,12 +180,7 @@ impl Dataplane {
                 loader.map_pin_path(name, pins.map_path(name));
             }
         }
-        if variant != 0 {
-            loader.override_global("PROGRAM_VARIANT", &variant, true);
-        }
-        let mut ebpf = loader
-            .load(ebpf_object())
-            .context("loading the eBPF object")?;
+        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         for (name, program) in ebpf.programs_mut() {
             match program {
                 aya::programs::Program::Xdp(p) => Xdp::load(p),
@@ -187,8 +208,12 @@ impl Dataplane {
             limits,
             conntrack_entries: None,
             pins,
-            links: Vec::new(),
+            links: BTreeMap::new(),
+            followed: Vec::new(),
+            xdp_mode: XdpMode::default(),
+            socket_lb: SocketLbStatus::off("not attached"),
             adopted: 0,
+            journal: Journal::default(),
         };
         if adopting {
             dataplane.adopted = dataplane.adopt().context("adopting the pinned dataplane")?;
@@ -209,7 +234,7 @@ impl Dataplane {
     pub fn shutdown(&mut self, keep: bool) -> Result<()> {
         let links = std::mem::take(&mut self.links);
         let mut result = Ok(());
-        for link in links {
+        for link in links.into_values() {
             if let Err(e) = link.release(!keep) {
                 result = Err(e);
             }

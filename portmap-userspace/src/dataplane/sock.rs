@@ -24,8 +24,9 @@ use aya::programs::{
 };
 use log::{info, warn};
 use portmap_common::abi::DatapathConfig;
+use serde::{Deserialize, Serialize};
 
-use super::{Dataplane, attach::HeldLink};
+use super::{Dataplane, bpf_sys};
 
 /// The socket programs: (program, link pin suffix, `bpf_attach_type`).
 /// Reverse translation first, so a socket translated at connect has its
@@ -49,6 +50,35 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Where cgroup2 is mounted when nothing mounts it yet.
 const CGROUP2_DEFAULT_MOUNT: &str = "/sys/fs/cgroup/unified";
+
+/// Whether socket-level load balancing runs, for `portmap list` and the
+/// metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketLbStatus {
+    pub enabled: bool,
+    /// The cgroup the programs are attached to, when enabled.
+    pub cgroup: Option<PathBuf>,
+    /// Why it is off, when it is.
+    pub off_because: Option<String>,
+}
+
+impl SocketLbStatus {
+    pub fn off(why: &str) -> Self {
+        Self {
+            enabled: false,
+            cgroup: None,
+            off_because: Some(why.to_string()),
+        }
+    }
+
+    fn on(cgroup: &Path) -> Self {
+        Self {
+            enabled: true,
+            cgroup: Some(cgroup.to_path_buf()),
+            off_because: None,
+        }
+    }
+}
 
 /// How the socket programs were attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,97 +204,6 @@ pub fn default_cgroup() -> Result<PathBuf> {
     Ok(target.to_path_buf())
 }
 
-// The few bpf(2) commands aya does not offer for an adopted cgroup link.
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-const BPF_LINK_TYPE_CGROUP: u32 = 3;
-
-/// `bpf_link_info` up to its `cgroup` member.
-#[repr(C)]
-#[derive(Default)]
-struct CgroupLinkInfo {
-    link_type: u32,
-    id: u32,
-    prog_id: u32,
-    _pad: u32,
-    cgroup_id: u64,
-    attach_type: u32,
-    _pad2: u32,
-}
-
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, initialized bpf_attr prefix of its size; the
-    // kernel zero-extends it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc)
-}
-
-/// Opens the link pinned at `path`.
-fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = ObjGet {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn link_info(link: &OwnedFd) -> io::Result<CgroupLinkInfo> {
-    #[repr(C)]
-    struct GetInfo {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut info = CgroupLinkInfo::default();
-    let mut attr = GetInfo {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: size_of::<CgroupLinkInfo>() as u32,
-        info: (&raw mut info) as u64,
-    };
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info)
-}
-
-/// Atomically replaces the program of `link` with `program`.
-fn link_update(link: &OwnedFd, program: i32) -> io::Result<()> {
-    #[repr(C)]
-    struct LinkUpdate {
-        link_fd: u32,
-        new_prog_fd: u32,
-        flags: u32,
-        old_prog_fd: u32,
-    }
-    let mut attr = LinkUpdate {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: program as u32,
-        flags: 0,
-        old_prog_fd: 0,
-    };
-    sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
-}
-
 impl Dataplane {
     /// Attaches the socket programs to the cgroup v2 directory `cgroup`
     /// (its processes and their descendants' sockets), replacing the programs
@@ -273,6 +212,7 @@ impl Dataplane {
     pub fn attach_sockets(&mut self, cgroup: Option<&Path>) -> Result<SockAttached> {
         let Some(cgroup) = cgroup else {
             self.detach_pinned_sockets()?;
+            self.socket_lb = SocketLbStatus::off("turned off (--no-socket-lb)");
             return Ok(SockAttached::Off);
         };
         let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
@@ -296,22 +236,19 @@ impl Dataplane {
                 .with_context(|| format!("no program {program} in the object"))?
                 .try_into()?;
             if let Some(path) = path {
-                let link =
-                    open_pinned(&path).with_context(|| format!("opening {}", path.display()))?;
-                let info =
-                    link_info(&link).with_context(|| format!("reading {}", path.display()))?;
-                if info.link_type == BPF_LINK_TYPE_CGROUP
-                    && info.cgroup_id == cgroup_id
-                    && info.attach_type == attach_type
+                let link = bpf_sys::open_pinned(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                let info = bpf_sys::link_info(&link)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if info.link_type == bpf_sys::BPF_LINK_TYPE_CGROUP
+                    && info.cgroup_id() == cgroup_id
+                    && info.cgroup_attach_type() == attach_type
                 {
-                    link_update(&link, prog.fd()?.as_fd().as_raw_fd())
+                    bpf_sys::link_update(&link, prog.fd()?.as_fd().as_raw_fd())
                         .with_context(|| format!("replacing the program in {}", path.display()))?;
                     let held = PinnedLink::from_pin(&path)
                         .with_context(|| format!("opening {}", path.display()))?;
-                    self.links.push(HeldLink::Adopted {
-                        path,
-                        link: FdLink::from(held),
-                    });
+                    self.hold_adopted(CGROUP_LINK, name, Some(path), FdLink::from(held));
                     continue;
                 }
                 // On another cgroup (--cgroup changed): detached once `link` closes.
@@ -330,11 +267,22 @@ impl Dataplane {
             self.hold(CGROUP_LINK, name, link)?;
             fresh = true;
         }
+        self.socket_lb = SocketLbStatus::on(cgroup);
         Ok(if fresh {
             SockAttached::Fresh
         } else {
             SockAttached::Replaced
         })
+    }
+
+    /// Socket-level load balancing is off for `why` (it stays off: the
+    /// packet path runs without it).
+    pub fn socket_lb_unavailable(&mut self, why: &str) {
+        self.socket_lb = SocketLbStatus::off(why);
+    }
+
+    pub fn socket_lb(&self) -> &SocketLbStatus {
+        &self.socket_lb
     }
 
     /// Unpins (so detaches) socket program links a previous daemon left.
@@ -352,7 +300,9 @@ impl Dataplane {
             }
         }
         if detached > 0 {
-            info!("detached the socket programs a previous portmap left (--no-socket-lb)");
+            info!(
+                "detached the socket programs a previous portmap left (socket-level load balancing is off)"
+            );
         }
         Ok(())
     }

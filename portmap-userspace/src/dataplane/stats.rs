@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result};
 use portmap_common::abi::{DIR_REPLY, DIR_REQUEST, DatapathEvent, TrafficCounters};
 use serde::{Deserialize, Serialize};
 
-use super::{Dataplane, maps::sum_counters};
+use super::{Dataplane, InterfaceStatus, SocketLbStatus, maps::sum_counters};
 use crate::model::EndpointState;
 
 /// Packets and bytes both ways.
@@ -77,6 +77,9 @@ pub struct Snapshot {
     /// `DatapathEvent` name → count.
     pub events: Vec<(String, u64)>,
     pub maps: Vec<MapUsage>,
+    /// The interfaces asked for, attached or not.
+    pub interfaces: Vec<InterfaceStatus>,
+    pub socket_lb: SocketLbStatus,
 }
 
 impl Dataplane {
@@ -130,6 +133,8 @@ impl Dataplane {
             services,
             events,
             maps: self.map_usage(),
+            interfaces: self.interfaces(),
+            socket_lb: self.socket_lb().clone(),
         })
     }
 }

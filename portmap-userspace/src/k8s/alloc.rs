@@ -15,8 +15,28 @@ use crate::model::{Cidr, Protocol};
 pub struct Assignments {
     /// `NAMESPACE/NAME` → assigned ClusterIPs.
     cluster_ips: BTreeMap<String, Vec<IpAddr>>,
-    /// (`NAMESPACE/NAME`, port name, protocol) → (Service port, nodePort).
-    node_ports: BTreeMap<(String, String, Protocol), (u16, u16)>,
+    /// (`NAMESPACE/NAME`, port, protocol) → (Service port, nodePort).
+    node_ports: BTreeMap<(String, PortId, Protocol), (u16, u16)>,
+}
+
+/// Which port of a Service an assigned nodePort belongs to: by name, so it
+/// follows a named port whose number changes; by number when unnamed (two
+/// unnamed ports of one Service must not share an assignment, or a reload
+/// could swap their nodePorts).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PortId {
+    Name(String),
+    Number(u16),
+}
+
+impl PortId {
+    fn of(name: &str, port: u16) -> Self {
+        if name.is_empty() {
+            PortId::Number(port)
+        } else {
+            PortId::Name(name.to_string())
+        }
+    }
 }
 
 impl Assignments {
@@ -25,10 +45,17 @@ impl Assignments {
         self.cluster_ips.get(service).map_or(&[], Vec::as_slice)
     }
 
-    /// The nodePort assigned to a Service's port (`""` for an unnamed one).
-    pub fn node_port(&self, service: &str, port_name: &str, proto: Protocol) -> Option<u16> {
+    /// The nodePort assigned to a Service's port: the port named
+    /// `port_name`, or, with `""`, the unnamed port `port`.
+    pub fn node_port(
+        &self,
+        service: &str,
+        port_name: &str,
+        port: u16,
+        proto: Protocol,
+    ) -> Option<u16> {
         self.node_ports
-            .get(&(service.to_string(), port_name.to_string(), proto))
+            .get(&(service.to_string(), PortId::of(port_name, port), proto))
             .map(|(_, np)| *np)
     }
 
@@ -45,11 +72,10 @@ impl Assignments {
                 lines.push(format!("{svc}: clusterIP {ip} (assigned)"));
             }
         }
-        for ((svc, name, proto), (port, np)) in &self.node_ports {
-            let port = if name.is_empty() {
-                port.to_string()
-            } else {
-                name.clone()
+        for ((svc, id, proto), (port, np)) in &self.node_ports {
+            let port = match id {
+                PortId::Name(name) => name.clone(),
+                PortId::Number(_) => port.to_string(),
             };
             lines.push(format!(
                 "{svc}: port {port}/{}: nodePort {np} (assigned)",
@@ -250,7 +276,7 @@ pub(super) fn assign_node_ports(
                 continue;
             }
             for port in plan.ports.iter_mut().filter(|p| p.node_port.is_none()) {
-                if let Some(np) = prev.node_port(&plan.id, &port.name, port.proto)
+                if let Some(np) = prev.node_port(&plan.id, &port.name, port.port, port.proto)
                     && range.contains(&np)
                     && !owners.contains_key(&(np, port.proto))
                 {
@@ -292,7 +318,11 @@ pub(super) fn assign_node_ports(
                 && let Some(np) = port.node_port
             {
                 out.node_ports.insert(
-                    (plan.id.clone(), port.name.clone(), port.proto),
+                    (
+                        plan.id.clone(),
+                        PortId::of(&port.name, port.port),
+                        port.proto,
+                    ),
                     (port.port, np),
                 );
             }

@@ -45,6 +45,9 @@ pub struct Stats {
     pub replies_translated: u64,
     /// Requests XDP left to tc ingress (checksum field = pseudo-header sum).
     pub deferred: u64,
+    /// ICMP errors about a flow translated (either way; also counted in
+    /// `translated` or `replies_translated`).
+    pub icmp_translated: u64,
     pub rejected: u64,
     pub dropped: u64,
     pub untouched: u64,
@@ -544,6 +547,9 @@ impl Harness {
                 self.stats.translated += 1;
             } else {
                 self.stats.replies_translated += 1;
+            }
+            if wire::icmp_checksums_ok(frame).is_some() {
+                self.stats.icmp_translated += 1;
             }
             if out.deferred {
                 // The frame is untouched; tc ingress writes the translation.

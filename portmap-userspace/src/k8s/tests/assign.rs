@@ -41,11 +41,15 @@ fn node_ports_explicit_first_then_lowest_free_then_stable() {
         (30001, 30002, 30000)
     );
     assert_eq!(
-        first.assignments.node_port("default/a", "p", Protocol::Tcp),
+        first
+            .assignments
+            .node_port("default/a", "p", 0, Protocol::Tcp),
         Some(30001)
     );
     assert_eq!(
-        first.assignments.node_port("default/d", "p", Protocol::Tcp),
+        first
+            .assignments
+            .node_port("default/d", "p", 0, Protocol::Tcp),
         None
     );
     assert_eq!(
@@ -86,6 +90,25 @@ fn node_ports_explicit_first_then_lowest_free_then_stable() {
     assert_eq!(node_port(&t, "a"), 30001);
     let u = unit(&t, "default/u:p/udp ipv4 external");
     assert_eq!(frontends(u), ["*:30001/udp"]);
+}
+
+/// Found by the `manifests` fuzz target: two unnamed ports of one Service
+/// shared one assignment record, so a reload swapped their nodePorts.
+#[test]
+fn unnamed_ports_keep_their_node_ports_across_reloads() {
+    let node = small_range();
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: two}\nspec:\n  \
+                type: NodePort\n  clusterIP: 10.96.1.2\n  ports:\n  \
+                - {port: 80}\n  - {port: 53}\n";
+    let first = run(text, &node);
+    let again = translate(&parse(text), &node, Some(&first.assignments)).unwrap();
+    assert_eq!(again, first);
+    let np = |port| {
+        first
+            .assignments
+            .node_port("default/two", "", port, Protocol::Tcp)
+    };
+    assert_eq!((np(80), np(53)), (Some(30000), Some(30001)));
 }
 
 #[test]

@@ -137,7 +137,7 @@ status:
     let ext = unit(&t, "default/lb:80/tcp ipv4 external");
     let np = t
         .assignments
-        .node_port("default/lb", "", Protocol::Tcp)
+        .node_port("default/lb", "", 80, Protocol::Tcp)
         .unwrap();
     assert_eq!(
         frontends(ext),

@@ -1,0 +1,4 @@
+//! See `portmap_userspace::fuzz_checks::publish_spec`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portmap_userspace::fuzz_checks::publish_spec(data));
