@@ -153,8 +153,9 @@ pub struct CtKey {
     pub _pad: u8,
 }
 
-/// TCP flow that has seen a SYN but no reply yet (and every UDP flow before
-/// its first reply).
+/// Flow that has seen no reply yet: a TCP flow after its SYN (or after
+/// whatever packet opened its entry, e.g. one of a connection older than the
+/// entry), a UDP flow before its first reply.
 pub const CT_STATE_NEW: u8 = 0;
 /// Flow that has seen traffic both ways.
 pub const CT_STATE_ESTABLISHED: u8 = 1;
@@ -177,10 +178,16 @@ pub struct CtValue {
     pub backend_id: u32,
     pub backend_generation: u32,
     pub _reserved: u32,
-    /// `bpf_ktime_get_coarse_ns` of the last refresh (refreshed at most once a
-    /// second per entry, so hot flows do not bounce its cache line).
+    /// `bpf_ktime_get_coarse_ns` of the last refresh (refreshed at most once
+    /// every [`REFRESH_INTERVAL_NS`] per entry, or at a change of state).
     pub last_seen_ns: u64,
 }
+
+/// An entry whose state a packet leaves unchanged is rewritten (its
+/// `last_seen_ns`, and its twin's) only when its last write is at least this
+/// old, so hot flows do not bounce its cache line. The twin of a flow's
+/// entry is checked, and recreated if the LRU evicted it, at those writes.
+pub const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Index into [`TrafficCounters`]: client → backend.
 pub const DIR_REQUEST: usize = 0;

@@ -12,6 +12,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use portmap_common::abi::{
     BACKEND_UNUSED, Backend, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
     CT_STATE_NEW, CtKey, CtValue, DatapathConfig, DatapathEvent, FrontendValue, PROTO_TCP,
+    REFRESH_INTERVAL_NS,
 };
 
 use crate::{
@@ -19,9 +20,6 @@ use crate::{
     maps::{BACKENDS, CONFIG, CONNTRACK, FRONTEND_GEN},
     parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
-
-/// Entries are rewritten at most this often while their state is unchanged.
-const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 pub fn now_ns() -> u64 {

@@ -30,10 +30,10 @@ use portmap_userspace::{
 
 use super::{
     desired::{TableCache, expected_maps, frontend_key},
+    icmp, parse,
     probe::{Probe, coarse_now},
     program::{self, Outcome, XdpVerdict},
     state::{Flows, Maps, describe_flows, diff_flows, family, raw},
-    wire,
 };
 use crate::{packet::verify_checksums, testrun::Lab};
 
@@ -373,7 +373,7 @@ impl Harness {
             .chain([&self.flows])
             .flat_map(|f| f.affinity.keys().copied())
             .collect();
-        if let Ok(flow) = wire::parse(frame) {
+        if let Ok(flow) = parse::parse(frame) {
             for service_id in candidates.iter().filter_map(|(o, _)| o.affinity_of) {
                 keys.insert(AffinityKey {
                     client: raw(flow.src),
@@ -499,7 +499,7 @@ impl Harness {
                 self.log.len() + 1
             );
             let _ = writeln!(r, "input, {} bytes:\n{}", frame.len(), hex(frame));
-            let _ = writeln!(r, "model's parse: {:?}", wire::parse(frame));
+            let _ = writeln!(r, "model's parse: {:?}", parse::parse(frame));
             let _ = writeln!(
                 r,
                 "model: action {} ({:?}), {}; real: action {action}",
@@ -548,14 +548,14 @@ impl Harness {
             } else {
                 self.stats.replies_translated += 1;
             }
-            if wire::icmp_checksums_ok(frame).is_some() {
+            if icmp::checksums_ok(frame).is_some() {
                 self.stats.icmp_translated += 1;
             }
             if out.deferred {
                 // The frame is untouched; tc ingress writes the translation.
                 self.stats.deferred += 1;
-            } else if let Some(true) = wire::icmp_checksums_ok(frame) {
-                if wire::icmp_checksums_ok(&out.bytes) != Some(true) {
+            } else if let Some(true) = icmp::checksums_ok(frame) {
+                if icmp::checksums_ok(&out.bytes) != Some(true) {
                     return Err(format!(
                         "CHECKSUM after {program} ({label}): the translated ICMP error's checksums are wrong; the input's were right\ninput:\n{}\noutput:\n{}",
                         hex(frame),

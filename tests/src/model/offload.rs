@@ -12,8 +12,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{
-    program::rewrite,
-    wire::{self, Flow, PROTO_UDP, fold, sum_words},
+    checksum::{fold, sum_words},
+    nat::{self, Side},
+    parse::{self, Flow, PROTO_UDP},
 };
 
 /// Bytes of the metadata XDP puts before a deferred packet.
@@ -79,7 +80,7 @@ pub fn written_by_tc(bytes: &[u8]) -> Option<Vec<u8>> {
     if meta[..4] != u32::from_be_bytes(*b"pmap").to_le_bytes() {
         return None;
     }
-    let flow = wire::parse(frame).ok()?;
+    let flow = parse::parse(frame).ok()?;
     let a: [u8; 16] = meta[4..20].try_into().ok()?;
     let addr = if flow.v6 {
         IpAddr::V6(Ipv6Addr::from(a))
@@ -87,5 +88,5 @@ pub fn written_by_tc(bytes: &[u8]) -> Option<Vec<u8>> {
         IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
     };
     let port = u16::from_be_bytes([meta[20], meta[21]]);
-    Some(rewrite(frame, &flow, true, addr, port))
+    Some(nat::rewrite(frame, &flow, Side::Dst, addr, port))
 }

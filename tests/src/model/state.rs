@@ -262,6 +262,11 @@ pub fn describe_flows(flows: &Flows) -> String {
 }
 
 impl Maps {
+    /// `BACKENDS[id]`: an id not listed is an unused (all-zero) slot.
+    pub fn backend(&self, id: u32) -> Backend {
+        self.backends.get(&id).copied().unwrap_or_default()
+    }
+
     /// The maps, readably (tables by size and backend counts only).
     pub fn describe(&self) -> String {
         let mut s = String::new();

@@ -39,11 +39,11 @@ use std::{
 
 use portmap_common::abi::{CT_FORWARD, CT_REPLY, CtKey, DatapathConfig};
 use portmap_tests::model::{
+    checksum::{self, sum_words},
     harness::{Harness, Stats},
-    offload,
+    offload, parse,
     program::Outcome,
     state::{family, ip, port, raw, raw_port},
-    wire::{self, sum_words},
 };
 use portmap_userspace::{
     model::{Cidr, DesiredState, Endpoint, EndpointState, Frontend, Protocol, Service, WhenEmpty},
@@ -153,7 +153,7 @@ fn single_packet(
         h.tc("its reply again", &reply)?;
         // ICMP errors about the flow: from a router to the client about the
         // translated packet, and from the client about the reply it got.
-        let flow = wire::parse(&frame).map_err(|e| format!("{e:?}"))?;
+        let flow = parse::parse(&frame).map_err(|e| format!("{e:?}"))?;
         let to_client = icmp_error(
             &spec.tag,
             router(flow.v6),

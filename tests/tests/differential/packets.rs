@@ -310,7 +310,7 @@ pub(crate) fn l4_bytes(l4: &L4, src: &[u8], dst: &[u8]) -> Vec<u8> {
             h.extend_from_slice(&[0xfa, 0xf0, 0, 0, 0, 0]);
             h.extend(std::iter::repeat_n(1u8, words * 4)); // NOPs
             h.extend_from_slice(payload);
-            let c = !wire::fold(pseudo(h.len(), 6) + sum_words(&h));
+            let c = !checksum::fold(pseudo(h.len(), 6) + sum_words(&h));
             h[16..18].copy_from_slice(&c.to_be_bytes());
             h
         }
@@ -327,7 +327,7 @@ pub(crate) fn l4_bytes(l4: &L4, src: &[u8], dst: &[u8]) -> Vec<u8> {
             h.extend_from_slice(&[0, 0]);
             h.extend_from_slice(payload);
             if !zero_checksum {
-                let c = match !wire::fold(pseudo(h.len(), 17) + sum_words(&h)) {
+                let c = match !checksum::fold(pseudo(h.len(), 17) + sum_words(&h)) {
                     0 => 0xffff,
                     c => c,
                 };
@@ -346,7 +346,7 @@ pub(crate) fn fix_ipv4_checksum(f: &mut [u8], lay: &Layout) {
     let h = &mut f[lay.l3..lay.l3 + lay.ip_header_len];
     h[10] = 0;
     h[11] = 0;
-    let c = wire::internet_checksum(h);
+    let c = checksum::internet_checksum(h);
     h[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -414,7 +414,7 @@ pub(crate) fn build(spec: &PacketSpec) -> Vec<u8> {
                 ip.resize(hlen - 1, 1); // NOP options
                 ip.push(0); // end of options
             }
-            let c = wire::internet_checksum(&ip);
+            let c = checksum::internet_checksum(&ip);
             ip[10..12].copy_from_slice(&c.to_be_bytes());
             f.extend_from_slice(&ip);
             lay.l4 = Some(f.len());
@@ -509,7 +509,7 @@ pub(crate) fn build(spec: &PacketSpec) -> Vec<u8> {
             }
             Damage::IpChecksum if is_ip && !lay.v6 => f[lay.l3 + 10] ^= 0x5a,
             Damage::Offloaded if matches!(lay.proto, 6 | 17) => {
-                if let Ok(flow) = wire::parse(&f)
+                if let Ok(flow) = parse::parse(&f)
                     && matches!(flow.proto, 6 | 17)
                 {
                     let at = flow.l4 + if flow.proto == 6 { 16 } else { 6 };
@@ -535,7 +535,7 @@ pub(crate) fn build(spec: &PacketSpec) -> Vec<u8> {
 /// The frame its receiver would answer with: Ethernet addresses, IP
 /// addresses and ports swapped (every checksum stays right).
 pub(crate) fn mirror(frame: &[u8]) -> Option<Vec<u8>> {
-    let flow = wire::parse(frame).ok()?;
+    let flow = parse::parse(frame).ok()?;
     let mut m = frame.to_vec();
     m[0..6].copy_from_slice(&frame[6..12]);
     m[6..12].copy_from_slice(&frame[0..6]);
@@ -565,7 +565,7 @@ pub(crate) enum QuoteLen {
 
 /// The IP packet of `frame` as an ICMP error quotes it.
 pub(crate) fn quoted(frame: &[u8], len: QuoteLen) -> Vec<u8> {
-    let Ok(f) = wire::parse(frame) else {
+    let Ok(f) = parse::parse(frame) else {
         return frame.get(14..).unwrap_or_default().to_vec();
     };
     let header = f.l4 - f.l3;
@@ -622,7 +622,7 @@ pub(crate) fn icmp_error(
         pseudo.extend_from_slice(&d);
         pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
         pseudo.extend_from_slice(&[0, 0, 0, 58]);
-        let c = !wire::fold(sum_words(&pseudo) + sum_words(&icmp));
+        let c = !checksum::fold(sum_words(&pseudo) + sum_words(&icmp));
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
         f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
@@ -630,14 +630,14 @@ pub(crate) fn icmp_error(
         f.extend_from_slice(&s);
         f.extend_from_slice(&d);
     } else {
-        let c = wire::internet_checksum(&icmp);
+        let c = checksum::internet_checksum(&icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         let mut ip = vec![0x45, 0xc0];
         ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
         ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
         ip.extend_from_slice(&s);
         ip.extend_from_slice(&d);
-        let c = wire::internet_checksum(&ip);
+        let c = checksum::internet_checksum(&ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
         f.extend_from_slice(&[0x08, 0x00]);
         f.extend_from_slice(&ip);

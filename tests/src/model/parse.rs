@@ -1,10 +1,10 @@
-//! The model's view of the wire: a parser written from the specification,
-//! one's complement arithmetic, and the ICMP port unreachable message.
+//! Frames as the model reads them: a parser written from the specification,
+//! and the packet an ICMP error quotes.
 //!
-//! Nothing here comes from the eBPF crate or from `portmap_common::csum`: the
-//! point of the model is to be a second, independent implementation.
+//! Nothing here comes from the eBPF crate: the point of the model is to be a
+//! second, independent implementation.
 //!
-//! The parser accepts exactly what the README and the issue specify:
+//! The parser accepts exactly what the README specifies:
 //!
 //! - Ethernet with at most one 802.1Q (0x8100) or 802.1ad (0x88a8) tag;
 //! - IPv4: version 4, IHL ≥ 5, total length ≥ the header and within the
@@ -348,150 +348,17 @@ pub fn quote(frame: &[u8], at: &IcmpAt) -> Option<Quote> {
     })
 }
 
-/// Folds a one's complement sum to 16 bits (end-around carry).
-pub fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-/// One's complement sum of `data` as big-endian 16-bit words, the last odd
-/// byte padded with zero; not folded.
-pub fn sum_words(data: &[u8]) -> u64 {
-    data.chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-/// The checksum field covering `data` (with the field itself zeroed).
-pub fn internet_checksum(data: &[u8]) -> u16 {
-    !fold(sum_words(data))
-}
-
-/// RFC 1624, eqn. 3: the checksum `check` after the 16-bit words `old` (an
-/// even number of bytes) became `new`: `HC' = ~(~HC + ~m + m')`.
-pub fn incremental(check: u16, old: &[u8], new: &[u8]) -> u16 {
-    assert!(old.len() == new.len() && old.len().is_multiple_of(2));
-    let mut sum = u64::from(!check);
-    for (o, n) in old.chunks(2).zip(new.chunks(2)) {
-        sum += u64::from(!u16::from_be_bytes([o[0], o[1]]));
-        sum += u64::from(u16::from_be_bytes([n[0], n[1]]));
-    }
-    !fold(sum)
-}
-
-/// Whether the checksums an ICMP error carries are right: the outer IPv4
-/// header's, the ICMP checksum (ICMPv6: with its pseudo-header), and the
-/// quoted IPv4 header's. `None` if `frame` is no ICMP error with a quote.
-pub fn icmp_checksums_ok(frame: &[u8]) -> Option<bool> {
-    let Err(NotAFlow::Icmp(at)) = parse(frame) else {
-        return None;
-    };
-    let q = quote(frame, &at)?;
-    let message = &frame[at.l4..at.ip_end];
-    let icmp_ok = if at.v6 {
-        let mut pseudo = octets(at.src);
-        pseudo.extend_from_slice(&octets(at.dst));
-        pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
-        fold(sum_words(&pseudo) + sum_words(message)) == 0xffff
-    } else {
-        fold(sum_words(message)) == 0xffff
-    };
-    let outer_ok = at.v6 || fold(sum_words(&frame[at.l3..at.l4])) == 0xffff;
-    let inner_ok = at.v6 || fold(sum_words(&frame[q.l3..q.l4])) == 0xffff;
-    Some(icmp_ok && outer_ok && inner_ok)
-}
-
-/// Whether an ICMP error may be sent to `src`: not to a source that does
-/// not name one host (RFC 1812 4.3.2.7: zero, loopback, broadcast,
-/// multicast, class E; RFC 4443 2.4 (e): unspecified, multicast).
-pub fn may_get_icmp_errors(src: IpAddr) -> bool {
-    match src {
-        IpAddr::V4(a) => {
-            let first = a.octets()[0];
-            !(a.is_unspecified() || a.is_broadcast() || first >= 224 || first == 127)
-        }
-        IpAddr::V6(a) => !(a.is_unspecified() || a.octets()[0] == 0xff),
-    }
-}
-
-fn octets(a: IpAddr) -> Vec<u8> {
+/// An address's bytes, as on the wire.
+pub fn octets(a: IpAddr) -> Vec<u8> {
     match a {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
-/// The ICMP (type 3 code 3) or ICMPv6 (type 1 code 4) port unreachable that
-/// answers `flow`'s frame: back to where it came from (MAC addresses
-/// swapped, VLAN tag kept), from the address the client sent to, quoting
-/// the IPv4 header and 8 bytes (IPv6: the first 48 bytes of the packet).
-pub fn port_unreachable(frame: &[u8], flow: &Flow) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(&frame[6..12]);
-    out.extend_from_slice(&frame[0..6]);
-    out.extend_from_slice(&frame[12..flow.l3 - 2]);
-    let (src, dst) = (octets(flow.dst), octets(flow.src));
-    if !flow.v6 {
-        out.extend_from_slice(&[0x08, 0x00]);
-        let quote = &frame[flow.l3..flow.l4 + 8];
-        let total = (20 + 8 + quote.len()) as u16;
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&total.to_be_bytes());
-        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
-        ip.extend_from_slice(&src);
-        ip.extend_from_slice(&dst);
-        let check = internet_checksum(&ip);
-        ip[10..12].copy_from_slice(&check.to_be_bytes());
-        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-        icmp.extend_from_slice(quote);
-        let check = internet_checksum(&icmp);
-        icmp[2..4].copy_from_slice(&check.to_be_bytes());
-        out.extend_from_slice(&ip);
-        out.extend_from_slice(&icmp);
-    } else {
-        out.extend_from_slice(&[0x86, 0xdd]);
-        let quote = &frame[flow.l3..flow.l3 + 48];
-        let len = (8 + quote.len()) as u16;
-        let mut ip = vec![0x60, 0, 0, 0];
-        ip.extend_from_slice(&len.to_be_bytes());
-        ip.extend_from_slice(&[58, 64]);
-        ip.extend_from_slice(&src);
-        ip.extend_from_slice(&dst);
-        let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
-        icmp.extend_from_slice(quote);
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src);
-        pseudo.extend_from_slice(&dst);
-        pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, 58]);
-        let check = !fold(sum_words(&pseudo) + sum_words(&icmp));
-        icmp[2..4].copy_from_slice(&check.to_be_bytes());
-        out.extend_from_slice(&ip);
-        out.extend_from_slice(&icmp);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn incremental_matches_recomputation() {
-        let mut data: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37)).collect();
-        data[10] = 0;
-        data[11] = 0;
-        let check = internet_checksum(&data);
-        data[10..12].copy_from_slice(&check.to_be_bytes());
-        let new = [0xde, 0xad, 0xbe, 0xef];
-        let updated = incremental(check, &data[16..20], &new);
-        data[16..20].copy_from_slice(&new);
-        data[10..12].copy_from_slice(&updated.to_be_bytes());
-        assert_eq!(fold(sum_words(&data)), 0xffff);
-    }
 
     #[test]
     fn parses_a_minimal_udp_packet() {
