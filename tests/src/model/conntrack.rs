@@ -405,6 +405,12 @@ fn twin_value(key: &CtKey, e: &CtValue) -> CtValue {
 /// evicted it, is recreated ("whenever an entry is rewritten (a state
 /// change, or at most once a second) it checks the other half and
 /// recreates it if it is gone").
+///
+/// The twin is whatever entry sits at [`twin_key`], the key the flow's
+/// other direction hits, even when it holds another flow: two flows of one
+/// client socket to two frontends of one backend share their reply entry
+/// (README, "Not yet": "the later one takes the replies"), and a packet of
+/// either refreshes it.
 pub fn touch(entries: &mut HashMap<CtKey, CtValue>, key: &CtKey, events: &[Event], now: u64) {
     let Some(e) = entries.get_mut(key) else {
         return;
