@@ -45,9 +45,8 @@ use portmap_tests::model::{
     state::{family, ip, port, raw, raw_port},
     wire::{self, sum_words},
 };
-use portmap_userspace::{
-    model::{Cidr, DesiredState, Endpoint, EndpointState, Frontend, Protocol, Service, WhenEmpty},
-    spec::HostAddr,
+use portmap_userspace::model::{
+    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service, WhenEmpty,
 };
 use proptest::{
     collection::vec,
