@@ -2,14 +2,14 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use portmap_common::{
-    abi::{CT_REPLY, DIR_REPLY, DatapathEvent},
+    abi::{CT_REPLY, CtValue, DIR_REPLY, DatapathEvent},
     csum::CsumDelta,
 };
 
 use crate::{
     conntrack,
     counters::{count_event, count_traffic},
-    icmp::{self, QuoteSide},
+    icmp,
     maps::CONNTRACK,
     nat::{Side, rewrite_tc},
     packet::PacketBuf,
@@ -24,9 +24,7 @@ use crate::{
 pub fn run(ctx: &TcContext) -> i32 {
     match parse_skb(ctx) {
         Ok(flow) => translate(ctx, &flow),
-        Err(NotAFlow::Icmp(at)) => {
-            let _ = translate_icmp(ctx, &at);
-        }
+        Err(NotAFlow::Icmp(at)) => translate_icmp(ctx, &at),
         Err(NotAFlow::Malformed) => count_event(DatapathEvent::Malformed),
         Err(NotAFlow::Short(_)) => count_event(DatapathEvent::HeadersNotLinear),
         Err(NotAFlow::Fragment | NotAFlow::Other) => {}
@@ -36,23 +34,27 @@ pub fn run(ctx: &TcContext) -> i32 {
 
 /// An ICMP error to a client about a request it sent quotes the request as
 /// translated (to the backend); the quote is put back to the frontend, so the
-/// client's stack finds the socket (path MTU discovery, unreachables).
+/// client's stack finds the socket (path MTU discovery, unreachables). An
+/// error about no flow of ours is left alone, uncounted; one about a flow
+/// whose quote cannot be rewritten is counted as a failed rewrite.
 #[inline(always)]
-fn translate_icmp(ctx: &TcContext, at: &IcmpAt) -> Option<()> {
-    let (q, e) = icmp::find_flow(ctx, at, CT_REPLY)?;
+fn translate_icmp(ctx: &TcContext, at: &IcmpAt) {
+    let Some((q, e)) = icmp::find_flow(ctx, at, CT_REPLY) else {
+        return;
+    };
+    count_event(if rewrite_icmp(ctx, at, &q, &e).is_some() {
+        DatapathEvent::IcmpTranslated
+    } else {
+        DatapathEvent::RewriteFailed
+    });
+}
+
+#[inline(always)]
+fn rewrite_icmp(ctx: &TcContext, at: &IcmpAt, q: &icmp::Quote, e: &CtValue) -> Option<()> {
     // Direct writes need the skb linear and private up to the end of the quote.
     ctx.pull_data(at.ip_end as u32).ok()?;
-    icmp::rewrite_quote(
-        ctx,
-        at,
-        &q,
-        QuoteSide::Dst,
-        &e.nat_addr,
-        e.nat_port,
-        CsumDelta::new(),
-    )?;
-    count_event(DatapathEvent::IcmpTranslated);
-    Some(())
+    let (addr, port) = (&e.nat_addr, e.nat_port);
+    icmp::rewrite_quote(ctx, at, q, Side::Dst, addr, port, CsumDelta::new())
 }
 
 #[inline(always)]

@@ -20,6 +20,7 @@ use portmap_common::{
 
 use crate::{
     maps::CONNTRACK,
+    nat::Side,
     packet::{PacketBuf, ptr_at},
     parse::IcmpAt,
 };
@@ -117,7 +118,7 @@ pub fn quote(buf: &impl PacketBuf, at: &IcmpAt) -> Option<Quote> {
 /// The conntrack key of the flow a quote belongs to, in the direction of
 /// the entry that holds the translation to undo: a quoted translated
 /// request (egress) is found through its reply entry, a quoted translated
-/// reply (ingress) through its forward entry.
+/// reply (ingress) through its request entry.
 #[inline(always)]
 fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
     CtKey {
@@ -134,7 +135,7 @@ fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
 
 /// The quote of an ICMP error and the conntrack entry of the flow it is
 /// about, if that entry is current (`conntrack::current`): on egress (`CT_REPLY`) a quoted
-/// translated request sent back to its client, on ingress (`CT_FORWARD`) a
+/// translated request sent back to its client, on ingress (`CT_REQUEST`) a
 /// quoted translated reply sent back to its frontend.
 #[inline(always)]
 pub fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Quote, CtValue)> {
@@ -182,16 +183,9 @@ fn write_addr(buf: &impl PacketBuf, off: usize, family: u8, addr: &RawAddr) -> O
     Some(())
 }
 
-/// Which end of the quoted packet is rewritten.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum QuoteSide {
-    /// The quoted destination (a request's backend → its frontend).
-    Dst,
-    /// The quoted source (a reply's frontend → its backend).
-    Src,
-}
-
-/// Rewrites one end of the quote to `addr`:`port` in place, with the
+/// Rewrites `side` of the quoted packet to `addr`:`port` in place (egress:
+/// the destination of a quoted request, its backend → its frontend;
+/// ingress: the source of a quoted reply, its frontend → its backend), with the
 /// quote's IPv4 header checksum and L4 checksum, and the ICMP checksum over
 /// all of it (plus `extra`, changes outside the message that its checksum
 /// covers: the ICMPv6 pseudo-header). Pointers are checked before writing.
@@ -200,18 +194,17 @@ pub fn rewrite_quote(
     buf: &impl PacketBuf,
     at: &IcmpAt,
     q: &Quote,
-    side: QuoteSide,
+    side: Side,
     addr: &RawAddr,
     port: u16,
     extra: CsumDelta,
 ) -> Option<()> {
     let v4 = at.family == FAMILY_V4;
-    let (old_addr, old_port, addr_off, port_off) = match (side, v4) {
-        (QuoteSide::Dst, true) => (q.dst, q.dport, q.l3 + 16, q.l4 + 2),
-        (QuoteSide::Dst, false) => (q.dst, q.dport, q.l3 + 24, q.l4 + 2),
-        (QuoteSide::Src, true) => (q.src, q.sport, q.l3 + 12, q.l4),
-        (QuoteSide::Src, false) => (q.src, q.sport, q.l3 + 8, q.l4),
+    let (old_addr, old_port) = match side {
+        Side::Dst => (q.dst, q.dport),
+        Side::Src => (q.src, q.sport),
     };
+    let (addr_off, port_off) = (q.l3 + side.addr_in_ip(v4), q.l4 + side.port_in_l4());
     let icmp_check_off = at.l4_off + 2;
     let icmp_check = read16(buf, icmp_check_off)?;
     // Every 16-bit word of the message that changes adds to the ICMP delta.

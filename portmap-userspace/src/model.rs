@@ -111,7 +111,12 @@ pub enum EndpointState {
     Terminating,
 }
 
-/// A backend address and port.
+/// A backend of a service: its address, port and readiness. The model keeps
+/// Kubernetes' word (what an EndpointSlice lists, with its `ready` and
+/// `terminating` conditions); the metrics, `portmap list` and `-p` say
+/// backend, and the dataplane writes each into a slot of the `BACKENDS` map
+/// as a `portmap_common::abi::Backend` (raw address, generation, service id),
+/// which is that slot's layout, not another idea.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     pub addr: IpAddr,
@@ -134,8 +139,8 @@ pub enum WhenEmpty {
     /// Leave the packet to the node's stack (nothing is published).
     #[default]
     Pass,
-    /// Answer with a TCP reset or an ICMP port unreachable, as kube-proxy
-    /// does for a Service without endpoints.
+    /// Answer with an ICMP port unreachable (TCP and UDP alike), as
+    /// kube-proxy's `REJECT` does for a Service without endpoints.
     Reject,
     /// Drop, as kube-proxy does for `externalTrafficPolicy: Local` (or
     /// `internalTrafficPolicy: Local`) with no endpoint on this node.

@@ -37,7 +37,7 @@ use std::{
     time::Instant,
 };
 
-use portmap_common::abi::{CT_FORWARD, CT_REPLY, CtKey, DatapathConfig};
+use portmap_common::abi::{CT_REPLY, CT_REQUEST, CtKey, DatapathConfig};
 use portmap_tests::model::{
     harness::{Harness, Stats},
     offload,
