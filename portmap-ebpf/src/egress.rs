@@ -2,7 +2,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use portmap_common::{
-    abi::{CT_REPLY, CtValue, DIR_REPLY, DatapathEvent},
+    abi::{CT_REPLY, DIR_REPLY, DatapathEvent},
     csum::CsumDelta,
 };
 
@@ -34,27 +34,15 @@ pub fn run(ctx: &TcContext) -> i32 {
 
 /// An ICMP error to a client about a request it sent quotes the request as
 /// translated (to the backend); the quote is put back to the frontend, so the
-/// client's stack finds the socket (path MTU discovery, unreachables). An
-/// error about no flow of ours is left alone, uncounted; one about a flow
-/// whose quote cannot be rewritten is counted as a failed rewrite.
+/// client's stack finds the socket (path MTU discovery, unreachables).
 #[inline(always)]
 fn translate_icmp(ctx: &TcContext, at: &IcmpAt) {
-    let Some((q, e)) = icmp::find_flow(ctx, at, CT_REPLY) else {
-        return;
-    };
-    count_event(if rewrite_icmp(ctx, at, &q, &e).is_some() {
-        DatapathEvent::IcmpTranslated
-    } else {
-        DatapathEvent::RewriteFailed
+    icmp::translate(ctx, at, CT_REPLY, |q, e| {
+        // Direct writes need the skb linear and private up to the end of the quote.
+        ctx.pull_data(at.ip_end as u32).ok()?;
+        let (addr, port) = (&e.nat_addr, e.nat_port);
+        icmp::rewrite_quote(ctx, at, q, Side::Dst, addr, port, CsumDelta::new())
     });
-}
-
-#[inline(always)]
-fn rewrite_icmp(ctx: &TcContext, at: &IcmpAt, q: &icmp::Quote, e: &CtValue) -> Option<()> {
-    // Direct writes need the skb linear and private up to the end of the quote.
-    ctx.pull_data(at.ip_end as u32).ok()?;
-    let (addr, port) = (&e.nat_addr, e.nat_port);
-    icmp::rewrite_quote(ctx, at, q, Side::Dst, addr, port, CsumDelta::new())
 }
 
 #[inline(always)]

@@ -14,11 +14,12 @@
 //! checksum over the changed bytes is updated incrementally.
 
 use portmap_common::{
-    abi::{CtKey, CtValue, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr},
+    abi::{CtKey, CtValue, DatapathEvent, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr},
     csum::CsumDelta,
 };
 
 use crate::{
+    counters::count_event,
     maps::CONNTRACK,
     nat::Side,
     packet::{PacketBuf, ptr_at},
@@ -138,7 +139,7 @@ fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
 /// translated request sent back to its client, on ingress (`CT_REQUEST`) a
 /// quoted translated reply sent back to its frontend.
 #[inline(always)]
-pub fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Quote, CtValue)> {
+fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Quote, CtValue)> {
     let q = quote(buf, at)?;
     // The error goes back to where the quoted packet came from.
     if q.src != at.dst {
@@ -152,6 +153,27 @@ pub fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Qu
         return None;
     }
     Some((q, e))
+}
+
+/// Translates an ICMP error about one of portmap's flows (found through
+/// the conntrack entry in `direction`, see [`find_flow`]) with `rewrite`, and
+/// counts it: translated, or a failed rewrite. An error about no flow of
+/// portmap's is left alone and not counted: it is not portmap's failure.
+#[inline(always)]
+pub fn translate(
+    buf: &impl PacketBuf,
+    at: &IcmpAt,
+    direction: u8,
+    rewrite: impl FnOnce(&Quote, &CtValue) -> Option<()>,
+) {
+    let Some((q, e)) = find_flow(buf, at, direction) else {
+        return;
+    };
+    count_event(if rewrite(&q, &e).is_some() {
+        DatapathEvent::IcmpTranslated
+    } else {
+        DatapathEvent::RewriteFailed
+    });
 }
 
 #[inline(always)]

@@ -49,25 +49,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
 }
 
 /// A client's ICMP error about a reply it got from a frontend goes on to the
-/// backend, quoting the reply as the backend sent it. An error about no flow
-/// of ours is left alone, uncounted; one about a flow that cannot be
-/// rewritten is counted as a failed rewrite.
+/// backend, quoting the reply as the backend sent it.
 #[inline(always)]
 fn translate_icmp(ctx: &XdpContext, at: &IcmpAt) {
-    let Some((q, e)) = icmp::find_flow(ctx, at, CT_REQUEST) else {
-        return;
-    };
-    count_event(if rewrite_icmp(ctx, at, &q, &e).is_some() {
-        DatapathEvent::IcmpTranslated
-    } else {
-        DatapathEvent::RewriteFailed
+    icmp::translate(ctx, at, CT_REQUEST, |q, e| {
+        let extra = icmp::redirect_to(ctx, at, &e.nat_addr)?;
+        icmp::rewrite_quote(ctx, at, q, Side::Src, &e.nat_addr, e.nat_port, extra)
     });
-}
-
-#[inline(always)]
-fn rewrite_icmp(ctx: &XdpContext, at: &IcmpAt, q: &icmp::Quote, e: &CtValue) -> Option<()> {
-    let extra = icmp::redirect_to(ctx, at, &e.nat_addr)?;
-    icmp::rewrite_quote(ctx, at, q, Side::Src, &e.nat_addr, e.nat_port, extra)
 }
 
 #[inline(always)]

@@ -399,56 +399,19 @@ mod tests {
     /// Every flag lands in the daemon's configuration.
     #[test]
     fn run_flags_become_the_daemon_configuration() {
-        let cli = Cli::try_parse_from([
-            "portmap",
-            "run",
-            "--iface",
-            "eth0",
-            "--backend-iface",
-            "eth1",
-            "-p",
-            "8080:10.0.0.2:3000",
-            "--allow-from",
-            "198.18.0.0/15",
-            "--manifests",
-            "/m",
-            "--node-name",
-            "n1",
-            "--node-ip",
-            "198.18.0.1",
-            "--node-port-range",
-            "31000-31999",
-            "--service-cidr",
-            "10.0.0.0/16",
-            "--metrics-addr",
-            "127.0.0.1:9999",
-            "--xdp-mode",
-            "generic",
-            "--cgroup",
-            "/sys/fs/cgroup/x",
-            "--control-socket",
-            "/run/x.sock",
-            "--bpffs-dir",
-            "/sys/fs/bpf/x",
-            "--keep-datapath",
-            "--datapath-variant",
-            "1",
-            "--max-frontends",
-            "10",
-            "--max-backends",
-            "20",
-            "--conntrack-entries",
-            "100",
-            "--tcp-timeout",
-            "1h",
-            "--tcp-syn-timeout",
-            "5s",
-            "--tcp-closing-timeout",
-            "2s",
-            "--udp-timeout",
-            "30s",
-        ])
-        .expect("the command line parses");
+        let line = concat!(
+            "run --iface eth0 --backend-iface eth1 -p 8080:10.0.0.2:3000 ",
+            "--allow-from 198.18.0.0/15 --manifests /m --node-name n1 ",
+            "--node-ip 198.18.0.1 --node-port-range 31000-31999 ",
+            "--service-cidr 10.0.0.0/16 --metrics-addr 127.0.0.1:9999 ",
+            "--xdp-mode generic --cgroup /sys/fs/cgroup/x ",
+            "--control-socket /run/x.sock --bpffs-dir /sys/fs/bpf/x ",
+            "--keep-datapath --datapath-variant 1 --max-frontends 10 ",
+            "--max-backends 20 --conntrack-entries 100 --tcp-timeout 1h ",
+            "--tcp-syn-timeout 5s --tcp-closing-timeout 2s --udp-timeout 30s",
+        );
+        let cli = Cli::try_parse_from(std::iter::once("portmap").chain(line.split_whitespace()))
+            .expect("the command line parses");
         let Command::Run(args) = cli.command else {
             panic!("not `run`");
         };
