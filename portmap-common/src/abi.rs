@@ -37,6 +37,16 @@ impl RawAddr {
     pub fn is_unspecified(&self) -> bool {
         self.0[0] | self.0[1] | self.0[2] | self.0[3] == 0
     }
+
+    /// The address's bytes as on the wire (an IPv4 address in the first 4).
+    #[inline(always)]
+    pub fn octets(&self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        for (i, word) in self.0.iter().enumerate() {
+            bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        bytes
+    }
 }
 
 /// Key of the `FRONTENDS` map: where a client sends to.
@@ -53,8 +63,9 @@ pub struct FrontendKey {
     pub family: u8,
 }
 
-/// Flag in [`FrontendValue::flags`]: with no backend, answer new flows with a
-/// TCP reset / ICMP unreachable instead of passing them to the stack.
+/// Flag in [`FrontendValue::flags`]: with no backend, answer new flows (TCP
+/// and UDP alike) with an ICMP or ICMPv6 port unreachable, as kube-proxy's
+/// `REJECT` does, instead of passing them to the stack.
 pub const FE_REJECT_NO_BACKENDS: u32 = 1 << 0;
 /// Flag in [`FrontendValue::flags`]: with no backend, drop new flows (e.g.
 /// `externalTrafficPolicy: Local` with no endpoint on this node).
@@ -78,9 +89,9 @@ pub const FE_AFFINITY_CLIENT_IP: u32 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrontendValue {
-    /// Index into `FRONTEND_COUNTERS` and `FRONTEND_GENERATIONS`.
+    /// Index into `FRONTEND_STATS` and `FRONTEND_GEN`.
     pub frontend_id: u32,
-    /// Equals `FRONTEND_GENERATIONS[frontend_id]` while this frontend exists;
+    /// Equals `FRONTEND_GEN[frontend_id]` while this frontend exists;
     /// conntrack entries carrying an older value are stale.
     pub generation: u32,
     /// Identifies the service port (backend set) for session affinity.
@@ -109,8 +120,9 @@ pub const BACKEND_ACTIVE: u8 = 1;
 /// it is in a table because nothing better exists.
 pub const BACKEND_TERMINATING: u8 = 2;
 
-/// Value of the `BACKENDS` array, indexed by backend id. The id is also the
-/// index of the backend's counters in `BACKEND_COUNTERS`.
+/// Value of the `BACKENDS` array, indexed by backend id: one per endpoint of
+/// a service in userspace's desired state (`model::Endpoint`). The id is also
+/// the index of the backend's counters in `BACKEND_STATS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -128,14 +140,20 @@ pub struct Backend {
     pub service_id: u32,
 }
 
-/// [`CtKey::direction`] of the entry a client's packets hit.
-pub const CT_FORWARD: u8 = 0;
+/// [`CtKey::direction`] of the entry a client's packets (requests) hit: the
+/// same direction as [`DIR_REQUEST`], and as `direction="request"` in the
+/// metrics.
+pub const CT_REQUEST: u8 = 0;
 /// [`CtKey::direction`] of the entry a backend's replies hit.
 pub const CT_REPLY: u8 = 1;
+/// The former name of [`CT_REQUEST`], for the reference model in
+/// `tests/src/model` until its rewrite uses the new one; nothing else may.
+#[doc(hidden)]
+pub const CT_FORWARD: u8 = CT_REQUEST;
 
 /// Key of the `CONNTRACK` map: a flow as seen on the wire.
 ///
-/// Each translated flow has two entries: `CT_FORWARD` keyed by
+/// Each translated flow has two entries: `CT_REQUEST` keyed by
 /// client → frontend, whose value holds the backend, and `CT_REPLY` keyed by
 /// backend → client, whose value holds the frontend the client used.
 #[repr(C)]
@@ -166,7 +184,7 @@ pub const CT_STATE_CLOSING: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValue {
-    /// Forward entry: the backend address. Reply entry: the frontend address.
+    /// Request entry: the backend address. Reply entry: the frontend address.
     pub nat_addr: RawAddr,
     /// Network byte order; pairs with `nat_addr`.
     pub nat_port: u16,
@@ -194,8 +212,8 @@ pub const DIR_REQUEST: usize = 0;
 /// Index into [`TrafficCounters`]: backend → client.
 pub const DIR_REPLY: usize = 1;
 
-/// Value of the per-CPU counter arrays (`FRONTEND_COUNTERS`,
-/// `BACKEND_COUNTERS`). Bytes are IP bytes (header included), as iptables
+/// Value of the per-CPU counter arrays (`FRONTEND_STATS`,
+/// `BACKEND_STATS`). Bytes are IP bytes (header included), as iptables
 /// counts them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -288,7 +306,8 @@ pub struct SockRevValue {
 /// path) when the egress interface is in `DEVMAP`.
 pub const DP_FAST_PATH: u32 = 1 << 0;
 
-/// The single value of the `CONFIG` array: conntrack timeouts in nanoseconds.
+/// The single value of the `CONFIG` array: the map layout version, `DP_*`
+/// flags, conntrack timeouts in nanoseconds and the node's network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatapathConfig {
@@ -321,7 +340,7 @@ impl Default for DatapathConfig {
     }
 }
 
-/// Indexes of the per-CPU `DATAPATH_EVENTS` array: things the dataplane did or
+/// Indexes of the per-CPU `EVENTS` array: things the dataplane did or
 /// declined to do, exported as `portmap_datapath_events_total{event=...}`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,7 +393,9 @@ pub enum DatapathEvent {
     /// could not be made linear); passed untouched.
     HeadersNotLinear = 18,
     /// A translation could not be written into the packet (a kernel helper
-    /// failed); the packet was passed as it was.
+    /// failed, or a byte to rewrite lay beyond what the program can reach);
+    /// the packet was passed on untranslated (an ICMP error about a flow
+    /// may keep its rewritten outer destination).
     RewriteFailed = 19,
     /// As `RewriteFailed`, for a GSO super-packet.
     GsoRewriteFailed = 20,
@@ -491,3 +512,21 @@ const _: () = {
     assert!(size_of::<LoadgenConfig>() == 8 + LOADGEN_MAX_FRAME);
     assert!(DatapathEvent::COUNT <= EVENT_SLOTS);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn octets_are_the_wire_bytes() {
+        let wire = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01,
+        ];
+        let word = |i: usize| u32::from_ne_bytes([wire[i], wire[i + 1], wire[i + 2], wire[i + 3]]);
+        let v6 = RawAddr([word(0), word(4), word(8), word(12)]);
+        assert_eq!(v6.octets(), wire);
+        let v4 = RawAddr([u32::from_ne_bytes([198, 18, 0, 1]), 0, 0, 0]);
+        assert_eq!(v4.octets()[..4], [198, 18, 0, 1]);
+        assert_eq!(v4.octets()[4..], [0; 12]);
+    }
+}

@@ -1,16 +1,16 @@
 //! Connection tracking: a flow keeps its backend, and its replies find the
 //! frontend to translate back to.
 //!
-//! Each flow has a forward entry (client → frontend, holding the backend) and a
-//! reply entry (backend → client, holding the frontend). Both carry the state and
-//! last-seen time; refreshing one refreshes its twin, so either direction keeps
-//! the flow alive. Entries are never trusted blindly: the frontend's and
+//! Each flow has a request entry (client → frontend, holding the backend) and
+//! a reply entry (backend → client, holding the frontend). Both carry the
+//! state and last-seen time; refreshing one refreshes its twin, so either
+//! direction keeps the flow alive. Entries are never trusted blindly: the frontend's and
 //! backend's generations must still match, so a removed frontend or backend
 //! stops being used at once, before any garbage collection runs.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use portmap_common::abi::{
-    BACKEND_UNUSED, Backend, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+    BACKEND_UNUSED, Backend, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
     CT_STATE_NEW, CtKey, CtValue, DatapathConfig, DatapathEvent, FrontendValue, PROTO_TCP,
     REFRESH_INTERVAL_NS,
 };
@@ -50,7 +50,7 @@ pub fn key_of(flow: &Flow, direction: u8) -> CtKey {
 /// The key of the other entry of the flow that `key` and `entry` belong to.
 #[inline(always)]
 fn twin_key(key: &CtKey, entry: &CtValue) -> CtKey {
-    if key.direction == CT_FORWARD {
+    if key.direction == CT_REQUEST {
         // backend → client
         CtKey {
             src: entry.nat_addr,
@@ -67,7 +67,7 @@ fn twin_key(key: &CtKey, entry: &CtValue) -> CtKey {
             dst: entry.nat_addr,
             sport: key.dport,
             dport: entry.nat_port,
-            direction: CT_FORWARD,
+            direction: CT_REQUEST,
             ..*key
         }
     }
@@ -171,7 +171,7 @@ fn next_state(state: u8, flow: &Flow, from_reply: bool) -> u8 {
 ///
 /// Under pressure the LRU may evict one entry of a live flow: without its
 /// reply entry, the backend's answers would leave untranslated; without its
-/// forward entry, the flow could be balanced elsewhere. Each entry holds all
+/// request entry, the flow could be balanced elsewhere. Each entry holds all
 /// its twin needs. Looking the twin up on every packet would close the
 /// window completely but costs ~36 ns a packet (a third of a conntrack hit);
 /// at each write it costs nothing extra, and a flow is repaired at its next
@@ -197,9 +197,9 @@ pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
         return;
     }
     // The twin translates towards this packet's sender: its NAT address is
-    // what this packet was sent to (forward: the frontend) or from (reply:
+    // what this packet was sent to (request: the frontend) or from (reply:
     // the backend).
-    let (nat_addr, nat_port) = if key.direction == CT_FORWARD {
+    let (nat_addr, nat_port) = if key.direction == CT_REQUEST {
         (flow.dst, flow.dport)
     } else {
         (flow.src, flow.sport)
@@ -215,7 +215,7 @@ pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
 }
 
 /// Creates both entries of a new flow of `flow` from frontend `fe` to
-/// `backend`. Returns the forward entry's value, or `None` if the map refused
+/// `backend`. Returns the request entry's value, or `None` if the map refused
 /// an insert (then nothing is translated, and no reply entry dangles).
 #[inline(always)]
 pub fn create(
@@ -225,9 +225,9 @@ pub fn create(
     backend: &Backend,
     now: u64,
 ) -> Option<CtValue> {
-    let forward_key = key_of(flow, CT_FORWARD);
+    let request_key = key_of(flow, CT_REQUEST);
     let state = next_state(CT_STATE_NEW, flow, false);
-    let forward = CtValue {
+    let request = CtValue {
         nat_addr: backend.addr,
         nat_port: backend.port,
         state,
@@ -242,15 +242,15 @@ pub fn create(
     let reply = CtValue {
         nat_addr: flow.dst,
         nat_port: flow.dport,
-        ..forward
+        ..request
     };
-    let reply_key = twin_key(&forward_key, &forward);
-    // Reply entry first: a forward entry without its reply would translate
+    let reply_key = twin_key(&request_key, &request);
+    // Reply entry first: a request entry without its reply would translate
     // requests whose answers then go back untranslated.
     CONNTRACK.insert(reply_key, reply, 0).ok()?;
-    if CONNTRACK.insert(forward_key, forward, 0).is_err() {
+    if CONNTRACK.insert(request_key, request, 0).is_err() {
         let _ = CONNTRACK.remove(reply_key);
         return None;
     }
-    Some(forward)
+    Some(request)
 }

@@ -9,7 +9,7 @@ use portmap_common::{
 use crate::{
     conntrack,
     counters::{count_event, count_traffic},
-    icmp::{self, QuoteSide},
+    icmp,
     maps::CONNTRACK,
     nat::{Side, rewrite_tc},
     packet::PacketBuf,
@@ -24,9 +24,7 @@ use crate::{
 pub fn run(ctx: &TcContext) -> i32 {
     match parse_skb(ctx) {
         Ok(flow) => translate(ctx, &flow),
-        Err(NotAFlow::Icmp(at)) => {
-            let _ = translate_icmp(ctx, &at);
-        }
+        Err(NotAFlow::Icmp(at)) => translate_icmp(ctx, &at),
         Err(NotAFlow::Malformed) => count_event(DatapathEvent::Malformed),
         Err(NotAFlow::Short(_)) => count_event(DatapathEvent::HeadersNotLinear),
         Err(NotAFlow::Fragment | NotAFlow::Other) => {}
@@ -38,21 +36,13 @@ pub fn run(ctx: &TcContext) -> i32 {
 /// translated (to the backend); the quote is put back to the frontend, so the
 /// client's stack finds the socket (path MTU discovery, unreachables).
 #[inline(always)]
-fn translate_icmp(ctx: &TcContext, at: &IcmpAt) -> Option<()> {
-    let (q, e) = icmp::find_flow(ctx, at, CT_REPLY)?;
-    // Direct writes need the skb linear and private up to the end of the quote.
-    ctx.pull_data(at.ip_end as u32).ok()?;
-    icmp::rewrite_quote(
-        ctx,
-        at,
-        &q,
-        QuoteSide::Dst,
-        &e.nat_addr,
-        e.nat_port,
-        CsumDelta::new(),
-    )?;
-    count_event(DatapathEvent::IcmpTranslated);
-    Some(())
+fn translate_icmp(ctx: &TcContext, at: &IcmpAt) {
+    icmp::translate(ctx, at, CT_REPLY, |q, e| {
+        // Direct writes need the skb linear and private up to the end of the quote.
+        ctx.pull_data(at.ip_end as u32).ok()?;
+        let (addr, port) = (&e.nat_addr, e.nat_port);
+        icmp::rewrite_quote(ctx, at, q, Side::Dst, addr, port, CsumDelta::new())
+    });
 }
 
 #[inline(always)]

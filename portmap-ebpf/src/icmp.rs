@@ -14,12 +14,14 @@
 //! checksum over the changed bytes is updated incrementally.
 
 use portmap_common::{
-    abi::{CtKey, CtValue, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr},
+    abi::{CtKey, CtValue, DatapathEvent, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr},
     csum::CsumDelta,
 };
 
 use crate::{
+    counters::count_event,
     maps::CONNTRACK,
+    nat::Side,
     packet::{PacketBuf, ptr_at},
     parse::IcmpAt,
 };
@@ -117,7 +119,7 @@ pub fn quote(buf: &impl PacketBuf, at: &IcmpAt) -> Option<Quote> {
 /// The conntrack key of the flow a quote belongs to, in the direction of
 /// the entry that holds the translation to undo: a quoted translated
 /// request (egress) is found through its reply entry, a quoted translated
-/// reply (ingress) through its forward entry.
+/// reply (ingress) through its request entry.
 #[inline(always)]
 fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
     CtKey {
@@ -134,10 +136,10 @@ fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
 
 /// The quote of an ICMP error and the conntrack entry of the flow it is
 /// about, if that entry is current (`conntrack::current`): on egress (`CT_REPLY`) a quoted
-/// translated request sent back to its client, on ingress (`CT_FORWARD`) a
+/// translated request sent back to its client, on ingress (`CT_REQUEST`) a
 /// quoted translated reply sent back to its frontend.
 #[inline(always)]
-pub fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Quote, CtValue)> {
+fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Quote, CtValue)> {
     let q = quote(buf, at)?;
     // The error goes back to where the quoted packet came from.
     if q.src != at.dst {
@@ -151,6 +153,27 @@ pub fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Qu
         return None;
     }
     Some((q, e))
+}
+
+/// Translates an ICMP error about one of portmap's flows (found through
+/// the conntrack entry in `direction`, see [`find_flow`]) with `rewrite`, and
+/// counts it: translated, or a failed rewrite. An error about no flow of
+/// portmap's is left alone and not counted: it is not portmap's failure.
+#[inline(always)]
+pub fn translate(
+    buf: &impl PacketBuf,
+    at: &IcmpAt,
+    direction: u8,
+    rewrite: impl FnOnce(&Quote, &CtValue) -> Option<()>,
+) {
+    let Some((q, e)) = find_flow(buf, at, direction) else {
+        return;
+    };
+    count_event(if rewrite(&q, &e).is_some() {
+        DatapathEvent::IcmpTranslated
+    } else {
+        DatapathEvent::RewriteFailed
+    });
 }
 
 #[inline(always)]
@@ -182,16 +205,9 @@ fn write_addr(buf: &impl PacketBuf, off: usize, family: u8, addr: &RawAddr) -> O
     Some(())
 }
 
-/// Which end of the quoted packet is rewritten.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum QuoteSide {
-    /// The quoted destination (a request's backend → its frontend).
-    Dst,
-    /// The quoted source (a reply's frontend → its backend).
-    Src,
-}
-
-/// Rewrites one end of the quote to `addr`:`port` in place, with the
+/// Rewrites `side` of the quoted packet to `addr`:`port` in place (egress:
+/// the destination of a quoted request, its backend → its frontend;
+/// ingress: the source of a quoted reply, its frontend → its backend), with the
 /// quote's IPv4 header checksum and L4 checksum, and the ICMP checksum over
 /// all of it (plus `extra`, changes outside the message that its checksum
 /// covers: the ICMPv6 pseudo-header). Pointers are checked before writing.
@@ -200,18 +216,17 @@ pub fn rewrite_quote(
     buf: &impl PacketBuf,
     at: &IcmpAt,
     q: &Quote,
-    side: QuoteSide,
+    side: Side,
     addr: &RawAddr,
     port: u16,
     extra: CsumDelta,
 ) -> Option<()> {
     let v4 = at.family == FAMILY_V4;
-    let (old_addr, old_port, addr_off, port_off) = match (side, v4) {
-        (QuoteSide::Dst, true) => (q.dst, q.dport, q.l3 + 16, q.l4 + 2),
-        (QuoteSide::Dst, false) => (q.dst, q.dport, q.l3 + 24, q.l4 + 2),
-        (QuoteSide::Src, true) => (q.src, q.sport, q.l3 + 12, q.l4),
-        (QuoteSide::Src, false) => (q.src, q.sport, q.l3 + 8, q.l4),
+    let (old_addr, old_port) = match side {
+        Side::Dst => (q.dst, q.dport),
+        Side::Src => (q.src, q.sport),
     };
+    let (addr_off, port_off) = (q.l3 + side.addr_in_ip(v4), q.l4 + side.port_in_l4());
     let icmp_check_off = at.l4_off + 2;
     let icmp_check = read16(buf, icmp_check_off)?;
     // Every 16-bit word of the message that changes adds to the ICMP delta.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portmap_common::abi::{
-    CT_FORWARD, CtValue, DIR_REQUEST, DatapathConfig, DatapathEvent, FE_DROP_NO_BACKENDS,
+    CT_REQUEST, CtValue, DIR_REQUEST, DatapathConfig, DatapathEvent, FE_DROP_NO_BACKENDS,
     FE_REJECT_NO_BACKENDS, FE_SOURCE_RANGES,
 };
 
@@ -13,9 +13,7 @@ use crate::{
     checksum,
     conntrack::{self, Decision},
     counters::{count_event, count_traffic},
-    fastpath, handoff,
-    icmp::{self, QuoteSide},
-    lb,
+    fastpath, handoff, icmp, lb,
     maps::{CONNTRACK, program_variant},
     nat::{L4Check, Side, l4_check_field, rewrite_xdp},
     parse::{Flow, IcmpAt, NotAFlow, parse},
@@ -53,12 +51,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
 /// A client's ICMP error about a reply it got from a frontend goes on to the
 /// backend, quoting the reply as the backend sent it.
 #[inline(always)]
-fn translate_icmp(ctx: &XdpContext, at: &IcmpAt) -> Option<()> {
-    let (q, e) = icmp::find_flow(ctx, at, CT_FORWARD)?;
-    let extra = icmp::redirect_to(ctx, at, &e.nat_addr)?;
-    icmp::rewrite_quote(ctx, at, &q, QuoteSide::Src, &e.nat_addr, e.nat_port, extra)?;
-    count_event(DatapathEvent::IcmpTranslated);
-    Some(())
+fn translate_icmp(ctx: &XdpContext, at: &IcmpAt) {
+    icmp::translate(ctx, at, CT_REQUEST, |q, e| {
+        let extra = icmp::redirect_to(ctx, at, &e.nat_addr)?;
+        icmp::rewrite_quote(ctx, at, q, Side::Src, &e.nat_addr, e.nat_port, extra)
+    });
 }
 
 #[inline(always)]
@@ -67,7 +64,7 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
         return XDP_PASS;
     };
     let now = conntrack::now_ns();
-    let key = conntrack::key_of(flow, CT_FORWARD);
+    let key = conntrack::key_of(flow, CT_REQUEST);
 
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a live map value, read once into a copy.

@@ -11,7 +11,7 @@
 //! | `NODE_ADDRS` | hash | this node's addresses | userspace |
 //! | `FRONTEND_STATS`, `BACKEND_STATS` | per-CPU array | id → packets, bytes | dataplane |
 //! | `EVENTS` | per-CPU array | `DatapathEvent` → count | dataplane |
-//! | `CONFIG` | array of 1 | conntrack timeouts, layout version | userspace |
+//! | `CONFIG` | array of 1 | layout version, flags, conntrack timeouts, node netns | userspace |
 //! | `AFFINITY` | LRU hash | (service, client) → backend, last used | dataplane |
 //! | `SOURCE_RANGES` | LPM trie | (service, source prefix) → allowed | userspace |
 //! | `SOCK_REVNAT` | LRU hash | (socket, backend) → frontend the socket addressed | socket programs |
@@ -68,7 +68,8 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_e
 #[map]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_SLOTS, 0);
 
-/// Conntrack timeouts and the map layout version.
+/// The map layout version, `DP_*` flags, conntrack timeouts and the node's
+/// network namespace (`DatapathConfig`).
 #[map]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 

@@ -19,13 +19,36 @@ use portmap_common::{
 
 use crate::{checksum::pseudo_sum, packet::ptr_at, parse::Flow};
 
-/// Which end of the flow a rewrite changes.
+/// Which end of a packet a rewrite changes: of the packet itself here, of
+/// the packet an ICMP error quotes in `icmp`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// Source address and port (reverse NAT of replies).
     Src,
     /// Destination address and port (DNAT of requests).
     Dst,
+}
+
+impl Side {
+    /// Offset of this side's address in an IPv4 (`v4`) or IPv6 header.
+    #[inline(always)]
+    pub fn addr_in_ip(self, v4: bool) -> usize {
+        match (v4, self) {
+            (true, Side::Src) => 12,
+            (true, Side::Dst) => 16,
+            (false, Side::Src) => 8,
+            (false, Side::Dst) => 24,
+        }
+    }
+
+    /// Offset of this side's port in a TCP or UDP header.
+    #[inline(always)]
+    pub fn port_in_l4(self) -> usize {
+        match self {
+            Side::Src => 0,
+            Side::Dst => 2,
+        }
+    }
 }
 
 /// Byte offsets of a rewrite's fields, from the parsed flow.
@@ -37,16 +60,9 @@ struct Fields {
 
 #[inline(always)]
 fn fields(flow: &Flow, side: Side) -> Fields {
-    let v4 = flow.family == FAMILY_V4;
-    let addr_in_ip = match (v4, side) {
-        (true, Side::Src) => 12,
-        (true, Side::Dst) => 16,
-        (false, Side::Src) => 8,
-        (false, Side::Dst) => 24,
-    };
     Fields {
-        addr: flow.l3_off + addr_in_ip,
-        port: flow.l4_off + if side == Side::Src { 0 } else { 2 },
+        addr: flow.l3_off + side.addr_in_ip(flow.family == FAMILY_V4),
+        port: flow.l4_off + side.port_in_l4(),
         l4_check: flow.l4_off + if flow.proto == PROTO_TCP { 16 } else { 6 },
     }
 }

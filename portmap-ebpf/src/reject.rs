@@ -147,8 +147,8 @@ fn build(ctx: &XdpContext, flow: &Flow) -> Option<()> {
         h[4..6].copy_from_slice(&(message_len as u16).to_be_bytes());
         h[6] = 58; // ICMPv6
         h[7] = 64; // hop limit
-        write_addr(&mut h, 8, &src);
-        write_addr(&mut h, 24, &dst);
+        h[8..24].copy_from_slice(&src.octets());
+        h[24..40].copy_from_slice(&dst.octets());
         // SAFETY: bounds checked by `ptr_at` just above.
         unsafe { *ip = h };
         // Pseudo-header: addresses, upper-layer length, next header.
@@ -192,11 +192,4 @@ fn addr_sum(a: &RawAddr) -> u64 {
     a.0.iter()
         .map(|w| u64::from(*w as u16) + u64::from((*w >> 16) as u16))
         .sum()
-}
-
-#[inline(always)]
-fn write_addr(h: &mut [u8; IPV6_HDR], at: usize, a: &RawAddr) {
-    for (i, w) in a.0.iter().enumerate() {
-        h[at + 4 * i..at + 4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-    }
 }

@@ -1,14 +1,20 @@
-//! Command line: `portmap run` and `portmap list`.
+//! The `portmap` command line, on top of everything else: parses each
+//! subcommand's flags into that command's own arguments, runs it, and turns
+//! what it returns into an exit status: 2 with clap's usage for bad input
+//! (naming the flag and the value), 1 for a failure.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
-    control, daemon,
-    dataplane::{DEFAULT_PIN_DIR, XdpMode},
+    config::Sources,
+    control,
+    daemon::{self, Input, InvalidInput, RunError, SocketLb, Timeouts, Until},
+    dataplane::{DEFAULT_PIN_DIR, Limits, XdpMode},
+    k8s::NodeConfig,
     list,
-    spec::PublishSpec,
+    model::{Cidr, PublishSpec},
 };
 
 #[derive(Debug, Parser)]
@@ -67,7 +73,7 @@ pub struct RunArgs {
     /// (`dropped_source_range`), as `loadBalancerSourceRanges` does for
     /// LoadBalancer Services.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    pub allow_from: Vec<crate::model::Cidr>,
+    pub allow_from: Vec<Cidr>,
 
     /// Kubernetes manifests to publish: a YAML/JSON file or a directory of
     /// them (repeatable), with Services, EndpointSlices and Pods as
@@ -92,7 +98,7 @@ pub struct RunArgs {
     /// Range ClusterIPs are assigned from when a Service leaves them out
     /// (repeatable; one per family).
     #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12", value_parser = parse_cidr)]
-    pub service_cidr: Vec<crate::model::Cidr>,
+    pub service_cidr: Vec<Cidr>,
 
     /// Where to serve Prometheus metrics (`/metrics`).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9640")]
@@ -166,6 +172,50 @@ pub struct RunArgs {
     pub udp_timeout: Duration,
 }
 
+impl RunArgs {
+    /// The daemon's configuration these flags describe.
+    pub fn config(self) -> daemon::Config {
+        let socket_lb = match (self.no_socket_lb, self.cgroup) {
+            (true, _) => SocketLb::Off,
+            (false, Some(path)) => SocketLb::Cgroup(path),
+            (false, None) => SocketLb::DefaultCgroup,
+        };
+        daemon::Config {
+            ifaces: self.ifaces,
+            backend_ifaces: self.backend_ifaces,
+            sources: Sources {
+                specs: self.publish,
+                allow_from: self.allow_from,
+                manifests: self.manifests,
+                node: NodeConfig {
+                    node_name: self.node_name,
+                    node_ips: self.node_ip,
+                    node_port_range: self.node_port_range,
+                    service_cidrs: self.service_cidr,
+                },
+            },
+            metrics_addr: self.metrics_addr,
+            control_socket: self.control_socket,
+            xdp_mode: self.xdp_mode,
+            socket_lb,
+            bpffs_dir: self.bpffs_dir,
+            keep_datapath: self.keep_datapath,
+            datapath_variant: self.datapath_variant,
+            limits: Limits {
+                frontends: self.max_frontends,
+                backends: self.max_backends,
+                conntrack: self.conntrack_entries,
+            },
+            timeouts: Timeouts {
+                tcp_syn: self.tcp_syn_timeout,
+                tcp_established: self.tcp_timeout,
+                tcp_closing: self.tcp_closing_timeout,
+                udp: self.udp_timeout,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// The control socket of the `portmap run` to ask.
@@ -175,6 +225,15 @@ pub struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ListArgs {
+    fn options(self) -> list::Options {
+        list::Options {
+            control_socket: self.control_socket,
+            json: self.json,
+        }
+    }
 }
 
 fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
@@ -194,7 +253,7 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     Ok(a..=b)
 }
 
-fn parse_cidr(s: &str) -> Result<crate::model::Cidr, String> {
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
     s.parse()
 }
 
@@ -229,9 +288,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The flag an input of the daemon's configuration comes from, as clap
+/// names it in its own errors.
+fn flag(input: Input) -> &'static str {
+    match input {
+        Input::Iface => "--iface <IF>",
+        Input::BackendIface => "--backend-iface <IF>",
+        Input::Cgroup => "--cgroup <PATH>",
+        Input::Publish => "--publish <SPEC>",
+        Input::Manifests => "--manifests <PATH>",
+    }
+}
+
+/// Bad input, in clap's words: `invalid value 'VALUE' for 'FLAG': WHY`.
+fn usage_message(e: &InvalidInput) -> String {
+    match &e.value {
+        Some(value) => format!("invalid value '{value}' for '{}': {}", flag(e.input), e.why),
+        None => format!("invalid value for '{}': {}", flag(e.input), e.why),
+    }
+}
+
 /// Reports bad input the way clap does: `error: ...`, usage, exit status 2.
-pub fn usage_error(kind: ErrorKind, message: impl std::fmt::Display) -> ! {
-    Cli::command().error(kind, message).exit()
+fn usage_error(e: &InvalidInput) -> ExitCode {
+    let error = Cli::command().error(ErrorKind::InvalidValue, usage_message(e));
+    // As clap's own `exit`, which ignores a closed stderr.
+    let _ = error.print();
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
 }
 
 pub fn main() -> ExitCode {
@@ -240,10 +322,14 @@ pub fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => daemon::run(*args),
-        Command::List(args) => list::run(&args),
+        Command::Run(args) => match daemon::run(args.config(), Until::Signal) {
+            Ok(()) => Ok(()),
+            Err(RunError::Invalid(e)) => return usage_error(&e),
+            Err(RunError::Failed(e)) => Err(e),
+        },
+        Command::List(args) => list::run(&args.options()),
         Command::Bench(args) => crate::bench::run(&args),
-        Command::Reset(args) => daemon::reset(&args),
+        Command::Reset(args) => daemon::reset(&args.bpffs_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,6 +363,108 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// The daemon's refusals name the flag as clap names it in its own
+    /// errors.
+    #[test]
+    fn refused_inputs_name_their_flags() {
+        let mut command = Cli::command();
+        command.build();
+        let run = command.find_subcommand("run").expect("a run subcommand");
+        for (input, id) in [
+            (Input::Iface, "ifaces"),
+            (Input::BackendIface, "backend_ifaces"),
+            (Input::Cgroup, "cgroup"),
+            (Input::Publish, "publish"),
+            (Input::Manifests, "manifests"),
+        ] {
+            let arg = run
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("no argument {id}"));
+            assert_eq!(flag(input), arg.to_string(), "{input:?}");
+        }
+        let e = InvalidInput {
+            input: Input::Iface,
+            value: Some("eth9".into()),
+            why: "no such network interface (have: lo)".into(),
+        };
+        assert_eq!(
+            usage_message(&e),
+            "invalid value 'eth9' for '--iface <IF>': no such network interface (have: lo)"
+        );
+    }
+
+    /// Every flag lands in the daemon's configuration.
+    #[test]
+    fn run_flags_become_the_daemon_configuration() {
+        let line = concat!(
+            "run --iface eth0 --backend-iface eth1 -p 8080:10.0.0.2:3000 ",
+            "--allow-from 198.18.0.0/15 --manifests /m --node-name n1 ",
+            "--node-ip 198.18.0.1 --node-port-range 31000-31999 ",
+            "--service-cidr 10.0.0.0/16 --metrics-addr 127.0.0.1:9999 ",
+            "--xdp-mode generic --cgroup /sys/fs/cgroup/x ",
+            "--control-socket /run/x.sock --bpffs-dir /sys/fs/bpf/x ",
+            "--keep-datapath --datapath-variant 1 --max-frontends 10 ",
+            "--max-backends 20 --conntrack-entries 100 --tcp-timeout 1h ",
+            "--tcp-syn-timeout 5s --tcp-closing-timeout 2s --udp-timeout 30s",
+        );
+        let cli = Cli::try_parse_from(std::iter::once("portmap").chain(line.split_whitespace()))
+            .expect("the command line parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not `run`");
+        };
+        let c = args.config();
+        assert_eq!(c.ifaces, ["eth0"]);
+        assert_eq!(c.backend_ifaces, ["eth1"]);
+        assert_eq!(c.sources.specs.len(), 1);
+        assert_eq!(c.sources.specs[0].0, "8080:10.0.0.2:3000");
+        assert_eq!(c.sources.allow_from, ["198.18.0.0/15".parse().unwrap()]);
+        assert_eq!(c.sources.manifests, [PathBuf::from("/m")]);
+        assert_eq!(c.sources.node.node_name.as_deref(), Some("n1"));
+        assert_eq!(
+            c.sources.node.node_ips,
+            ["198.18.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(c.sources.node.node_port_range, 31000..=31999);
+        assert_eq!(
+            c.sources.node.service_cidrs,
+            ["10.0.0.0/16".parse().unwrap()]
+        );
+        assert_eq!(c.metrics_addr, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(c.xdp_mode, XdpMode::Generic);
+        assert_eq!(c.socket_lb, SocketLb::Cgroup("/sys/fs/cgroup/x".into()));
+        assert_eq!(c.control_socket, PathBuf::from("/run/x.sock"));
+        assert_eq!(c.bpffs_dir, PathBuf::from("/sys/fs/bpf/x"));
+        assert!(c.keep_datapath);
+        assert_eq!(c.datapath_variant, 1);
+        assert_eq!(
+            c.limits,
+            Limits {
+                frontends: 10,
+                backends: 20,
+                conntrack: 100
+            }
+        );
+        assert_eq!(
+            c.timeouts,
+            Timeouts {
+                tcp_syn: Duration::from_secs(5),
+                tcp_established: Duration::from_secs(3600),
+                tcp_closing: Duration::from_secs(2),
+                udp: Duration::from_secs(30),
+            }
+        );
+        let socket_lb = |extra: &[&str]| {
+            let args = ["portmap", "run", "--iface", "eth0"].iter().chain(extra);
+            let Command::Run(args) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not `run`");
+            };
+            args.config().socket_lb
+        };
+        assert_eq!(socket_lb(&[]), SocketLb::DefaultCgroup);
+        assert_eq!(socket_lb(&["--no-socket-lb"]), SocketLb::Off);
     }
 
     /// The metrics, which name every Service and backend, are not served to

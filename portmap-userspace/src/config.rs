@@ -13,8 +13,7 @@ use anyhow::Result;
 
 use crate::{
     k8s::{self, Assignments, NodeConfig},
-    model::{Cidr, DesiredState},
-    spec::PublishSpec,
+    model::{Cidr, DesiredState, PublishSpec},
 };
 
 /// Everything the desired state is made from.

@@ -1,133 +1,175 @@
-//! `portmap run`: validate, load, program, attach, serve, and on SIGINT or
-//! SIGTERM detach everything.
+//! `portmap run`: validate, load, program, attach, serve, and when told to
+//! stop (SIGINT or SIGTERM for the binary, a [`Stop`] for a test) detach
+//! everything.
+//!
+//! The daemon takes a [`Config`], its own description of what to do; the
+//! command line (`crate::cli`) builds one from the flags and turns the
+//! [`RunError`]s into exit statuses.
+
+mod tasks;
+mod validate;
 
 use std::{
     collections::BTreeSet,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use clap::error::ErrorKind;
 use log::{info, warn};
 use portmap_common::abi::{DP_FAST_PATH, DatapathConfig};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use self::tasks::{follow_interfaces, lock, maintain};
+pub use self::validate::{Input, InvalidInput};
 use crate::{
-    cli::{ResetArgs, RunArgs, usage_error},
-    config::{ConfigError, Loaded, Sources},
+    config::Sources,
     control,
-    dataplane::{
-        Attached, Dataplane, InterfaceChange, Limits, MapUsage, PinDir, SockAttached,
-        default_cgroup, is_cgroup2,
-    },
-    k8s::NodeConfig,
+    dataplane::{Attached, Dataplane, Limits, PinDir, SockAttached, XdpMode, default_cgroup},
     metrics,
-    model::DesiredState,
+    model::{DesiredState, HostAddr},
     netlink::LinkWatch,
-    node_addrs::{interface_exists, interface_names, node_addresses},
+    node_addrs::node_addresses,
     reload::Reloader,
-    spec::HostAddr,
 };
 
-/// How often node addresses are re-read and conntrack collected.
-const NODE_ADDR_INTERVAL: Duration = Duration::from_secs(2);
-const GC_INTERVAL: Duration = Duration::from_secs(10);
-/// How often watched manifest files are checked for changes.
-const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// What `portmap run` is to do, checked by [`run`] before anything is touched.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Interfaces whose incoming traffic is translated.
+    pub ifaces: Vec<String>,
+    /// Interfaces towards backends: the fast path is on if there are any.
+    pub backend_ifaces: Vec<String>,
+    /// What to publish: `-p` specs, their allowed sources, manifests.
+    pub sources: Sources,
+    /// Where Prometheus metrics are served.
+    pub metrics_addr: SocketAddr,
+    /// The Unix socket `portmap list` asks.
+    pub control_socket: PathBuf,
+    pub xdp_mode: XdpMode,
+    pub socket_lb: SocketLb,
+    /// Where maps and links are pinned; a dataplane found there is adopted.
+    pub bpffs_dir: PathBuf,
+    /// On exit, leave the dataplane pinned and forwarding.
+    pub keep_datapath: bool,
+    /// Programs whose code differs from this build's, same maps (upgrade
+    /// tests); 0 for this build's.
+    pub datapath_variant: u32,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
 
-fn config_of(args: &RunArgs) -> DatapathConfig {
-    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    DatapathConfig {
-        tcp_new_timeout_ns: ns(args.tcp_syn_timeout),
-        tcp_established_timeout_ns: ns(args.tcp_timeout),
-        tcp_closing_timeout_ns: ns(args.tcp_closing_timeout),
-        udp_timeout_ns: ns(args.udp_timeout),
-        flags: if args.backend_ifaces.is_empty() {
-            0
-        } else {
-            DP_FAST_PATH
-        },
-        ..DatapathConfig::default()
+/// Where socket-level load balancing attaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketLb {
+    Off,
+    /// The root of the unified hierarchy (mounted if it is nowhere); off
+    /// with a warning if there is none.
+    DefaultCgroup,
+    /// This cgroup v2 directory.
+    Cgroup(PathBuf),
+}
+
+/// Idle timeouts of the flows conntrack keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TCP flow before its first reply.
+    pub tcp_syn: Duration,
+    pub tcp_established: Duration,
+    /// A TCP flow after a FIN or RST.
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+}
+
+impl Config {
+    fn datapath_config(&self) -> DatapathConfig {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        DatapathConfig {
+            tcp_new_timeout_ns: ns(self.timeouts.tcp_syn),
+            tcp_established_timeout_ns: ns(self.timeouts.tcp_established),
+            tcp_closing_timeout_ns: ns(self.timeouts.tcp_closing),
+            udp_timeout_ns: ns(self.timeouts.udp),
+            flags: if self.backend_ifaces.is_empty() {
+                0
+            } else {
+                DP_FAST_PATH
+            },
+            ..DatapathConfig::default()
+        }
     }
 }
 
-/// Checks everything about the input before anything is touched; bad input
-/// exits with status 2 and a message naming the flag and the value.
-fn validate(args: &RunArgs) -> (Sources, Loaded) {
-    let mut seen = BTreeSet::new();
-    for (flag, iface) in args.ifaces.iter().map(|i| ("--iface <IF>", i)).chain(
-        args.backend_ifaces
-            .iter()
-            .map(|i| ("--backend-iface <IF>", i)),
-    ) {
-        if !interface_exists(iface) {
-            usage_error(
-                ErrorKind::InvalidValue,
-                format!(
-                    "invalid value '{iface}' for '{flag}': no such network interface (have: {})",
-                    interface_names().join(", ")
-                ),
-            );
-        }
-        if !seen.insert(iface) {
-            usage_error(
-                ErrorKind::InvalidValue,
-                format!(
-                    "invalid value '{iface}' for '{flag}': given twice (an interface is either published or towards backends)"
-                ),
-            );
-        }
+/// Why [`run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad input, found before anything was touched.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// Loading, programming, attaching or serving failed.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// What ends a running daemon.
+#[derive(Debug)]
+pub enum Until {
+    /// SIGINT or SIGTERM (the `portmap` binary).
+    Signal,
+    /// [`Stop::stop`] (a test, a program that embeds the daemon).
+    Stopped(Stop),
+}
+
+/// Tells a daemon started with [`Until::Stopped`] to stop, as SIGTERM does.
+#[derive(Clone, Debug, Default)]
+pub struct Stop(Arc<tokio::sync::Notify>);
+
+impl Stop {
+    pub fn new() -> Self {
+        Self::default()
     }
-    if let Some(cgroup) = &args.cgroup {
-        let why = if !cgroup.is_dir() {
-            Some("no such directory")
-        } else if !is_cgroup2(cgroup) {
-            Some("not a directory of a cgroup v2 (unified) hierarchy")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            usage_error(
-                ErrorKind::InvalidValue,
-                format!(
-                    "invalid value '{}' for '--cgroup <PATH>': {why}",
-                    cgroup.display()
-                ),
-            );
-        }
+
+    /// Stops the daemon; if it is still starting, it stops once started.
+    pub fn stop(&self) {
+        self.0.notify_one();
     }
-    for spec in &args.publish {
-        let v4 = spec.1.backend.is_ipv4();
-        if !args.allow_from.is_empty() && !args.allow_from.iter().any(|c| c.addr.is_ipv4() == v4) {
-            warn!(
-                "-p {}: no --allow-from prefix of its family, so no source may reach it",
-                spec.0
-            );
-        }
+}
+
+/// An [`Until`] whose signal handlers are installed.
+enum Armed {
+    Signals { term: Signal, int: Signal },
+    Stop(Stop),
+}
+
+impl Until {
+    /// Installs what the daemon waits for. For signals, before anything
+    /// answers: once metrics are served, a SIGTERM must detach, not kill the
+    /// process with the signal's default action.
+    fn arm(self) -> Result<Armed> {
+        Ok(match self {
+            Until::Signal => Armed::Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            },
+            Until::Stopped(stop) => Armed::Stop(stop),
+        })
     }
-    let sources = Sources {
-        specs: args.publish.clone(),
-        allow_from: args.allow_from.clone(),
-        manifests: args.manifests.clone(),
-        node: NodeConfig {
-            node_name: args.node_name.clone(),
-            node_ips: args.node_ip.clone(),
-            node_port_range: args.node_port_range.clone(),
-            service_cidrs: args.service_cidr.clone(),
-        },
-    };
-    match sources.load(None) {
-        Ok(loaded) => (sources, loaded),
-        Err(ConfigError::Manifest(e)) => usage_error(
-            ErrorKind::InvalidValue,
-            format!("invalid value for '--manifests <PATH>': {e}"),
-        ),
-        Err(ConfigError::Model(e)) => usage_error(
-            ErrorKind::InvalidValue,
-            format!("invalid value for '--publish <SPEC>': {e}"),
-        ),
+}
+
+impl Armed {
+    /// Waits to be told to stop; says by what.
+    async fn wait(self) -> &'static str {
+        match self {
+            Armed::Signals { mut term, mut int } => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            Armed::Stop(stop) => {
+                stop.0.notified().await;
+                "asked to stop"
+            }
+        }
     }
 }
 
@@ -173,8 +215,10 @@ fn warn_about_foreign_frontends(desired: &DesiredState, node: &BTreeSet<IpAddr>)
     }
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
-    let (sources, loaded) = validate(&args);
+/// Runs the daemon until `until` says to stop, then detaches (or, with
+/// `keep_datapath`, leaves the dataplane forwarding).
+pub fn run(config: Config, until: Until) -> Result<(), RunError> {
+    let loaded = validate::validate(&config)?;
     for w in &loaded.warnings {
         warn!("{w}");
     }
@@ -186,51 +230,55 @@ pub fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let reloader = Reloader::new(sources, &loaded);
-    runtime.block_on(serve(args, loaded.desired, reloader))
+    let reloader = Reloader::new(config.sources.clone(), &loaded);
+    Ok(runtime.block_on(serve(config, until, loaded.desired, reloader))?)
 }
 
-async fn serve(args: RunArgs, desired: DesiredState, reloader: Reloader) -> Result<()> {
+async fn serve(
+    config: Config,
+    until: Until,
+    desired: DesiredState,
+    reloader: Reloader,
+) -> Result<()> {
     // Sockets first: if one cannot be bound, nothing has been attached yet.
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
-        .with_context(|| format!("--metrics-addr {}: cannot listen", args.metrics_addr))?;
-    let control_listener = control::bind(&args.control_socket)
-        .with_context(|| format!("--control-socket {}", args.control_socket.display()))?;
-    let socket_path = args.control_socket.clone();
-    let result =
-        publish_and_wait(args, desired, reloader, metrics_listener, control_listener).await;
+        .with_context(|| format!("--metrics-addr {}: cannot listen", config.metrics_addr))?;
+    let control_listener = control::bind(&config.control_socket)
+        .with_context(|| format!("--control-socket {}", config.control_socket.display()))?;
+    let socket_path = config.control_socket.clone();
+    let listeners = (metrics_listener, control_listener);
+    let result = publish_and_wait(config, until, desired, reloader, listeners).await;
     let _ = std::fs::remove_file(&socket_path);
     result
 }
 
 async fn publish_and_wait(
-    args: RunArgs,
+    config: Config,
+    until: Until,
     desired: DesiredState,
     reloader: Reloader,
-    metrics_listener: tokio::net::TcpListener,
-    control_listener: tokio::net::UnixListener,
+    (metrics_listener, control_listener): (tokio::net::TcpListener, tokio::net::UnixListener),
 ) -> Result<()> {
-    let limits = Limits {
-        frontends: args.max_frontends,
-        backends: args.max_backends,
-        conntrack: args.conntrack_entries,
-    };
     // Subscribed before attaching: an interface that goes while the daemon
     // starts is seen.
     let links = LinkWatch::open().context("subscribing to network interface events")?;
-    let pins = PinDir::open(&args.bpffs_dir)
-        .with_context(|| format!("--bpffs-dir {}", args.bpffs_dir.display()))?;
-    let mut dataplane =
-        Dataplane::load_pinned(limits, config_of(&args), pins, args.datapath_variant)?;
+    let pins = PinDir::open(&config.bpffs_dir)
+        .with_context(|| format!("--bpffs-dir {}", config.bpffs_dir.display()))?;
+    let mut dataplane = Dataplane::load_pinned(
+        config.limits,
+        config.datapath_config(),
+        pins,
+        config.datapath_variant,
+    )?;
     if dataplane.adopted() > 0 {
         info!(
             "adopted the dataplane pinned in {} ({} services); its flows carry on",
-            args.bpffs_dir.display(),
+            config.bpffs_dir.display(),
             dataplane.adopted()
         );
     }
-    let dataplane = match start(&mut dataplane, &args, &desired) {
+    let dataplane = match start(&mut dataplane, &config, &desired) {
         Ok(()) => dataplane,
         Err(e) => {
             // A dataplane this process created goes; an adopted one stays as
@@ -250,17 +298,14 @@ async fn publish_and_wait(
     }
     info!(
         "metrics on http://{}/metrics, control socket {}",
-        args.metrics_addr,
-        args.control_socket.display()
+        config.metrics_addr,
+        config.control_socket.display()
     );
 
     let dataplane = Arc::new(Mutex::new(dataplane));
     let registry = metrics::registry(dataplane.clone(), reloader.status.clone());
-    let keep = args.keep_datapath;
-    // Before anything answers: once metrics are served, a SIGTERM must detach,
-    // not kill the process with the signal's default action.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+    let keep = config.keep_datapath;
+    let stopped = until.arm()?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::serve(metrics_listener, registry));
     tasks.spawn(control::serve(control_listener, dataplane.clone()));
@@ -268,8 +313,7 @@ async fn publish_and_wait(
     tasks.spawn(follow_interfaces(dataplane.clone(), links));
 
     let outcome = tokio::select! {
-        _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
-        _ = sigint.recv() => { info!("SIGINT: detaching"); Ok(()) }
+        why = stopped.wait() => { info!("{why}: detaching"); Ok(()) }
         Some(done) = tasks.join_next() => match done {
             Ok(Ok(())) => Err(anyhow::anyhow!("a server stopped unexpectedly")),
             Ok(Err(e)) => Err(e),
@@ -278,14 +322,11 @@ async fn publish_and_wait(
     };
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    dataplane
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .shutdown(keep)?;
+    lock(&dataplane).shutdown(keep)?;
     if keep {
         info!(
             "left the dataplane pinned in {} and forwarding",
-            args.bpffs_dir.display()
+            config.bpffs_dir.display()
         );
     } else {
         info!("detached");
@@ -294,7 +335,7 @@ async fn publish_and_wait(
 }
 
 /// Programs and attaches a loaded dataplane.
-fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> Result<()> {
+fn start(dataplane: &mut Dataplane, config: &Config, desired: &DesiredState) -> Result<()> {
     let node = node_addresses().context("reading the node's addresses")?;
     dataplane.set_node_addrs(&node)?;
     let report = dataplane.apply(desired)?;
@@ -308,7 +349,8 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
     }
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
-    for (iface, role, how) in dataplane.attach(&args.ifaces, &args.backend_ifaces, args.xdp_mode)? {
+    let attached = dataplane.attach(&config.ifaces, &config.backend_ifaces, config.xdp_mode)?;
+    for (iface, role, how) in attached {
         match how {
             Attached::Fresh(_) => info!("attached to {iface} ({})", how.describe(role)),
             Attached::Replaced => {
@@ -316,15 +358,15 @@ fn start(dataplane: &mut Dataplane, args: &RunArgs, desired: &DesiredState) -> R
             }
         }
     }
-    attach_sockets(dataplane, args)
+    attach_sockets(dataplane, &config.socket_lb)
 }
 
 /// Socket-level load balancing on `--cgroup` (or off, `--no-socket-lb`).
-fn attach_sockets(dataplane: &mut Dataplane, args: &RunArgs) -> Result<()> {
-    let cgroup = match (&args.cgroup, args.no_socket_lb) {
-        (_, true) => None,
-        (Some(path), false) => Some(path.clone()),
-        (None, false) => match default_cgroup() {
+fn attach_sockets(dataplane: &mut Dataplane, socket_lb: &SocketLb) -> Result<()> {
+    let cgroup = match socket_lb {
+        SocketLb::Off => None,
+        SocketLb::Cgroup(path) => Some(path.clone()),
+        SocketLb::DefaultCgroup => match default_cgroup() {
             Ok(path) => Some(path),
             // An addition to the packet path, not a reason to publish
             // nothing (e.g. under `ip netns exec`, whose private /sys has
@@ -359,154 +401,81 @@ fn attach_sockets(dataplane: &mut Dataplane, args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Follows the interfaces on rtnetlink link events: one that goes is
-/// detached, one that comes back (by name) is attached again; each logged.
-async fn follow_interfaces(dataplane: Arc<Mutex<Dataplane>>, links: LinkWatch) -> Result<()> {
-    use tokio::io::{Interest, unix::AsyncFd};
-    // SAFETY: the fd is the socket `links` owns, open until the AsyncFd (which
-    // owns `links`) is dropped; `as_raw_fd` always returns it.
-    let links = unsafe { AsyncFd::register_with_interest(links, Interest::READABLE) }
-        .map_err(std::io::Error::from)
-        .context("watching link events")?;
-    loop {
-        let mut ready = links.readable().await?;
-        let events = ready
-            .get_inner()
-            .read_all()
-            .context("reading link events")?;
-        ready.clear_ready();
-        let (names, indexes) = lock(&dataplane).followed();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        if !events.iter().any(|e| e.concerns(&names, &indexes)) {
-            continue;
-        }
-        let dp = dataplane.clone();
-        let changes = tokio::task::spawn_blocking(move || lock(&dp).follow_interfaces()).await?;
-        match changes {
-            Ok(changes) => changes.into_iter().for_each(log_change),
-            Err(e) => warn!("following the interfaces: {e:#}"),
-        }
-    }
-}
-
-fn log_change(change: InterfaceChange) {
-    match change {
-        InterfaceChange::Detached { name, why } => warn!(
-            "{name}: {why}; detached (its programs are attached again when an interface named \
-             {name} appears)"
-        ),
-        InterfaceChange::Attached {
-            name,
-            role,
-            ifindex,
-            how,
-        } => info!(
-            "{name}: the interface is there (index {ifindex}); attached ({})",
-            how.describe(role)
-        ),
-        InterfaceChange::Failed { name, error } => warn!(
-            "{name}: the interface is there but attaching failed: {error:#}; retried at its next \
-             change"
-        ),
-    }
-}
-
-/// `portmap reset`: removes a pinned dataplane.
-pub fn reset(args: &ResetArgs) -> Result<()> {
-    if !args.bpffs_dir.exists() {
-        println!("nothing pinned in {}", args.bpffs_dir.display());
+/// `portmap reset`: removes the dataplane pinned in `bpffs_dir`.
+pub fn reset(bpffs_dir: &Path) -> Result<()> {
+    if !bpffs_dir.exists() {
+        println!("nothing pinned in {}", bpffs_dir.display());
         return Ok(());
     }
-    let pins = PinDir::open(&args.bpffs_dir)
-        .with_context(|| format!("--bpffs-dir {}", args.bpffs_dir.display()))?;
+    let pins =
+        PinDir::open(bpffs_dir).with_context(|| format!("--bpffs-dir {}", bpffs_dir.display()))?;
     pins.remove_all()?;
-    println!(
-        "removed the dataplane pinned in {}",
-        args.bpffs_dir.display()
-    );
+    println!("removed the dataplane pinned in {}", bpffs_dir.display());
     Ok(())
 }
 
-/// Keeps node addresses current, reloads changed manifests (and on SIGHUP),
-/// and collects conntrack garbage, warning when a map runs full.
-async fn maintain(dataplane: Arc<Mutex<Dataplane>>, reloader: Reloader) -> Result<()> {
-    let reloader = Arc::new(Mutex::new(reloader));
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut reload_tick = tokio::time::interval(RELOAD_INTERVAL);
-    let mut addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);
-    // The first walk after one interval: the conntrack gauge appears once it
-    // has been measured, not as a 0 taken before any traffic.
-    let mut gc_tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + GC_INTERVAL, GC_INTERVAL);
-    loop {
-        let dp = dataplane.clone();
-        tokio::select! {
-            _ = sighup.recv() => {
-                info!("SIGHUP: reloading");
-                let reloader = reloader.clone();
-                tokio::task::spawn_blocking(move || lock(&reloader).poll(&dp, true)).await?;
-            }
-            _ = reload_tick.tick() => {
-                let reloader = reloader.clone();
-                if lock(&reloader).watches_files() {
-                    tokio::task::spawn_blocking(move || lock(&reloader).poll(&dp, false)).await?;
-                }
-            }
-            _ = addr_tick.tick() => {
-                let r = tokio::task::spawn_blocking(move || {
-                    let addrs = node_addresses()?;
-                    lock(&dp).set_node_addrs(&addrs)
-                })
-                .await?;
-                match r {
-                    Ok((added, removed)) => {
-                        for ip in added {
-                            info!("node address {ip} added");
-                        }
-                        for ip in removed {
-                            info!("node address {ip} removed");
-                        }
-                    }
-                    Err(e) => warn!("refreshing node addresses: {e:#}"),
-                }
-            }
-            _ = gc_tick.tick() => {
-                let r = tokio::task::spawn_blocking(move || {
-                    let mut dp = lock(&dp);
-                    let report = dp.collect_garbage()?;
-                    Ok::<_, anyhow::Error>((report, dp.map_usage()))
-                })
-                .await?;
-                match r {
-                    Ok((report, usage)) => {
-                        if report.removed > 0 {
-                            log::debug!("conntrack: removed {} of {} entries", report.removed, report.scanned);
-                        }
-                        warn_if_full(&usage);
-                    }
-                    Err(e) => warn!("conntrack garbage collection: {e:#}"),
-                }
-            }
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::k8s::NodeConfig;
+
+    /// What `portmap run --iface lo` configures, nothing published.
+    pub(crate) fn config() -> Config {
+        Config {
+            ifaces: vec!["lo".into()],
+            backend_ifaces: Vec::new(),
+            sources: Sources {
+                specs: Vec::new(),
+                allow_from: Vec::new(),
+                manifests: Vec::new(),
+                node: NodeConfig::default(),
+            },
+            metrics_addr: "127.0.0.1:9640".parse().unwrap(),
+            control_socket: "/run/portmap.sock".into(),
+            xdp_mode: XdpMode::default(),
+            socket_lb: SocketLb::Off,
+            bpffs_dir: "/sys/fs/bpf/portmap".into(),
+            keep_datapath: false,
+            datapath_variant: 0,
+            limits: Limits {
+                frontends: 16,
+                backends: 16,
+                conntrack: 64,
+            },
+            timeouts: Timeouts {
+                tcp_syn: Duration::from_secs(60),
+                tcp_established: Duration::from_secs(3600),
+                tcp_closing: Duration::from_secs(10),
+                udp: Duration::from_secs(60),
+            },
         }
     }
-}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Says so when a map is at 90 % or more: conntrack then evicts the least
-/// recently used flows, and other maps refuse new services or backends.
-fn warn_if_full(usage: &[MapUsage]) {
-    for m in usage {
-        if m.capacity > 0 && m.entries * 10 >= m.capacity * 9 {
-            warn!(
-                "map {} is {}% full ({} of {}); raise its size flag (see --help) before it refuses or evicts",
-                m.map,
-                m.entries * 100 / m.capacity,
-                m.entries,
-                m.capacity
-            );
+    /// Bad input is refused before the runtime starts and anything is
+    /// loaded, as a usage error (not a failure) naming the input.
+    #[test]
+    fn run_refuses_bad_input_before_touching_anything() {
+        let mut c = config();
+        c.ifaces = vec!["pm-no-such-if1".into()];
+        let bpffs_dir = std::env::temp_dir().join(format!("pm-unused-pins-{}", std::process::id()));
+        c.bpffs_dir = bpffs_dir.clone();
+        match run(c, Until::Stopped(Stop::new())) {
+            Err(RunError::Invalid(e)) => assert_eq!(e.input, Input::Iface),
+            other => panic!("not a usage error: {other:?}"),
         }
+        assert!(!bpffs_dir.exists(), "nothing is pinned");
+    }
+
+    #[test]
+    fn timeouts_and_the_fast_path_reach_the_dataplane() {
+        let mut c = config();
+        let dp = c.datapath_config();
+        assert_eq!(dp.tcp_new_timeout_ns, 60_000_000_000);
+        assert_eq!(dp.tcp_established_timeout_ns, 3_600_000_000_000);
+        assert_eq!(dp.tcp_closing_timeout_ns, 10_000_000_000);
+        assert_eq!(dp.udp_timeout_ns, 60_000_000_000);
+        assert_eq!(dp.flags & DP_FAST_PATH, 0);
+        c.backend_ifaces = vec!["eth1".into()];
+        assert_eq!(c.datapath_config().flags & DP_FAST_PATH, DP_FAST_PATH);
     }
 }

@@ -12,8 +12,7 @@ use crate::{
     cli::{Cli, Command},
     config::Sources,
     k8s::{self, Manifests, NodeConfig},
-    model::{Cidr, DesiredState},
-    spec::{HostAddr, PublishSpec},
+    model::{Cidr, DesiredState, HostAddr, PublishSpec},
 };
 
 /// A check: panics if `data` breaks a rule.
@@ -164,15 +163,8 @@ pub fn command_line(data: &[u8]) {
         return;
     };
     let sources = Sources {
-        specs: args.publish.clone(),
-        allow_from: args.allow_from.clone(),
         manifests: Vec::new(),
-        node: NodeConfig {
-            node_name: args.node_name.clone(),
-            node_ips: args.node_ip.clone(),
-            node_port_range: args.node_port_range.clone(),
-            service_cidrs: args.service_cidr.clone(),
-        },
+        ..args.config().sources
     };
     if let Ok(loaded) = sources.load(None) {
         loaded

@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fuzz_checks;
 pub mod k8s;
+#[cfg(test)]
+mod layers;
 pub mod list;
 pub mod maglev;
 pub mod metrics;

@@ -1,19 +1,27 @@
 //! `portmap list`: what a running daemon publishes, with its counters.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, path::PathBuf};
 
 use anyhow::Result;
 
 use crate::{
-    cli::ListArgs,
     control,
     dataplane::{BackendStats, Counters, Role, Snapshot},
     model::EndpointState,
 };
 
-pub fn run(args: &ListArgs) -> Result<()> {
-    let snapshot = control::request_list(&args.control_socket)?;
-    if args.json {
+/// What `portmap list` is asked.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The control socket of the daemon to ask.
+    pub control_socket: PathBuf,
+    /// JSON instead of a table.
+    pub json: bool,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let snapshot = control::request_list(&options.control_socket)?;
+    if options.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({

@@ -1,14 +1,14 @@
 //! The desired state: what should be published, independent of where it came
-//! from (`-p` specs now, Kubernetes objects later) and of the map layout.
+//! from (`-p` specs, Kubernetes manifests) and of the map layout; and the
+//! types it is made of (addresses, protocols, published-port specs), which
+//! the parsers (`spec`, `k8s`) produce and the dataplane consumes.
 //!
 //! The unit is a [`Service`]: frontends that share one backend set. The
 //! dataplane gives each service one Maglev table and points its frontends at it.
 
-use std::{collections::HashMap, fmt, net::IpAddr};
+use std::{collections::HashMap, fmt, net::IpAddr, ops::RangeInclusive};
 
 use serde::{Deserialize, Serialize};
-
-use crate::spec::{HostAddr, PublishSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +31,59 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
         }
+    }
+}
+
+/// Where a frontend listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostAddr {
+    /// Every address of the node in this family (`None` in the SPEC, or
+    /// `0.0.0.0`, or `[::]`).
+    AllV4,
+    AllV6,
+    /// One address.
+    Ip(IpAddr),
+}
+
+impl HostAddr {
+    pub fn is_ipv4(&self) -> bool {
+        match self {
+            HostAddr::AllV4 => true,
+            HostAddr::AllV6 => false,
+            HostAddr::Ip(ip) => ip.is_ipv4(),
+        }
+    }
+}
+
+impl fmt::Display for HostAddr {
+    /// As in the `frontend` metric label: IPv6 in brackets, `*` for all
+    /// addresses (`[*]` for all IPv6 addresses, so the two families' series
+    /// stay apart).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostAddr::AllV4 => f.write_str("*"),
+            HostAddr::AllV6 => f.write_str("[*]"),
+            HostAddr::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            HostAddr::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+/// One `-p` flag, parsed and checked on its own (by [`crate::spec`], from
+/// its text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishSpec {
+    pub host: HostAddr,
+    pub host_ports: RangeInclusive<u16>,
+    pub backend: IpAddr,
+    pub backend_ports: RangeInclusive<u16>,
+    pub proto: Protocol,
+}
+
+impl PublishSpec {
+    /// The (host port, backend port) pairs the spec maps, port by port.
+    pub fn port_pairs(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+        self.host_ports.clone().zip(self.backend_ports.clone())
     }
 }
 
@@ -58,7 +111,12 @@ pub enum EndpointState {
     Terminating,
 }
 
-/// A backend address and port.
+/// A backend of a service: its address, port and readiness. The model keeps
+/// Kubernetes' word (what an EndpointSlice lists, with its `ready` and
+/// `terminating` conditions); the metrics, `portmap list` and `-p` say
+/// backend, and the dataplane writes each into a slot of the `BACKENDS` map
+/// as a `portmap_common::abi::Backend` (raw address, generation, service id),
+/// which is that slot's layout, not another idea.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     pub addr: IpAddr,
@@ -81,8 +139,8 @@ pub enum WhenEmpty {
     /// Leave the packet to the node's stack (nothing is published).
     #[default]
     Pass,
-    /// Answer with a TCP reset or an ICMP port unreachable, as kube-proxy
-    /// does for a Service without endpoints.
+    /// Answer with an ICMP port unreachable (TCP and UDP alike), as
+    /// kube-proxy's `REJECT` does for a Service without endpoints.
     Reject,
     /// Drop, as kube-proxy does for `externalTrafficPolicy: Local` (or
     /// `internalTrafficPolicy: Local`) with no endpoint on this node.

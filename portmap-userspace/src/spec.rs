@@ -1,4 +1,5 @@
-//! The `-p/--publish` SPEC: Docker's `-p` with the backend made explicit.
+//! The `-p/--publish` SPEC: Docker's `-p` with the backend made explicit,
+//! parsed into a [`PublishSpec`].
 //!
 //! ```text
 //! [HOST_IP:]HOST_PORT[-END]:BACKEND_IP:BACKEND_PORT[-END][/tcp|/udp]
@@ -6,67 +7,20 @@
 //!
 //! IPv6 addresses go in brackets. Without HOST_IP (or with `0.0.0.0` / `[::]`)
 //! the port is published on every node address of the backend's family.
+//!
+//! Only the text is this module's: the types it parses into are the model's,
+//! which the dataplane and the Kubernetes translation use without knowing
+//! about the command line.
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
     str::FromStr,
 };
 
 use crate::model::Protocol;
-
-/// Where a frontend listens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HostAddr {
-    /// Every address of the node in this family (`None` in the SPEC, or
-    /// `0.0.0.0`, or `[::]`).
-    AllV4,
-    AllV6,
-    /// One address.
-    Ip(IpAddr),
-}
-
-impl HostAddr {
-    pub fn is_ipv4(&self) -> bool {
-        match self {
-            HostAddr::AllV4 => true,
-            HostAddr::AllV6 => false,
-            HostAddr::Ip(ip) => ip.is_ipv4(),
-        }
-    }
-}
-
-impl fmt::Display for HostAddr {
-    /// As in the `frontend` metric label: IPv6 in brackets, `*` for all
-    /// addresses (`[*]` for all IPv6 addresses, so the two families' series
-    /// stay apart).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostAddr::AllV4 => f.write_str("*"),
-            HostAddr::AllV6 => f.write_str("[*]"),
-            HostAddr::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
-            HostAddr::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
-        }
-    }
-}
-
-/// One `-p` flag, parsed and checked on its own.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PublishSpec {
-    pub host: HostAddr,
-    pub host_ports: RangeInclusive<u16>,
-    pub backend: IpAddr,
-    pub backend_ports: RangeInclusive<u16>,
-    pub proto: Protocol,
-}
-
-impl PublishSpec {
-    /// The (host port, backend port) pairs the spec maps, port by port.
-    pub fn port_pairs(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
-        self.host_ports.clone().zip(self.backend_ports.clone())
-    }
-}
+/// The types a SPEC parses into, where users of the parser expect them.
+pub use crate::model::{HostAddr, PublishSpec};
 
 impl FromStr for PublishSpec {
     type Err = String;

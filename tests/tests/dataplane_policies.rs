@@ -9,9 +9,8 @@ use portmap_tests::{
     testrun::{Lab, XDP_PASS, desired},
 };
 use portmap_userspace::model::{
-    Cidr, DesiredState, Endpoint, EndpointState, Frontend, Protocol, Service, WhenEmpty,
+    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service, WhenEmpty,
 };
-use portmap_userspace::spec::HostAddr;
 
 const XDP_DROP: u32 = 1;
 /// Rejections go back out of the interface they came in on by redirect.

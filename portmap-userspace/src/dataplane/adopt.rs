@@ -20,10 +20,7 @@ use super::{
     apply::{AppliedService, AppliedTable, BackendSlot, FrontendSlot},
     maps::ip_of,
 };
-use crate::{
-    model::{Cidr, DesiredState, EndpointState, Frontend, Protocol},
-    spec::HostAddr,
-};
+use crate::model::{Cidr, DesiredState, EndpointState, Frontend, HostAddr, Protocol};
 
 /// Prefix of the keys adopted services carry until a desired service claims them.
 const ADOPTED: &str = "adopted service ";

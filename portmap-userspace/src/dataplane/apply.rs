@@ -33,8 +33,7 @@ use super::{
 };
 use crate::{
     maglev::{self, MaglevBackend},
-    model::{Cidr, DesiredState, EndpointState, Frontend, Service, WhenEmpty},
-    spec::HostAddr,
+    model::{Cidr, DesiredState, EndpointState, Frontend, HostAddr, Service, WhenEmpty},
 };
 
 /// What the dataplane holds for one service.

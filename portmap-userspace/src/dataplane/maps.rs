@@ -19,7 +19,7 @@ use portmap_common::abi::{
     SourceRangeKey, TrafficCounters,
 };
 
-use crate::{model::Frontend, spec::HostAddr};
+use crate::model::{Frontend, HostAddr};
 
 /// Map names, as declared in `portmap-ebpf/src/maps.rs`.
 pub mod names {

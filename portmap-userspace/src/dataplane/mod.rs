@@ -250,14 +250,6 @@ impl Dataplane {
         &self.ebpf
     }
 
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
-    pub fn config(&self) -> &DatapathConfig {
-        &self.config
-    }
-
     /// Makes `NODE_ADDRS` hold exactly `addrs` (for frontends published on
     /// every node address). Returns the addresses added and removed.
     pub fn set_node_addrs(

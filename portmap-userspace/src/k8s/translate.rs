@@ -10,10 +10,7 @@ use super::{
     error::{ManifestError, Source},
     plan::{self, Plan, PortPlan},
 };
-use crate::{
-    model::{self, DesiredState, Endpoint, Frontend, WhenEmpty},
-    spec::HostAddr,
-};
+use crate::model::{self, DesiredState, Endpoint, Frontend, HostAddr, WhenEmpty};
 
 /// Which frontends of a Service port a unit holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -37,7 +37,7 @@ use std::{
     time::Instant,
 };
 
-use portmap_common::abi::{CT_FORWARD, CT_REPLY, CtKey, DatapathConfig};
+use portmap_common::abi::{CT_REPLY, CT_REQUEST, CtKey, DatapathConfig};
 use portmap_tests::model::{
     checksum::{self, sum_words},
     harness::{Harness, Stats},
@@ -45,9 +45,8 @@ use portmap_tests::model::{
     program::Outcome,
     state::{family, ip, port, raw, raw_port},
 };
-use portmap_userspace::{
-    model::{Cidr, DesiredState, Endpoint, EndpointState, Frontend, Protocol, Service, WhenEmpty},
-    spec::HostAddr,
+use portmap_userspace::model::{
+    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service, WhenEmpty,
 };
 use proptest::{
     collection::vec,

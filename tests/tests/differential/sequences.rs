@@ -268,7 +268,7 @@ impl LiveFlow {
             dport: raw_port(self.dst.port()),
             proto: if self.udp { 17 } else { 6 },
             family: family(self.client.ip()),
-            direction: CT_FORWARD,
+            direction: CT_REQUEST,
             _pad: 0,
         }
     }

@@ -12,8 +12,10 @@ use crate::{
         journal::{MapOp, Op},
         maps::names,
     },
-    model::{Cidr, DesiredState, Endpoint, EndpointState, Frontend, Protocol, Service, WhenEmpty},
-    spec::HostAddr,
+    model::{
+        Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service,
+        WhenEmpty,
+    },
 };
 
 fn loaded() -> Dataplane {

@@ -102,7 +102,7 @@ fn seed_example_nodeport_service() {
     let int = unit(&t, "default/backend-service:80/tcp ipv4 internal");
     assert_eq!(int.frontends.len(), 1);
     let cluster_ip = match int.frontends[0].addr {
-        crate::spec::HostAddr::Ip(ip) => ip,
+        crate::model::HostAddr::Ip(ip) => ip,
         other => panic!("internal frontend on {other}"),
     };
     assert!(node.service_cidrs[0].contains(cluster_ip));
