@@ -32,7 +32,6 @@ mod pod {
         TrafficCounters,
         NodeAddrKey,
         DatapathConfig,
-        LoadgenConfig,
         AffinityKey,
         AffinityValue,
         SourceRangeKey,

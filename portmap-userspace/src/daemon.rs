@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use clap::error::ErrorKind;
 use log::{info, warn};
 use portmap_common::abi::{DP_FAST_PATH, DatapathConfig};
+use portmap_testkit::lock;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -278,10 +279,7 @@ async fn publish_and_wait(
     };
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    dataplane
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .shutdown(keep)?;
+    lock(&dataplane).shutdown(keep)?;
     if keep {
         info!(
             "left the dataplane pinned in {} and forwarding",
@@ -489,10 +487,6 @@ async fn maintain(dataplane: Arc<Mutex<Dataplane>>, reloader: Reloader) -> Resul
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Says so when a map is at 90 % or more: conntrack then evicts the least

@@ -108,7 +108,7 @@ pub fn leftovers() -> Result<Vec<String>> {
             }
         }
     }
-    if let Some(mount) = crate::sandbox::find_cgroup2_mount()
+    if let Some(mount) = portmap_testkit::cgroup::mount_point()
         && let Ok(entries) = fs::read_dir(&mount)
     {
         for entry in entries {

@@ -1,6 +1,12 @@
-//! `portmap bench`: portmap against kube-proxy's iptables and nftables modes
+//! `portmap-bench`: portmap against kube-proxy's iptables and nftables modes
 //! and plain forwarding, in namespaces it builds, with a report in Markdown,
-//! JSON and SVG.
+//! JSON and SVG; or, with `--soak`, portmap alone under backend churn.
+//!
+//! It drives a `portmap` binary (by default the one next to its own
+//! executable) and portmap's control plane as a library
+//! (`portmap-userspace`), and loads eBPF programs of its own
+//! (`portmap-bench-ebpf`: the load generator, the sink and the XDP_PASS
+//! baseline), which the `portmap` binary does not carry.
 //!
 //! For each repetition, the per-packet cost of the XDP program and portmap's
 //! control plane are measured, then for each Service count every mode in turn
@@ -18,11 +24,9 @@ mod http;
 mod latency;
 mod loadgen;
 mod modes;
-mod netns;
 mod report;
 mod results;
 mod rules;
-mod signals;
 mod soak;
 mod targets;
 mod tcpreport;
@@ -32,12 +36,14 @@ mod xdpcost;
 use std::{
     net::SocketAddrV4,
     path::{Path, PathBuf},
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use portmap_testkit::signals;
 
 pub use self::modes::Mode;
 use self::{
@@ -48,8 +54,24 @@ use self::{
     topo::{BACKEND_IF, CLIENT_IF, CLIENT_IP, CLIENT_MAC, NODE_CLIENT_IF, NODE_MAC, Topology},
 };
 
-#[derive(Debug, Args)]
+/// The benchmark's eBPF object (`bench_pass`, `bench_loadgen`,
+/// `bench_sink`), built by this crate's build script.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-bench"))
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portmap-bench",
+    version,
+    about = "Measure portmap against kube-proxy's iptables and nftables modes and plain forwarding, in namespaces of its own"
+)]
 pub struct BenchArgs {
+    /// The `portmap` binary to measure (default: the one next to this
+    /// executable, i.e. of the same build).
+    #[arg(long, value_name = "PATH")]
+    pub portmap: Option<PathBuf>,
+
     /// Service counts to measure at (comma-separated; at most 16384).
     #[arg(
         long,
@@ -177,6 +199,33 @@ impl Drop for Scratch {
     }
 }
 
+/// `portmap-bench ARGS`: runs, and turns the outcome into an exit status.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match run(&BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `portmap` next to this executable, as cargo builds them.
+fn default_portmap() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let path = exe.with_file_name("portmap");
+    if !path.is_file() {
+        bail!(
+            "no portmap next to {} (build it, e.g. `cargo build --release`, or give --portmap)",
+            exe.display()
+        );
+    }
+    Ok(path)
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(path) = &args.from_results {
         return rerender(path, &args.out);
@@ -184,7 +233,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let args = validate(args)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("portmap bench must run as root: it creates network namespaces and loads eBPF");
+        bail!("portmap-bench must run as root: it creates network namespaces and loads eBPF");
     }
     let (iptables_restore, nft) = host::tools(&args)?;
     signals::install();
@@ -195,11 +244,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("creating {}", scratch.0.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("--out {}: cannot create it", args.out.display()))?;
-    // The daemon runs from a copy of this very executable: a rebuild of the
-    // workspace during a long run must not change what is measured.
+    // The daemon runs from a copy: a rebuild of the workspace during a long
+    // run must not change what is measured.
+    let portmap = match &args.portmap {
+        Some(path) => path.clone(),
+        None => default_portmap()?,
+    };
     let exe = scratch.0.join("portmap");
-    std::fs::copy("/proc/self/exe", &exe)
-        .with_context(|| format!("copying this executable to {}", exe.display()))?;
+    std::fs::copy(&portmap, &exe)
+        .with_context(|| format!("copying {} to {}", portmap.display(), exe.display()))?;
     let features = Features::detect(&exe)?;
     let env = Env {
         exe,
@@ -353,6 +406,7 @@ fn validate(args: &BenchArgs) -> Result<BenchArgs> {
         tcp_services.clone_from(&services);
     }
     Ok(BenchArgs {
+        portmap: args.portmap.clone(),
         services,
         tcp_services,
         modes,
@@ -438,7 +492,7 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     step(ctx, "waiting for a quiet machine");
     host::wait_until_quiet(quiet_wait(&ctx.args))?;
     step(ctx, "namespaces");
-    let topo = Topology::new(&prefix)?;
+    let topo = topo::new(&prefix)?;
     step(ctx, "programming");
     let programmed = modes::program(mode, &topo, &services, &ctx.env, &name)
         .with_context(|| format!("{}: programming {count} Services", mode.name()))?;
@@ -529,7 +583,7 @@ fn tcp(
     step: &dyn Fn(&str),
 ) -> Result<Tcp> {
     step("TCP: default offloads");
-    let tso_off = topo.default_offloads()?;
+    let tso_off = topo::default_offloads(topo)?;
     step("waiting for a quiet machine");
     host::wait_until_quiet(quiet_wait(&ctx.args))?;
     let target = programmed
