@@ -19,7 +19,7 @@ const SKIP: &str = "AYA_BUILD_SKIP";
 fn ebpf_package(crate_name: &str) -> anyhow::Result<(&'static str, &'static [&'static str])> {
     Ok(match crate_name {
         "portmap-userspace" => ("portmap-ebpf", &["portmap"]),
-        "portmap-bench" => ("portmap-bench-ebpf", &["portmap-bench"]),
+        "portmap-bench" => ("portmap-bench-ebpf", &["portmap-bench-ebpf"]),
         other => bail!("{other} embeds no eBPF package"),
     })
 }

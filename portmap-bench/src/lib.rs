@@ -57,7 +57,7 @@ use self::{
 /// The benchmark's eBPF object (`bench_pass`, `bench_loadgen`,
 /// `bench_sink`), built by this crate's build script.
 pub fn ebpf_object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-bench"))
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-bench-ebpf"))
 }
 
 #[derive(Debug, Parser)]

@@ -96,6 +96,7 @@ impl Portmap {
                 bail!("portmap run exited with {status}:\n{}", pm.logs());
             }
             if metrics::scrape(ns, metrics_addr).is_ok() {
+                pm.wait_for_startup_log();
                 return Ok(pm);
             }
             if Instant::now() > deadline {
@@ -105,6 +106,17 @@ impl Portmap {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon logs where it serves metrics last before serving them, but
+    /// the thread reading its stderr may still be behind: waits (up to 2 s)
+    /// until that line is read, so that a test reading the log right after
+    /// `start` sees the whole start-up.
+    fn wait_for_startup_log(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.logs().contains("metrics on ") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
