@@ -5,8 +5,9 @@
 //! child processes ([`process`]). Every guard deletes what it made on drop.
 //!
 //! It depends on std, libc and anyhow only, so that xtask can use it before
-//! bpf-linker exists. The daemon uses [`cgroup::mount_point`] and [`lock`]
-//! too: facts about the host and a lock, not test logic.
+//! bpf-linker exists. The daemon uses [`cgroup::ensure_mounted`] and [`lock`]
+//! too (its one home for both): a fact about the host and a lock, not test
+//! logic.
 
 pub mod cgroup;
 pub mod netns;
