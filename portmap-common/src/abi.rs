@@ -146,10 +146,6 @@ pub struct Backend {
 pub const CT_REQUEST: u8 = 0;
 /// [`CtKey::direction`] of the entry a backend's replies hit.
 pub const CT_REPLY: u8 = 1;
-/// The former name of [`CT_REQUEST`], for the reference model in
-/// `tests/src/model` until its rewrite uses the new one; nothing else may.
-#[doc(hidden)]
-pub const CT_FORWARD: u8 = CT_REQUEST;
 
 /// Key of the `CONNTRACK` map: a flow as seen on the wire.
 ///
@@ -474,24 +470,6 @@ impl DatapathEvent {
     }
 }
 
-/// Longest frame template of the benchmark's load generator.
-pub const LOADGEN_MAX_FRAME: usize = 128;
-
-/// The single value of the load generator's `LOADGEN` array (benchmark object).
-///
-/// Each frame is `template[..len]` with its IPv4 source address's low 16 bits
-/// and its UDP/TCP source port set from a per-CPU sequence number, so frame `n`
-/// belongs to flow `n % flows` (or a new flow each time when `flows` is 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LoadgenConfig {
-    /// Frame length: 60, 64 or 128 bytes (the generator copies constant sizes).
-    pub len: u32,
-    /// Number of distinct flows to cycle through; 0: every frame a new flow.
-    pub flows: u32,
-    pub template: [u8; LOADGEN_MAX_FRAME],
-}
-
 // The dataplane and userspace must agree on these sizes; implicit padding would
 // also make `aya::Pod` unsound. A change here is a map layout change.
 const _: () = {
@@ -509,7 +487,6 @@ const _: () = {
     assert!(size_of::<SourceRangeKey>() == 24);
     assert!(size_of::<SockRevKey>() == 32);
     assert!(size_of::<SockRevValue>() == 28);
-    assert!(size_of::<LoadgenConfig>() == 8 + LOADGEN_MAX_FRAME);
     assert!(DatapathEvent::COUNT <= EVENT_SLOTS);
 };
 

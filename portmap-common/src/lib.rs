@@ -10,6 +10,26 @@ pub mod abi;
 pub mod csum;
 pub mod hash;
 
+/// What every eBPF object of the workspace (the dataplane's, the
+/// benchmark's) ends with: its panic handler, and the license the kernel
+/// reads before it lets programs call GPL-only helpers.
+#[macro_export]
+macro_rules! bpf_object_end {
+    () => {
+        #[cfg(target_arch = "bpf")]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            // The verifier rejects any path that could reach here, so it is never run.
+            loop {}
+        }
+
+        #[cfg(target_arch = "bpf")]
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` marks the map types as plain old data for userspace map access.
@@ -32,7 +52,6 @@ mod pod {
         TrafficCounters,
         NodeAddrKey,
         DatapathConfig,
-        LoadgenConfig,
         AffinityKey,
         AffinityValue,
         SourceRangeKey,

@@ -95,14 +95,4 @@ pub fn portmap_egress(ctx: TcContext) -> i32 {
     egress::run(&ctx)
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here, so it is never run.
-    loop {}
-}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+portmap_common::bpf_object_end!();

@@ -34,9 +34,6 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show what a running `portmap run` publishes, with its counters.
     List(ListArgs),
-    /// Measure portmap against kube-proxy's iptables and nftables modes and
-    /// plain forwarding, in namespaces of its own.
-    Bench(crate::bench::BenchArgs),
     /// Remove a dataplane left pinned (by `--keep-datapath` or a crash):
     /// detaches its programs and frees its maps, ending the flows it carries.
     Reset(ResetArgs),
@@ -328,7 +325,6 @@ pub fn main() -> ExitCode {
             Err(RunError::Failed(e)) => Err(e),
         },
         Command::List(args) => list::run(&args.options()),
-        Command::Bench(args) => crate::bench::run(&args),
         Command::Reset(args) => daemon::reset(&args.bpffs_dir),
     };
     match result {

@@ -77,7 +77,7 @@ async fn answer(stream: tokio::net::UnixStream, dataplane: Arc<Mutex<Dataplane>>
     let reply = match line.trim() {
         "list" => {
             let snapshot = tokio::task::spawn_blocking(move || {
-                let dp = dataplane.lock().unwrap_or_else(|p| p.into_inner());
+                let dp = portmap_testkit::lock(&dataplane);
                 dp.snapshot()
             })
             .await??;

@@ -22,7 +22,9 @@ use log::{info, warn};
 use portmap_common::abi::{DP_FAST_PATH, DatapathConfig};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use self::tasks::{follow_interfaces, lock, maintain};
+use portmap_testkit::lock;
+
+use self::tasks::{follow_interfaces, maintain};
 pub use self::validate::{Input, InvalidInput};
 use crate::{
     config::Sources,

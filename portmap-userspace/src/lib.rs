@@ -1,7 +1,6 @@
-//! portmap's daemon and CLI as a library, so tests and benchmarks drive the
-//! same code as the `portmap` binary.
+//! portmap's daemon and CLI as a library, so tests and the benchmark
+//! (`portmap-bench`) drive the same code as the `portmap` binary.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -118,10 +118,8 @@ fn encode_gauges<'a>(
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = match self.dataplane.lock() {
-            Ok(dp) => dp.snapshot(),
-            Err(poisoned) => poisoned.into_inner().snapshot(),
-        };
+        // Bound first: a guard in the `match` would be held to its end.
+        let snapshot = portmap_testkit::lock(&self.dataplane).snapshot();
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {

@@ -79,7 +79,7 @@ impl Reloader {
         for w in &loaded.warnings {
             warn!("{w}");
         }
-        let mut dp = dataplane.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dp = portmap_testkit::lock(dataplane);
         let report = dp.apply(&loaded.desired)?;
         drop(dp);
         for line in loaded.assignments.describe() {

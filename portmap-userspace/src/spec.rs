@@ -18,9 +18,7 @@ use std::{
     str::FromStr,
 };
 
-use crate::model::Protocol;
-/// The types a SPEC parses into, where users of the parser expect them.
-pub use crate::model::{HostAddr, PublishSpec};
+use crate::model::{HostAddr, Protocol, PublishSpec};
 
 impl FromStr for PublishSpec {
     type Err = String;

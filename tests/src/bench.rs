@@ -1,4 +1,4 @@
-//! `portmap bench` run as a user runs it, bounded in time, writing into a
+//! `portmap-bench` run as a user runs it, bounded in time, writing into a
 //! scratch directory that is removed on drop.
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 
 use crate::bin_path;
 
-/// A finished `portmap bench`; its directory goes on drop.
+/// A finished `portmap-bench`; its directory goes on drop.
 pub struct BenchRun {
     /// What it wrote (`--out`).
     pub out: PathBuf,
@@ -28,16 +28,18 @@ impl Drop for BenchRun {
     }
 }
 
-/// Runs `portmap bench ARGS --out DIR`. Past `timeout` it is interrupted
-/// (Ctrl-C: it cleans up after itself) and the test fails with its log.
+/// Runs `portmap-bench ARGS --out DIR` (measuring the `portmap` built beside
+/// it). Past `timeout` it is interrupted (Ctrl-C: it cleans up after itself)
+/// and the test fails with its log.
 pub fn run_bench(tag: &str, args: &[&str], timeout: Duration) -> BenchRun {
     let dir = std::env::temp_dir().join(format!("portmap-{tag}-{}", std::process::id()));
     let out = dir.join("out");
     std::fs::create_dir_all(&dir).expect("creating the scratch directory");
     let log_path = dir.join("bench.log");
     let log = File::create(&log_path).expect("creating bench.log");
-    let mut child = Command::new(bin_path("portmap"))
-        .arg("bench")
+    let mut child = Command::new(bin_path("portmap-bench"))
+        .arg("--portmap")
+        .arg(bin_path("portmap"))
         .args(args)
         .arg("--out")
         .arg(&out)
@@ -45,11 +47,11 @@ pub fn run_bench(tag: &str, args: &[&str], timeout: Duration) -> BenchRun {
         .stdout(log.try_clone().expect("bench.log"))
         .stderr(log)
         .spawn()
-        .expect("portmap bench starts");
+        .expect("portmap-bench starts");
     let pid = child.id();
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for portmap bench") {
+        if let Some(status) = child.try_wait().expect("waiting for portmap-bench") {
             break status;
         }
         if start.elapsed() > timeout {
@@ -59,7 +61,7 @@ pub fn run_bench(tag: &str, args: &[&str], timeout: Duration) -> BenchRun {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "portmap bench took over {timeout:?}:\n{}",
+                "portmap-bench took over {timeout:?}:\n{}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }

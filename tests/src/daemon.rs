@@ -1,15 +1,14 @@
 //! The real `portmap run`, started in a namespace and stopped on drop.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::PathBuf,
     process::{Child, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use portmap_testkit::process::{Captured, stop_with};
 
 use crate::{bin_path, metrics, netns::Netns};
 
@@ -22,18 +21,8 @@ pub struct Portmap {
     /// The pin directory (`--bpffs-dir`), unique to the namespace.
     pub pins: PathBuf,
     pub metrics_addr: SocketAddr,
-    logs: Arc<Mutex<String>>,
-}
-
-/// Collects a child's stderr so the pipe never fills and failures can show it.
-fn collect(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let mut logs = into.lock().unwrap_or_else(|p| p.into_inner());
-            logs.push_str(&line);
-            logs.push('\n');
-        }
-    });
+    /// Its stderr, collected so the pipe never fills and failures can show it.
+    logs: Captured,
 }
 
 impl Portmap {
@@ -90,8 +79,7 @@ impl Portmap {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting portmap run")?;
-        let logs = Arc::new(Mutex::new(String::new()));
-        collect(child.stderr.take().context("no stderr")?, logs.clone());
+        let logs = Captured::collect(child.stderr.take().context("no stderr")?);
         let mut pm = Portmap {
             child: Some(child),
             ns_name: ns.name().to_string(),
@@ -108,6 +96,7 @@ impl Portmap {
                 bail!("portmap run exited with {status}:\n{}", pm.logs());
             }
             if metrics::scrape(ns, metrics_addr).is_ok() {
+                pm.wait_for_startup_log();
                 return Ok(pm);
             }
             if Instant::now() > deadline {
@@ -120,8 +109,19 @@ impl Portmap {
         }
     }
 
+    /// The daemon logs where it serves metrics last before serving them, but
+    /// the thread reading its stderr may still be behind: waits (up to 2 s)
+    /// until that line is read, so that a test reading the log right after
+    /// `start` sees the whole start-up.
+    fn wait_for_startup_log(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.logs().contains("metrics on ") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn logs(&self) -> String {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.logs.text()
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -154,19 +154,11 @@ impl Portmap {
     /// Sends a signal and waits for exit (SIGKILL after 5 s).
     pub fn stop_with(&mut self, signal: i32) -> Result<ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
+        match stop_with(&mut child, signal, Duration::from_secs(5))? {
+            (status, false) => Ok(status),
+            (status, true) => {
+                bail!("portmap did not exit within 5 s of signal {signal} ({status})")
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let status = child.wait()?;
-                bail!("portmap did not exit within 5 s of signal {signal} ({status})");
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -12,7 +12,7 @@ pub mod kube;
 pub mod load;
 pub mod metrics;
 pub mod model;
-pub mod netns;
+pub use portmap_testkit::netns;
 pub mod packet;
 pub mod server;
 pub mod testrun;

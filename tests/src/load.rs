@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use portmap_testkit::lock;
+
 use crate::{
     client::{LineConn, http_get, served_by, udp_socket},
     netns::Netns,
@@ -35,7 +37,7 @@ impl Counts {
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+                let mut errors = lock(&self.errors);
                 if errors.len() < 5 {
                     errors.push(format!("{e:#}"));
                 }
@@ -71,7 +73,7 @@ impl Report {
             ("new TCP connections", &self.new_connections),
             ("UDP exchanges", &self.udp),
         ] {
-            let errors = c.errors.lock().unwrap_or_else(|p| p.into_inner());
+            let errors = lock(&c.errors);
             assert_eq!(
                 c.failed(),
                 0,
@@ -131,8 +133,7 @@ impl Load {
                         let line = format!("ping{n}");
                         let result = conn.ask(&line).and_then(|answer| {
                             anyhow::ensure!(answer.ends_with(&line), "wrong answer {answer:?}");
-                            backends.lock().unwrap_or_else(|p| p.into_inner())[i]
-                                .insert(served_by(&answer).to_string());
+                            lock(&backends)[i].insert(served_by(&answer).to_string());
                             Ok(())
                         });
                         ll.record(result);
@@ -210,11 +211,7 @@ impl Load {
         for t in self.threads {
             let _ = t.join();
         }
-        let backends = self
-            .backends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let backends = lock(&self.backends).clone();
         Report {
             long_lived: self.long_lived,
             new_connections: self.new_connections,

@@ -8,18 +8,18 @@ use aya::{
     maps::Array,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use portmap_common::abi::{LOADGEN_MAX_FRAME, LoadgenConfig};
+use portmap_bench::ebpf_object;
+use portmap_bench_common::{LOADGEN_MAX_FRAME, LoadgenConfig};
 use portmap_tests::{
     packet::{L4, Packet, inspect, verify_checksums},
     require_root,
 };
-use portmap_userspace::dataplane::bench_object;
 
 const XDP_TX: u32 = 3;
 
 fn loaded() -> Ebpf {
     require_root();
-    let mut ebpf = Ebpf::load(bench_object()).expect("bench object loads");
+    let mut ebpf = Ebpf::load(ebpf_object()).expect("bench object loads");
     for name in ["bench_pass", "bench_loadgen", "bench_sink"] {
         let prog: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
         prog.load()

@@ -1,4 +1,4 @@
-//! `portmap bench` end to end on a small configuration: every mode delivers
+//! `portmap-bench` end to end on a small configuration: every mode delivers
 //! packets, moves TCP bulk data and answers HTTP requests, the report, the
 //! results and the charts are written, and nothing is left behind.
 
@@ -87,7 +87,7 @@ fn bench_measures_every_mode_and_writes_its_report() {
         TIMEOUT,
     );
     let (out, log, status, pid) = (&run.out, &run.log, run.status, run.pid);
-    assert!(status.success(), "portmap bench failed ({status}):\n{log}");
+    assert!(status.success(), "portmap-bench failed ({status}):\n{log}");
 
     let results: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())

@@ -1,4 +1,4 @@
-//! The soak in its short form: `portmap bench --soak` keeps TCP connections
+//! The soak in its short form: `portmap-bench --soak` keeps TCP connections
 //! and a UDP exchange going to one Service while its backends go terminating,
 //! away and back every few hundred milliseconds; not one request may fail.
 

@@ -14,10 +14,12 @@ use std::{path::PathBuf, thread, time::Duration, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use portmap_testkit::signals;
+
 use crate::{
-    sandbox::{Proc, Sandbox, in_cgroup, indent, ip, netns_enter, netns_exec},
+    sandbox::{Proc, Sandbox, indent, ip, netns_enter, netns_exec},
     setup,
-    util::{check_interrupted, cmd, output, require_root, run, target_dir, workspace_root},
+    util::{cmd, output, require_root, run, target_dir, workspace_root},
 };
 
 /// The node's interface towards the client: the one portmap attaches to.
@@ -51,7 +53,7 @@ pub fn run_demo() -> Result<()> {
             bail!("{} was not built by `cargo build`", bin.display());
         }
     }
-    check_interrupted()?;
+    signals::check()?;
 
     let pid = std::process::id();
     let ns = Names {
@@ -79,7 +81,7 @@ pub fn run_demo() -> Result<()> {
     // cgroup only, not to the rest of the machine.
     let cgroup = sandbox.add_cgroup(&format!("portmap-demo-{pid}"))?;
     println!("== node processes run in cgroup {}", cgroup.display());
-    check_interrupted()?;
+    signals::check()?;
 
     let server_args = [
         "--name",
@@ -123,7 +125,7 @@ pub fn run_demo() -> Result<()> {
         "198.18.128.0/20",
     ];
     println!("== node$ portmap {}", daemon_args.join(" "));
-    let mut daemon_cmd = netns_enter(&ns.node, &portmap);
+    let mut daemon_cmd = netns_enter(&ns.node, &portmap)?;
     daemon_cmd.args(daemon_args);
     let mut daemon = Proc::spawn("portmap", daemon_cmd)?;
     let metrics_url = format!("http://{METRICS_ADDR}/metrics");
@@ -148,7 +150,7 @@ pub fn run_demo() -> Result<()> {
         Ok(ip) => request(&ns.client, &format!("http://{ip}/")),
         Err(e) => Err(anyhow::anyhow!("no ClusterIP: {e:#}")),
     };
-    check_interrupted()?;
+    signals::check()?;
 
     println!("== portmap list --control-socket {socket_arg}");
     match output(cmd(&portmap).args(["list", "--control-socket", &socket_arg])) {
@@ -246,7 +248,7 @@ fn topology(sandbox: &mut Sandbox, ns: &Names) -> Result<()> {
 fn wait_for_metrics(node: &str, url: &str, daemon: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
-        check_interrupted()?;
+        signals::check()?;
         daemon.check_running()?;
         let mut probe = netns_exec(node, "curl");
         probe.args(["-sf", "-o", "/dev/null", "--max-time", "1", url]);
@@ -281,7 +283,7 @@ fn request(client: &str, url: &str) -> Result<String> {
 fn request_on_node(node: &str, cgroup: &std::path::Path, url: &str) -> Result<String> {
     let mut c = netns_exec(node, "curl");
     c.args(["-sS", "--max-time", "5", url]);
-    in_cgroup(&mut c, cgroup)?;
+    portmap_testkit::cgroup::enter(&mut c, cgroup)?;
     println!("== node$ curl {url}");
     let result = output(&mut c);
     match &result {

@@ -9,7 +9,9 @@ use std::{fs, path::Path, process::Stdio, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::util::{check_interrupted, cmd, describe, run, target_dir, workspace_root};
+use portmap_testkit::signals;
+
+use crate::util::{cmd, describe, run, target_dir, workspace_root};
 
 /// The targets, in `fuzz/Cargo.toml` and `portmap_userspace::fuzz_checks`.
 pub const TARGETS: [&str; 4] = ["publish_spec", "cidr", "manifests", "command_line"];
@@ -55,7 +57,7 @@ pub fn run_fuzz(seconds: u64, targets: &[String]) -> Result<Vec<FuzzRun>> {
     };
     let mut runs = Vec::new();
     for target in chosen {
-        check_interrupted()?;
+        signals::check()?;
         runs.push(run_target(&root, target, seconds)?);
     }
     Ok(runs)

@@ -10,6 +10,7 @@ mod util;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use portmap_testkit::signals;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,11 +52,12 @@ enum Command {
         /// Targets to run (default: all).
         targets: Vec<String>,
     },
-    /// Build (release) and run `portmap bench` (as root): portmap against
-    /// kube-proxy's iptables and nftables modes and plain forwarding. Without
-    /// arguments, the full run (`--services 1,1000,10000`) into bench/latest.
+    /// Build (release) and run `portmap-bench` (as root): portmap against
+    /// kube-proxy's iptables and nftables modes and plain forwarding, or with
+    /// `--soak` portmap alone under backend churn. Without arguments, the
+    /// full run (`--services 1,1000,10000`) into bench/latest.
     Bench {
-        /// Passed on to `portmap bench`, e.g. `cargo xtask bench --repeats 5`.
+        /// Passed on to `portmap-bench`, e.g. `cargo xtask bench --repeats 5`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -63,7 +65,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    util::install_signal_handlers();
+    signals::install();
     let result = match cli.command {
         Command::Setup => setup::run_setup().map(|()| ExitCode::SUCCESS),
         Command::Test { fuzz_seconds, args } => test::run_tests(&args, fuzz_seconds),
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if util::interrupted() {
+            if signals::interrupted() {
                 ExitCode::from(130)
             } else {
                 ExitCode::FAILURE
@@ -88,7 +90,8 @@ fn main() -> ExitCode {
 
 /// `cargo xtask bench`: a release build (the control-plane timings are of
 /// optimized code, and the userspace side runs faster), then
-/// `target/release/portmap bench ARGS` from the workspace root.
+/// `target/release/portmap-bench ARGS` from the workspace root, which
+/// measures the `target/release/portmap` beside it.
 fn run_bench(args: &[String]) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
     util::require_root(
@@ -99,33 +102,42 @@ fn run_bench(args: &[String]) -> anyhow::Result<ExitCode> {
     let root = util::workspace_root();
     let mut build = util::cmd("cargo");
     build
-        .args(["build", "--release", "-p", "portmap-userspace"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "portmap-userspace",
+            "-p",
+            "portmap-bench",
+        ])
         .current_dir(&root);
     println!("== {}", util::describe(&build));
     util::run(&mut build)?;
-    util::check_interrupted()?;
-    let portmap = util::target_dir().join("release").join("portmap");
-    if !portmap.is_file() {
-        anyhow::bail!(
-            "{} was not built by `cargo build --release`",
-            portmap.display()
-        );
+    signals::check()?;
+    let release = util::target_dir().join("release");
+    for bin in ["portmap", "portmap-bench"] {
+        if !release.join(bin).is_file() {
+            anyhow::bail!(
+                "{} was not built by `cargo build --release`",
+                release.join(bin).display()
+            );
+        }
     }
-    let mut bench = util::cmd(&portmap);
+    let portmap_bench = release.join("portmap-bench");
+    let mut bench = util::cmd(&portmap_bench);
     let mut typed = String::from("cargo xtask bench");
     for arg in args {
         typed.push(' ');
         typed.push_str(arg);
     }
     bench
-        .arg("bench")
         .args(args)
         .current_dir(&root)
         .env("PORTMAP_BENCH_VIA", typed);
     println!("== {}", util::describe(&bench));
     let status = bench
         .status()
-        .with_context(|| format!("cannot start {}", portmap.display()))?;
+        .with_context(|| format!("cannot start {}", portmap_bench.display()))?;
     Ok(ExitCode::from(
         u8::try_from(status.code().unwrap_or(1)).unwrap_or(1),
     ))

@@ -2,20 +2,23 @@
 //! themselves, also when the demo fails or is interrupted.
 
 use std::{
-    io::{BufRead as _, BufReader, Read},
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex,
-        mpsc::{self, Receiver, RecvTimeoutError},
-    },
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+use portmap_testkit::{
+    cgroup::Cgroup,
+    netns::Netns,
+    process::{Captured, stop},
+    signals,
+};
 
-use crate::util::{check_interrupted, cmd, describe, output, stop_child};
+use crate::util::{child_path, cmd, describe, output};
 
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -23,25 +26,21 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// Network namespaces and files to remove when dropped.
 #[derive(Default)]
 pub struct Sandbox {
-    namespaces: Vec<String>,
+    namespaces: Vec<Netns>,
     files: Vec<PathBuf>,
     /// Directories to remove if they end up empty (ones that did not exist).
     dirs: Vec<PathBuf>,
     /// Pin directories to remove with `portmap reset` (the portmap binary, the directory).
     pins: Vec<(PathBuf, PathBuf)>,
     /// cgroup v2 directories to remove (after killing what runs in them).
-    cgroups: Vec<PathBuf>,
+    cgroups: Vec<Cgroup>,
 }
 
 impl Sandbox {
     /// Creates a namespace with `lo` up; it is deleted on teardown.
     pub fn add_netns(&mut self, name: &str) -> Result<()> {
-        if Path::new("/run/netns").join(name).exists() {
-            bail!("network namespace {name} already exists");
-        }
-        self.namespaces.push(name.to_string());
-        output(cmd("ip").args(["netns", "add", name]))?;
-        ip(name, "link set lo up")
+        self.namespaces.push(Netns::new(name)?);
+        Ok(())
     }
 
     /// Removes `path` on teardown (and its parent directory if this created
@@ -61,9 +60,9 @@ impl Sandbox {
     /// Creates the cgroup `NAME` at the root of the unified hierarchy; it is
     /// removed on teardown.
     pub fn add_cgroup(&mut self, name: &str) -> Result<PathBuf> {
-        let path = cgroup2_mount()?.join(name);
-        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        self.cgroups.push(path.clone());
+        let cgroup = Cgroup::create(name)?;
+        let path = cgroup.path().to_path_buf();
+        self.cgroups.push(cgroup);
         Ok(path)
     }
 
@@ -79,18 +78,20 @@ impl Sandbox {
             }
         }
         for ns in self.namespaces.drain(..).rev() {
-            if !Path::new("/run/netns").join(&ns).exists() {
+            let name = ns.name().to_string();
+            if !ns.path().exists() {
                 continue;
             }
-            match output(cmd("ip").args(["netns", "del", &ns])) {
-                Ok(_) => removed.push(format!("netns {ns}")),
-                Err(e) => failed.push(format!("netns {ns}: {e:#}")),
+            match ns.delete() {
+                Ok(()) => removed.push(format!("netns {name}")),
+                Err(e) => failed.push(format!("netns {name}: {e:#}")),
             }
         }
         for cgroup in self.cgroups.drain(..) {
-            match remove_cgroup(&cgroup) {
-                Ok(()) => removed.push(format!("cgroup {}", cgroup.display())),
-                Err(e) => failed.push(format!("cgroup {}: {e}", cgroup.display())),
+            let path = cgroup.path().display().to_string();
+            match cgroup.remove() {
+                Ok(()) => removed.push(format!("cgroup {path}")),
+                Err(e) => failed.push(format!("cgroup {path}: {e}")),
             }
         }
         for file in self.files.drain(..) {
@@ -123,95 +124,26 @@ impl Drop for Sandbox {
     }
 }
 
-/// Kills what still runs in `cgroup`, then removes it.
-fn remove_cgroup(cgroup: &Path) -> std::io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: sending SIGKILL to a pid has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        match std::fs::remove_dir(cgroup) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            other => return other,
-        }
-    }
-}
-
-/// Where cgroup2 (the unified hierarchy) is mounted, mounting it on
-/// `/sys/fs/cgroup/unified` if it is mounted nowhere (as `portmap run` does).
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    if let Some(path) = find_cgroup2_mount() {
-        return Ok(path);
-    }
-    let target = "/sys/fs/cgroup/unified";
-    std::fs::create_dir_all(target)?;
-    output(cmd("mount").args(["-t", "cgroup2", "none", target]))
-        .with_context(|| format!("mounting cgroup2 on {target}"))?;
-    Ok(PathBuf::from(target))
-}
-
-/// Where cgroup2 is mounted, if it is.
-pub fn find_cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        if fs.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        mount.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
-/// Makes the process `c` starts join `cgroup` before it runs its program.
-pub fn in_cgroup(c: &mut Command, cgroup: &Path) -> Result<()> {
-    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
-    let procs = cgroup.join("cgroup.procs");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&procs)
-        .with_context(|| format!("opening {}", procs.display()))?;
-    // SAFETY: the closure runs between fork and exec and only calls write(2),
-    // which is async-signal-safe; it owns `file`, so the fd stays open.
-    unsafe {
-        c.pre_exec(move || {
-            if libc::write(file.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(())
-}
-
 /// `ip -n NS ARGS...` (ARGS split on whitespace), quiet unless it fails.
 pub fn ip(ns: &str, args: &str) -> Result<()> {
-    output(cmd("ip").args(["-n", ns]).args(args.split_whitespace()))
-        .with_context(|| format!("in namespace {ns}"))?;
-    Ok(())
+    Netns::view(ns).ip(&args.split_whitespace().collect::<Vec<_>>())
 }
 
-/// `ip netns exec NS PROGRAM` (add the arguments to the returned command).
+/// `ip netns exec NS PROGRAM` (add the arguments to the returned command),
+/// with the PATH of [`cmd`].
 pub fn netns_exec(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = cmd("ip");
-    c.args(["netns", "exec", ns]).arg(program);
+    let mut c = Netns::view(ns).command(program);
+    c.env("PATH", child_path());
     c
 }
 
 /// Runs `program` in network namespace `ns` only, in the host's mount
 /// namespace (`ip netns exec` would give it a private /sys, and a daemon's
 /// pins on /sys/fs/bpf would end with it), as a node's daemon runs.
-pub fn netns_enter(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = cmd("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}"))
-        .arg("--")
-        .arg(program);
-    c
+pub fn netns_enter(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+    let mut c = Netns::view(ns).command_net_only(program)?;
+    c.env("PATH", child_path());
+    Ok(c)
 }
 
 /// A background process whose stdout lines can be awaited and whose stderr
@@ -220,7 +152,7 @@ pub struct Proc {
     name: String,
     child: Child,
     stdout: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Captured,
 }
 
 impl Proc {
@@ -243,20 +175,11 @@ impl Proc {
                 }
             });
         }
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(mut err) = child.stderr.take() {
-            let stderr = stderr.clone();
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = err.read(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    stderr
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_str(&text);
-                }
-            });
-        }
+        let stderr = child
+            .stderr
+            .take()
+            .map(Captured::collect)
+            .unwrap_or_default();
         Ok(Self {
             name: name.to_string(),
             child,
@@ -267,10 +190,7 @@ impl Proc {
 
     /// Everything the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.stderr.text()
     }
 
     /// Fails if the process has exited, with its stderr.
@@ -291,7 +211,7 @@ impl Proc {
     pub fn wait_line(&mut self, line: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            check_interrupted()?;
+            signals::check()?;
             match self.stdout.recv_timeout(Duration::from_millis(100)) {
                 Ok(l) if l.trim() == line => return Ok(()),
                 Ok(_) | Err(RecvTimeoutError::Timeout) => {}
@@ -314,13 +234,13 @@ impl Proc {
     /// SIGTERM, up to [`GRACE`] to exit, then SIGKILL. Returns the exit
     /// status and whether it had to be killed.
     pub fn stop(&mut self) -> Result<(ExitStatus, bool)> {
-        stop_child(&mut self.child, GRACE).with_context(|| format!("stopping {}", self.name))
+        stop(&mut self.child, GRACE).with_context(|| format!("stopping {}", self.name))
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        match stop_child(&mut self.child, GRACE) {
+        match stop(&mut self.child, GRACE) {
             Ok((_, true)) => eprintln!("cleanup: killed {} (SIGKILL)", self.name),
             Ok(_) => {}
             Err(e) => eprintln!("warning: cleanup: stopping {}: {e:#}", self.name),

@@ -37,8 +37,9 @@ pub fn run_tests(extra: &[String], fuzz_seconds: u64) -> Result<ExitCode> {
         );
     }
 
-    // Default members: portmap-ebpf is built for BPF by portmap-userspace's
-    // build script (which needs bpf-linker on PATH), never for the host.
+    // Default members: portmap-ebpf and portmap-bench-ebpf are built for BPF
+    // by the build scripts of portmap-userspace and portmap-bench (which need
+    // bpf-linker on PATH), never for the host.
     println!("== cargo build");
     run(cmd("cargo")
         .arg("build")
@@ -108,7 +109,7 @@ pub fn leftovers() -> Result<Vec<String>> {
             }
         }
     }
-    if let Some(mount) = crate::sandbox::find_cgroup2_mount()
+    if let Some(mount) = portmap_testkit::cgroup::mount_point()
         && let Ok(entries) = fs::read_dir(&mount)
     {
         for entry in entries {

@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use log::{info, warn};
+use portmap_testkit::lock;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -142,10 +143,6 @@ pub(super) async fn maintain(dataplane: Arc<Mutex<Dataplane>>, reloader: Reloade
             }
         }
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Says so when a map is at 90 % or more: conntrack then evicts the least

@@ -41,7 +41,7 @@ pub use self::{
     gc::GcReport,
     ifaces::{InterfaceChange, InterfaceStatus, Role},
     pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
-    sock::{SockAttached, SocketLbStatus, cgroup2_mount, default_cgroup, is_cgroup2},
+    sock::{SockAttached, SocketLbStatus, default_cgroup, is_cgroup2},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
 };
 
@@ -83,11 +83,6 @@ impl Limits {
 /// The compiled eBPF object, built by this crate's build script.
 pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap"))
-}
-
-/// The benchmark's eBPF object: `bench_pass`, `bench_loadgen`, `bench_sink`.
-pub fn bench_object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-bench"))
 }
 
 pub struct Dataplane {

@@ -48,9 +48,6 @@ const CGROUP_LINK: &str = "cgroup";
 /// `statfs` magic of cgroup2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-/// Where cgroup2 is mounted when nothing mounts it yet.
-const CGROUP2_DEFAULT_MOUNT: &str = "/sys/fs/cgroup/unified";
-
 /// Whether socket-level load balancing runs, for `portmap list` and the
 /// metrics.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,64 +141,14 @@ pub fn is_cgroup2(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut buf) }) == 0 && buf.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&field[i + 1..i + 4], 8)
-        {
-            out.push(b);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
-}
-
-/// The first cgroup2 mount point in `/proc/self/mountinfo`.
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        if fs.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        mount.split_whitespace().nth(4).map(unescape)
-    })
-}
-
 /// The root of the unified hierarchy (`--cgroup`'s default): where cgroup2 is
 /// mounted, else mounted by this function on `/sys/fs/cgroup/unified`.
 pub fn default_cgroup() -> Result<PathBuf> {
-    if let Some(path) = cgroup2_mount() {
-        return Ok(path);
+    let mount = portmap_testkit::cgroup::ensure_mounted()?;
+    if mount.mounted_now {
+        info!("mounted cgroup2 on {}", mount.path.display());
     }
-    let target = Path::new(CGROUP2_DEFAULT_MOUNT);
-    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
-    let fs = c"cgroup2";
-    let c_target = CString::new(target.as_os_str().as_bytes())?;
-    // SAFETY: valid C strings; mounting cgroup2 has no memory-safety concerns.
-    if unsafe {
-        libc::mount(
-            fs.as_ptr(),
-            c_target.as_ptr(),
-            fs.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("mounting cgroup2 on {}", target.display()));
-    }
-    info!("mounted cgroup2 on {}", target.display());
-    Ok(target.to_path_buf())
+    Ok(mount.path)
 }
 
 impl Dataplane {
@@ -311,15 +258,6 @@ impl Dataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(
-            unescape(r"/sys/fs/cgroup/a\040b"),
-            PathBuf::from("/sys/fs/cgroup/a b")
-        );
-        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
-    }
 
     #[test]
     fn this_namespace_has_a_cookie() {

@@ -20,7 +20,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use portmap_common::abi::{
-    BACKEND_UNUSED, Backend, CT_FORWARD, CT_REPLY, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+    BACKEND_UNUSED, Backend, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
     CT_STATE_NEW, CtKey, CtValue, DatapathConfig, FrontendValue, PROTO_TCP, PROTO_UDP,
     REFRESH_INTERVAL_NS,
 };
@@ -79,13 +79,13 @@ pub enum Dir {
 impl Dir {
     pub fn abi(self) -> u8 {
         match self {
-            Dir::Request => CT_FORWARD,
+            Dir::Request => CT_REQUEST,
             Dir::Reply => CT_REPLY,
         }
     }
 
     pub fn of(key: &CtKey) -> Dir {
-        if key.direction == CT_FORWARD {
+        if key.direction == CT_REQUEST {
             Dir::Request
         } else {
             Dir::Reply
@@ -375,7 +375,7 @@ pub fn twin_key(key: &CtKey, e: &CtValue) -> CtKey {
             dst: e.nat_addr,
             sport: key.dport,
             dport: e.nat_port,
-            direction: CT_FORWARD,
+            direction: CT_REQUEST,
             ..*key
         },
     }

@@ -21,8 +21,7 @@ use portmap_common::abi::{
 };
 use portmap_userspace::{
     maglev::{self, MaglevBackend},
-    model::{DesiredState, EndpointState, Frontend, WhenEmpty},
-    spec::HostAddr,
+    model::{DesiredState, EndpointState, Frontend, HostAddr, WhenEmpty},
 };
 
 use super::state::{Maps, family, ip, port, raw, raw_port};

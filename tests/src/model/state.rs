@@ -9,7 +9,7 @@ use std::{
 };
 
 use portmap_common::abi::{
-    AffinityKey, AffinityValue, Backend, CT_FORWARD, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+    AffinityKey, AffinityValue, Backend, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
     CT_STATE_NEW, CtKey, CtValue, DatapathConfig, FAMILY_V4, FAMILY_V6, FrontendKey, FrontendValue,
     RawAddr,
 };
@@ -166,7 +166,7 @@ fn state_name(state: u8) -> String {
 
 /// One conntrack entry on one line.
 pub fn describe_ct(k: &CtKey, v: &CtValue) -> String {
-    let dir = if k.direction == CT_FORWARD {
+    let dir = if k.direction == CT_REQUEST {
         "fwd"
     } else {
         "rep"

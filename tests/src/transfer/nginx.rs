@@ -6,11 +6,11 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+use portmap_testkit::process::{Captured, stop};
 
 use super::proc::wait_listening;
 use crate::netns::Netns;
@@ -19,7 +19,7 @@ use crate::netns::Netns;
 pub struct Nginx {
     child: Option<Child>,
     uploads: PathBuf,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr: Captured,
 }
 
 fn config(work: &Path, root: &Path, listen: &[SocketAddr]) -> String {
@@ -81,21 +81,11 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting nginx (installed by `cargo xtask setup`)")?;
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        if let Some(mut pipe) = child.stderr.take() {
-            let into = stderr.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = std::io::Read::read(&mut pipe, &mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    into.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend_from_slice(&buf[..n]);
-                }
-            });
-        }
+        let stderr = child
+            .stderr
+            .take()
+            .map(Captured::collect)
+            .unwrap_or_default();
         let mut nginx = Nginx {
             child: Some(child),
             uploads: root.join("upload"),
@@ -121,26 +111,15 @@ impl Nginx {
 
     /// What nginx wrote to its error log (stderr).
     pub fn logs(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        self.stderr.text()
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
         // SIGTERM: the master stops its worker, then exits.
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(mut child) = self.child.take() {
+            let _ = stop(&mut child, Duration::from_secs(3));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }

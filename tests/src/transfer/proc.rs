@@ -73,10 +73,8 @@ pub fn output_within(cmd: &mut Command, limit: Duration, what: &str) -> Result<O
 /// most 10 s: servers are ready once their sockets are.
 pub fn wait_listening(ns: &Netns, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let filter = format!("sport = :{port}");
     loop {
-        let out = ns.exec("ss", &["-Hltn", &filter])?;
-        if !out.stdout.is_empty() {
+        if ns.listening(port)? {
             return Ok(());
         }
         if Instant::now() > deadline {

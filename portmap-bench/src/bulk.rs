@@ -18,10 +18,9 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    netns::{Netns, Process, wait_listening},
-    topo::BACKEND_PORT,
-};
+use portmap_testkit::{netns::Netns, process::Process};
+
+use super::topo::BACKEND_PORT;
 
 /// Parallel streams of each measurement.
 pub const STREAMS: [u32; 2] = [1, 8];
@@ -94,13 +93,7 @@ pub fn run(
             .stderr(log);
         Process::start(server_ns, &mut cmd, "iperf3 --server")?
     };
-    wait_listening(
-        server_ns,
-        BACKEND_PORT,
-        &mut server,
-        &server_log,
-        Duration::from_secs(5),
-    )?;
+    server.wait_listening(server_ns, BACKEND_PORT, &server_log, Duration::from_secs(5))?;
 
     let out_path = scratch.join(format!("{tag}-iperf3-client.json"));
     let err_path = scratch.join(format!("{tag}-iperf3-client.err"));

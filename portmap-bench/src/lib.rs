@@ -1,6 +1,12 @@
-//! `portmap bench`: portmap against kube-proxy's iptables and nftables modes
+//! `portmap-bench`: portmap against kube-proxy's iptables and nftables modes
 //! and plain forwarding, in namespaces it builds, with a report in Markdown,
-//! JSON and SVG.
+//! JSON and SVG; or, with `--soak`, portmap alone under backend churn.
+//!
+//! It drives a `portmap` binary (by default the one next to its own
+//! executable) and portmap's control plane as a library
+//! (`portmap-userspace`), and loads eBPF programs of its own
+//! (`portmap-bench-ebpf`: the load generator, the sink and the XDP_PASS
+//! baseline), which the `portmap` binary does not carry.
 //!
 //! For each repetition, the per-packet cost of the XDP program and portmap's
 //! control plane are measured, then for each Service count every mode in turn
@@ -9,6 +15,7 @@
 //! throughput (iperf3) and short HTTP requests (nginx), and for iptables and
 //! nftables the time to load and to change their rulesets.
 
+mod args;
 mod bulk;
 mod charts;
 mod control;
@@ -18,11 +25,9 @@ mod http;
 mod latency;
 mod loadgen;
 mod modes;
-mod netns;
 mod report;
 mod results;
 mod rules;
-mod signals;
 mod soak;
 mod targets;
 mod tcpreport;
@@ -32,15 +37,18 @@ mod xdpcost;
 use std::{
     net::SocketAddrV4,
     path::{Path, PathBuf},
+    process::ExitCode,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use portmap_testkit::signals;
 
-pub use self::modes::Mode;
+pub use self::{args::BenchArgs, modes::Mode};
 use self::{
+    args::validate,
     loadgen::{BenchObject, PASS, SINK},
     modes::{Env, Features},
     results::{Cell, Config, Results, Throughput},
@@ -48,87 +56,10 @@ use self::{
     topo::{BACKEND_IF, CLIENT_IF, CLIENT_IP, CLIENT_MAC, NODE_CLIENT_IF, NODE_MAC, Topology},
 };
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Service counts to measure at (comma-separated; at most 16384).
-    #[arg(
-        long,
-        value_name = "N,N,...",
-        value_delimiter = ',',
-        default_value = "1,1000,10000"
-    )]
-    pub services: Vec<u32>,
-
-    /// Flows of the established-flow throughput measurement.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub flows: u32,
-
-    /// Seconds per throughput measurement.
-    #[arg(long, value_name = "S", default_value_t = 2.0)]
-    pub duration: f64,
-
-    /// Repetitions (medians and spreads are over these).
-    #[arg(long, value_name = "R", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub repeats: u32,
-
-    /// Modes to compare (comma-separated).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "portmap,iptables,nftables,forward"
-    )]
-    pub modes: Vec<Mode>,
-
-    /// Where to write report.md, results.json and the SVG charts.
-    #[arg(long, value_name = "DIR", default_value = "bench/latest")]
-    pub out: PathBuf,
-
-    /// Service counts at which the TCP measurements (bulk throughput, HTTP
-    /// requests) are made (comma-separated; default: every one of
-    /// --services).
-    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
-    pub tcp_services: Vec<u32>,
-
-    /// Concurrent connections of the short-HTTP-request load (each request
-    /// on a new connection).
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub http_connections: u32,
-
-    /// New TCP connections per latency measurement.
-    #[arg(long, value_name = "N", default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub connections: u32,
-
-    /// The iptables-restore to use (e.g. iptables-legacy-restore).
-    #[arg(long, value_name = "CMD", default_value = "iptables-restore")]
-    pub iptables_restore: String,
-
-    /// Run portmap without its XDP fast path (`--backend-iface`).
-    #[arg(long)]
-    pub no_fast_path: bool,
-
-    /// Measure nothing: write report.md and the charts into --out from the
-    /// results.json of an earlier run.
-    #[arg(long, value_name = "FILE")]
-    pub from_results: Option<PathBuf>,
-
-    /// Instead of the comparison: a soak of portmap alone, steady TCP and UDP
-    /// requests to one Service while its backends go terminating, away and
-    /// back; fails if a single request fails. Writes soak.md and soak.json.
-    #[arg(long)]
-    pub soak: bool,
-
-    /// Seconds the soak runs.
-    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub soak_seconds: u64,
-
-    /// Milliseconds between two steps of the soak's backend churn.
-    #[arg(long, value_name = "MS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    pub churn_ms: u64,
-
-    /// Threads making TCP connections during the soak.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
-    pub soak_workers: u64,
+/// The benchmark's eBPF object (`bench_pass`, `bench_loadgen`,
+/// `bench_sink`), built by this crate's build script.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portmap-bench-ebpf"))
 }
 
 /// Runs of BPF_PROG_TEST_RUN per case of the per-packet cost.
@@ -177,6 +108,33 @@ impl Drop for Scratch {
     }
 }
 
+/// `portmap-bench ARGS`: runs, and turns the outcome into an exit status.
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match run(&BenchArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `portmap` next to this executable, as cargo builds them.
+fn default_portmap() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let path = exe.with_file_name("portmap");
+    if !path.is_file() {
+        bail!(
+            "no portmap next to {} (build it, e.g. `cargo build --release`, or give --portmap)",
+            exe.display()
+        );
+    }
+    Ok(path)
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(path) = &args.from_results {
         return rerender(path, &args.out);
@@ -184,7 +142,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let args = validate(args)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("portmap bench must run as root: it creates network namespaces and loads eBPF");
+        bail!("portmap-bench must run as root: it creates network namespaces and loads eBPF");
     }
     let (iptables_restore, nft) = host::tools(&args)?;
     signals::install();
@@ -195,11 +153,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("creating {}", scratch.0.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("--out {}: cannot create it", args.out.display()))?;
-    // The daemon runs from a copy of this very executable: a rebuild of the
-    // workspace during a long run must not change what is measured.
+    // The daemon runs from a copy: a rebuild of the workspace during a long
+    // run must not change what is measured.
+    let portmap = match &args.portmap {
+        Some(path) => path.clone(),
+        None => default_portmap()?,
+    };
     let exe = scratch.0.join("portmap");
-    std::fs::copy("/proc/self/exe", &exe)
-        .with_context(|| format!("copying this executable to {}", exe.display()))?;
+    std::fs::copy(&portmap, &exe)
+        .with_context(|| format!("copying {} to {}", portmap.display(), exe.display()))?;
     let features = Features::detect(&exe)?;
     let env = Env {
         exe,
@@ -311,58 +273,6 @@ fn run_soak(args: &BenchArgs, env: &Env) -> Result<()> {
     Ok(())
 }
 
-fn validate(args: &BenchArgs) -> Result<BenchArgs> {
-    let mut services = args.services.clone();
-    services.sort_unstable();
-    services.dedup();
-    if services.is_empty() {
-        bail!("--services: give at least one Service count");
-    }
-    if let Some(bad) = services
-        .iter()
-        .find(|s| **s == 0 || **s > rules::MAX_SERVICES)
-    {
-        bail!(
-            "--services: {bad} is out of range (1-{})",
-            rules::MAX_SERVICES
-        );
-    }
-    let mut modes = Vec::new();
-    if args.soak {
-        // The soak measures portmap alone: iptables and nft are not needed.
-        modes.push(Mode::Portmap);
-    }
-    for m in args.modes.iter().filter(|_| !args.soak) {
-        if !modes.contains(m) {
-            modes.push(*m);
-        }
-    }
-    if !(args.duration.is_finite() && (0.1..=600.0).contains(&args.duration)) {
-        bail!(
-            "--duration: {} is out of range (0.1-600 seconds)",
-            args.duration
-        );
-    }
-    let mut tcp_services = args.tcp_services.clone();
-    tcp_services.sort_unstable();
-    tcp_services.dedup();
-    if let Some(bad) = tcp_services.iter().find(|s| !services.contains(s)) {
-        bail!("--tcp-services: {bad} is not one of --services");
-    }
-    if tcp_services.is_empty() {
-        tcp_services.clone_from(&services);
-    }
-    Ok(BenchArgs {
-        services,
-        tcp_services,
-        modes,
-        out: args.out.clone(),
-        iptables_restore: args.iptables_restore.clone(),
-        from_results: None,
-        ..*args
-    })
-}
-
 fn rerender(path: &Path, out: &Path) -> Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--from-results {}", path.display()))?;
@@ -438,7 +348,7 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     step(ctx, "waiting for a quiet machine");
     host::wait_until_quiet(quiet_wait(&ctx.args))?;
     step(ctx, "namespaces");
-    let topo = Topology::new(&prefix)?;
+    let topo = topo::new(&prefix)?;
     step(ctx, "programming");
     let programmed = modes::program(mode, &topo, &services, &ctx.env, &name)
         .with_context(|| format!("{}: programming {count} Services", mode.name()))?;
@@ -529,7 +439,7 @@ fn tcp(
     step: &dyn Fn(&str),
 ) -> Result<Tcp> {
     step("TCP: default offloads");
-    let tso_off = topo.default_offloads()?;
+    let tso_off = topo::default_offloads(topo)?;
     step("waiting for a quiet machine");
     host::wait_until_quiet(quiet_wait(&ctx.args))?;
     let target = programmed

@@ -19,10 +19,9 @@ use super::{
     loadgen::{BenchObject, ns_per_run},
     topo::{CLIENT_MAC, NODE_IP, NODE_MAC},
 };
-use crate::{
+use portmap_userspace::{
     dataplane::{Dataplane, INGRESS_PROGRAM, Limits},
-    model::DesiredState,
-    spec::PublishSpec,
+    model::{DesiredState, PublishSpec},
 };
 
 const XDP_PASS: u32 = 2;

@@ -1,5 +1,5 @@
-//! Programs for `portmap bench`, in their own object so `portmap run` never
-//! loads them:
+//! The benchmark's programs, in an object of their own that the `portmap`
+//! binary does not carry:
 //!
 //! - `bench_pass`: a bare `XDP_PASS`, the baseline of per-packet costs.
 //! - `bench_loadgen`: run with BPF_PROG_RUN live frames on the client's
@@ -13,7 +13,7 @@
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("portmap-bench is built for bpfel-unknown-none by portmap-userspace's build script");
+    eprintln!("portmap-bench-ebpf is built for bpfel-unknown-none by portmap-bench's build script");
 }
 
 #[cfg(target_arch = "bpf")]
@@ -25,10 +25,8 @@ mod programs {
         maps::{Array, PerCpuArray},
         programs::XdpContext,
     };
-    use portmap_common::{
-        abi::{LOADGEN_MAX_FRAME, LoadgenConfig},
-        csum::CsumDelta,
-    };
+    use portmap_bench_common::{LOADGEN_MAX_FRAME, LoadgenConfig};
+    use portmap_common::csum::CsumDelta;
 
     /// The frame template and the number of flows.
     #[map]
@@ -136,14 +134,4 @@ mod programs {
     }
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here, so it is never run.
-    loop {}
-}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+portmap_common::bpf_object_end!();

@@ -1,4 +1,4 @@
-//! `portmap bench --soak`: steady traffic to one Service while its backends
+//! `portmap-bench --soak`: steady traffic to one Service while its backends
 //! churn: every `--churn-ms` one backend is marked terminating, then removed,
 //! then added back (the steps of a rolling update), so at any time one backend
 //! is not ready and three are. New TCP connections (connect, 32 bytes each
@@ -22,13 +22,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use portmap_testkit::{lock, netns::Netns, signals};
+
 use super::{
     latency::EchoServers,
     modes::{self, Daemon, Env},
-    netns::Netns,
     rules::{SERVICE_PORT, vip},
-    signals,
-    topo::{BACKEND_PORT, BACKENDS, Topology, backend_ip},
+    topo::{self, BACKEND_PORT, BACKENDS, backend_ip},
 };
 
 /// How long the daemon may take to apply one edit of the manifest.
@@ -279,7 +279,7 @@ fn apply(
 /// Runs the soak for `duration`, one churn step every `churn`, with
 /// `workers` threads making TCP connections.
 pub fn run(env: &Env, duration: Duration, churn: Duration, workers: usize) -> Result<SoakReport> {
-    let topo = Topology::new(&format!("pm-soak-{}", std::process::id()))?;
+    let topo = topo::new(&format!("pm-soak-{}", std::process::id()))?;
     // Many short connections: reuse TIME_WAIT ports rather than run out.
     topo.client.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
     topo.client
@@ -393,10 +393,6 @@ fn join_workers(threads: Vec<std::thread::JoinHandle<Result<()>>>) -> Result<()>
         bail!("soak workers failed: {}", errors.join("; "));
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpLink, xdp::XdpMode},
 };
-use portmap_common::abi::{LOADGEN_MAX_FRAME, LoadgenConfig};
+use portmap_bench_common::{LOADGEN_MAX_FRAME, LoadgenConfig};
+use portmap_testkit::{netns::Netns, signals};
 
-use super::{frames, netns::Netns, signals};
-use crate::dataplane::bench_object;
+use super::{ebpf_object, frames};
 
 pub const PASS: &str = "bench_pass";
 pub const LOADGEN: &str = "bench_loadgen";
@@ -41,7 +41,7 @@ pub struct Burst {
 
 impl BenchObject {
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(bench_object()).context("loading the benchmark's eBPF object")?;
+        let mut ebpf = Ebpf::load(ebpf_object()).context("loading the benchmark's eBPF object")?;
         for name in [PASS, LOADGEN, SINK] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)

@@ -237,7 +237,7 @@ pub fn http(out: &mut String, r: &Results) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{
+    use crate::{
         bulk::Bulk,
         http::HttpLoad,
         report,
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn runs_from_before_the_tcp_measurements_still_render() {
-        let old: Results = serde_json::from_str(include_str!("../../../bench/latest/results.json"))
+        let old: Results = serde_json::from_str(include_str!("../../bench/latest/results.json"))
             .expect("bench/latest/results.json parses");
         let text = report::render(&old);
         assert!(text.contains("## TCP bulk throughput\n\nNot measured in this run."));

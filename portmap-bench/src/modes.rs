@@ -15,10 +15,14 @@ use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    netns::{Netns, Timed, run_timed},
-    rules::{self, Services},
+use portmap_testkit::{
+    netns::Netns,
+    process::{self, Timed, run_timed},
     signals,
+};
+
+use super::{
+    rules::{self, Services},
     topo::{self, BACKEND_PORT, NODE_CLIENT_IF, Topology},
 };
 
@@ -121,20 +125,10 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        // SAFETY: our own child, not yet waited for.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("portmap run did not stop within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (status, killed) = process::stop(&mut child, Duration::from_secs(10))?;
+        if killed {
+            bail!("portmap run did not stop within 10 s of SIGTERM");
+        }
         if let Some(dir) = self.pins.take() {
             let _ = std::fs::remove_dir_all(dir);
         }

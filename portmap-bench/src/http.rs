@@ -17,11 +17,9 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{
-    netns::{Netns, Process, wait_listening},
-    signals,
-    topo::BACKEND_PORT,
-};
+use portmap_testkit::{netns::Netns, process::Process, signals};
+
+use super::topo::BACKEND_PORT;
 
 /// The size of the file every request fetches.
 pub const BODY_LEN: usize = 1024;
@@ -114,7 +112,7 @@ impl Nginx {
                 .stdout(Stdio::null())
                 .stderr(File::create(run.join("stderr")).context("nginx's stderr file")?);
             let mut server = Process::start(ns, &mut cmd, "nginx")?;
-            wait_listening(ns, BACKEND_PORT, &mut server, &log, Duration::from_secs(5))?;
+            server.wait_listening(ns, BACKEND_PORT, &log, Duration::from_secs(5))?;
             nginx._servers.push(server);
         }
         Ok(nginx)

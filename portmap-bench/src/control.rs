@@ -10,7 +10,7 @@ use portmap_common::abi::DatapathConfig;
 use serde::{Deserialize, Serialize};
 
 use super::rules::{self, Services};
-use crate::{
+use portmap_userspace::{
     dataplane::{Dataplane, Limits, maps::names},
     k8s::{self, Manifests, NodeConfig},
     model::DesiredState,
@@ -118,7 +118,7 @@ mod tests {
 
     /// The timing programs every Service and changes one, checking that each
     /// apply published everything (at a size quick enough for every test
-    /// run; `portmap bench` runs 10,000). Needs root, as every test here.
+    /// run; `portmap-bench` runs 10,000). Needs root, as every test here.
     #[test]
     fn control_plane_timing_publishes_everything() {
         let m = measure(0, 200).expect("the control-plane timing of 200 Services");

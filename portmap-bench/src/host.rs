@@ -8,35 +8,24 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use portmap_testkit::{process::which, signals};
 
-use super::{BenchArgs, Mode, results::Machine, signals};
-
-/// Finds an executable on PATH or in the sbin directories.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        return Path::new(name).is_file().then(|| PathBuf::from(name));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+use super::{BenchArgs, Mode, results::Machine};
 
 pub fn tools(args: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
     for (tool, package) in [("ip", "iproute2"), ("ethtool", "ethtool")] {
-        if find_tool(tool).is_none() {
+        if which(tool).is_none() {
             bail!("{tool} is missing: install {package}");
         }
     }
     // The TCP measurements of every mode: bulk transfers, HTTP requests.
     for (tool, package) in [("iperf3", "iperf3"), ("nginx", "nginx")] {
-        if !args.soak && find_tool(tool).is_none() {
+        if !args.soak && which(tool).is_none() {
             bail!("{tool} is missing: install {package} (`cargo xtask setup` does)");
         }
     }
     let need = |mode: Mode, tool: &str, package: &str| -> Result<PathBuf> {
-        match find_tool(tool) {
+        match which(tool) {
             Some(p) => Ok(p),
             None if args.modes.contains(&mode) => bail!(
                 "{tool} is missing, and --modes includes {}: install {package}, or leave {} out of --modes",

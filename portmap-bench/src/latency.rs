@@ -17,7 +17,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{netns::Netns, signals, topo::BACKEND_PORT};
+use portmap_testkit::{netns::Netns, signals};
+
+use super::topo::BACKEND_PORT;
 
 const MESSAGE: usize = 32;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
