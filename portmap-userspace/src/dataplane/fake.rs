@@ -431,3 +431,12 @@ pub(crate) fn service(key: &str, frontends: &[Frontend], endpoints: &[Endpoint])
 pub(crate) fn state(services: Vec<Service>) -> DesiredState {
     DesiredState { services }
 }
+
+/// One service, `web`, on 198.18.0.1:80 with one backend.
+pub(crate) fn one_service() -> DesiredState {
+    state(vec![service(
+        "web",
+        &[frontend("198.18.0.1", 80)],
+        &[ready("198.19.0.2")],
+    )])
+}

@@ -1,6 +1,5 @@
 //! The userspace side of the dataplane: loads the eBPF object, owns its maps,
 //! and keeps them equal to a desired state.
-
 //!
 //! Its parts: the record of what the maps publish (`state`: services, ids,
 //! regions) and the plan that changes it (`plan`, `apply`, `adopt`), both

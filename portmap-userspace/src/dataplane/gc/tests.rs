@@ -6,7 +6,7 @@ use portmap_common::abi::{
 };
 
 use super::{CLOCK_SLACK_NS, Staleness};
-use crate::dataplane::fake::{Lab, frontend, ready, service, state};
+use crate::dataplane::fake::{Lab, one_service};
 
 const SECOND: u64 = 1_000_000_000;
 /// A monotonic "now" well past every timeout.
@@ -16,12 +16,7 @@ const NOW: u64 = 100_000 * SECOND;
 /// backend seen at `NOW`.
 fn published() -> (Staleness, CtValue) {
     let mut lab = Lab::new();
-    let desired = state(vec![service(
-        "web",
-        &[frontend("198.18.0.1", 80)],
-        &[ready("198.19.0.2")],
-    )]);
-    assert!(lab.apply(&desired).is_complete());
+    assert!(lab.apply(&one_service()).is_complete());
     let svc = &lab.applied.services["web"];
     let fe = svc.frontends.values().next().unwrap().value;
     let be = svc.backends.values().next().unwrap();

@@ -3,7 +3,7 @@
 use crate::{
     dataplane::{
         NODE_ADDRS_CAPACITY,
-        fake::{LIMITS, Lab, endpoint, frontend, ip, ready, service, state},
+        fake::{LIMITS, Lab, endpoint, frontend, ip, one_service, ready, service, state},
         maps::names,
         stats::{Counters, MapUsage},
     },
@@ -83,12 +83,7 @@ fn services_show_their_frontends_and_backends_with_their_counters() {
 #[test]
 fn a_counter_that_cannot_be_read_says_whose() {
     let mut lab = Lab::new();
-    let desired = state(vec![service(
-        "web",
-        &[frontend("198.18.0.1", 80)],
-        &[ready("198.19.0.2")],
-    )]);
-    assert!(lab.apply(&desired).is_complete());
+    assert!(lab.apply(&one_service()).is_complete());
     let error = lab
         .applied
         .service_stats(|_| Ok(counters(0)), |_| anyhow::bail!("gone"))

@@ -32,11 +32,7 @@ fn an_added_backend_is_written_before_the_table_that_names_it() {
         table(&ops),
     );
     assert_before(&ops, table(&ops), publish(&ops, fe()));
-    assert_none(
-        &ops,
-        "backend freed",
-        |o| matches!(o, MapOp::WriteBackend { backend, .. } if backend.state == BACKEND_UNUSED),
-    );
+    assert_no_backend_freed(&ops);
 }
 
 /// A backend removed: the table without it is in place before the frontend
@@ -67,11 +63,7 @@ fn a_terminating_backend_leaves_the_table_before_the_frontend_switches() {
     let state = backend(&ops, "198.19.0.3", BACKEND_TERMINATING);
     assert_before(&ops, state, publish(&ops, fe()));
     assert_before(&ops, table(&ops), publish(&ops, fe()));
-    assert_none(
-        &ops,
-        "backend freed",
-        |o| matches!(o, MapOp::WriteBackend { backend, .. } if backend.state == BACKEND_UNUSED),
-    );
+    assert_no_backend_freed(&ops);
 }
 
 /// Every backend terminating: the terminating ones still serve new flows

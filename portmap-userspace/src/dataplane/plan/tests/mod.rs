@@ -72,6 +72,14 @@ fn assert_none(ops: &[MapOp], what: &str, pred: impl Fn(&MapOp) -> bool) {
     );
 }
 
+fn assert_no_backend_freed(ops: &[MapOp]) {
+    assert_none(
+        ops,
+        "backend freed",
+        |o| matches!(o, MapOp::WriteBackend { backend, .. } if backend.state == BACKEND_UNUSED),
+    );
+}
+
 fn publish(ops: &[MapOp], f: Frontend) -> usize {
     at(
         ops,
