@@ -196,10 +196,10 @@ impl Applied {
         let backends = svc
             .endpoints
             .iter()
-            .map(|ep| SocketAddr::new(ep.addr, ep.port))
-            .filter(|addr| cur.is_none_or(|c| !c.backends.contains_key(addr)))
-            .collect::<BTreeSet<_>>()
-            .len() as u32;
+            .filter(|ep| {
+                cur.is_none_or(|c| !c.backends.contains_key(&SocketAddr::new(ep.addr, ep.port)))
+            })
+            .count() as u32;
         let members = table_members(svc);
         let in_use = cur.and_then(|c| c.table.as_ref());
         let size = maglev::table_size(members.len(), in_use.map(|t| t.region.len));

@@ -173,10 +173,10 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn new(key: &str) -> Self {
+    fn new(key: &str, capacity: usize) -> Self {
         Self {
             key: key.to_string(),
-            steps: Vec::new(),
+            steps: Vec::with_capacity(capacity),
         }
     }
 
@@ -255,7 +255,10 @@ impl Applied {
                 AppliedService::new(service_id, &svc.name, &svc.port_name),
             );
         }
-        let mut plan = Plan::new(&svc.key);
+        // Room for a new service's steps: two per backend, three per
+        // frontend, one per prefix, the table and the release.
+        let steps = 2 * svc.endpoints.len() + 3 * svc.frontends.len() + svc.source_ranges.len();
+        let mut plan = Plan::new(&svc.key, steps + 2);
         if let Err(e) = self.plan_into(&mut plan, svc, owners, now) {
             self.abandon(plan.steps, now);
             return Err(e);
@@ -285,7 +288,8 @@ impl Applied {
 
         // 1. Backends, as this plan leaves them (an endpoint listed twice is
         // one backend).
-        let mut planned: HashMap<SocketAddr, BackendSlot> = HashMap::new();
+        let mut planned: HashMap<SocketAddr, BackendSlot> =
+            HashMap::with_capacity(svc.endpoints.len());
         for ep in &svc.endpoints {
             let addr = SocketAddr::new(ep.addr, ep.port);
             let current = planned
@@ -466,7 +470,8 @@ impl Applied {
     /// published.
     pub fn plan_removal(&self, key: &str, owners: &HashMap<Frontend, &str>) -> Option<Plan> {
         let applied = self.services.get(key)?;
-        let mut plan = Plan::new(key);
+        let steps = 2 * applied.frontends.len() + applied.backends.len();
+        let mut plan = Plan::new(key, steps + applied.source_ranges.len() + 3);
         for (fe, slot) in &applied.frontends {
             retire_frontend(&mut plan, fe, &slot.value, owners, key);
         }
