@@ -155,6 +155,35 @@ fn a_replaced_table_is_built_aside_and_released_after_grace() {
     assert_eq!(lab.applied.regions.in_use(), new.table_size);
 }
 
+/// A replaced table's region is released by the plan's last step, after
+/// every frontend was switched and everything else let go.
+#[test]
+fn a_replaced_table_is_released_by_the_last_step() {
+    let mut lab = Lab::new();
+    let before = web_service(&[ready("198.19.0.2"), ready("198.19.0.3")], &[]);
+    assert!(lab.apply(&state(vec![before])).is_complete());
+    let after = web_service(&[ready("198.19.0.2"), ready("198.19.0.4")], &[]);
+    let owners = HashMap::from([(fe(), "default/web:http")]);
+    let plan = lab.applied.plan_update(&after, &owners, lab.now).unwrap();
+    let commits: Vec<&Commit> = plan.steps.iter().map(|s| &s.commit).collect();
+    assert_eq!(
+        commits
+            .iter()
+            .filter(|c| ***c == Commit::TablesReleased)
+            .count(),
+        1
+    );
+    assert_eq!(
+        commits.last(),
+        Some(&&Commit::TablesReleased),
+        "{commits:#?}"
+    );
+    let retired = commits
+        .iter()
+        .position(|c| matches!(c, Commit::BackendRetired(_)));
+    assert_eq!(retired, Some(commits.len() - 2), "{commits:#?}");
+}
+
 /// Same members and size: the table stays, whatever else changes.
 #[test]
 fn an_unchanged_table_is_not_rewritten() {

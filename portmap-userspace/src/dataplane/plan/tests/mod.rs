@@ -257,6 +257,17 @@ fn a_new_service_is_published_last() {
         backend(&ops, "198.19.0.3", BACKEND_ACTIVE),
         table(&ops),
     );
+    // Each backend's counters are zeroed before the backend is written.
+    for (i, op) in ops.iter().enumerate() {
+        if let MapOp::WriteBackend { id, .. } = op {
+            let zeroed = at(
+                &ops,
+                &format!("BACKEND_STATS[{id}] zeroed"),
+                |o| matches!(o, MapOp::ZeroBackendStats { id: z } if z == id),
+            );
+            assert_before(&ops, zeroed, i);
+        }
+    }
     assert_eq!(ops.last(), Some(&ops[frontend]), "{}", listing(&ops));
 }
 
