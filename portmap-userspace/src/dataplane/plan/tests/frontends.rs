@@ -157,3 +157,43 @@ fn node_addresses_are_added_before_others_are_removed() {
         ]
     );
 }
+
+/// The other order: the old owner comes first in the desired state, so it
+/// retires its generation of the frontend before the new owner publishes it.
+/// The entry is never removed, and the new owner's update follows in the same
+/// apply; meanwhile the frontend leads to the old owner's table under a
+/// retired generation (flows made then are re-picked at their next packet).
+/// The in-memory maps are told it moves, so they do not flag that window.
+#[test]
+fn a_frontend_moving_to_a_later_service_is_retired_then_taken_over() {
+    let shared = frontend("203.0.113.20", 80);
+    let a = |fronts: &[Frontend]| service("a", fronts, &[ready("198.19.0.2")]);
+    let b = |fronts: &[Frontend]| service("b", fronts, &[ready("198.19.0.3")]);
+    let mut lab = Lab::new();
+    assert!(
+        lab.apply(&state(vec![a(&[fe(), shared]), b(&[])]))
+            .is_complete()
+    );
+    let old = lab.maps.frontends[&shared];
+    lab.maps.moving.insert(shared);
+    let from = lab.maps.ops.len();
+    assert!(
+        lab.apply(&state(vec![a(&[fe()]), b(&[shared])]))
+            .is_complete()
+    );
+    let ops = &lab.maps.ops[from..];
+    assert_before(
+        ops,
+        generation(ops, old.frontend_id, true),
+        publish(ops, shared),
+    );
+    assert_none(
+        ops,
+        "unpublish of the moved frontend",
+        |o| matches!(o, MapOp::UnpublishFrontend { frontend } if *frontend == shared),
+    );
+    assert_eq!(
+        lab.maps.frontends[&shared].service_id,
+        lab.applied.services["b"].service_id
+    );
+}
