@@ -110,7 +110,7 @@ impl IdAllocator {
 }
 
 /// A run of slots in the Maglev pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Region {
     pub offset: u32,
     pub len: u32,

@@ -85,42 +85,6 @@ fn tc_hook(kind: &str) -> Option<&'static TcHook> {
         .find(|h| h.link == kind)
 }
 
-/// The key of a held link: its pin name, `KIND-NAME`.
-pub(super) fn link_key(kind: &str, name: &str) -> String {
-    format!("{kind}-{name}")
-}
-
-/// A link this process holds, and where it is pinned (`None`: unpinned, for
-/// tests; it lives as long as this process holds it).
-#[derive(Debug)]
-pub(super) struct HeldLink {
-    pub path: Option<PathBuf>,
-    pub link: FdLink,
-}
-
-impl HeldLink {
-    /// Lets go of the link; with `unpin`, the pin goes too, so the program is
-    /// detached once no process holds the link.
-    pub(super) fn release(self, unpin: bool) -> Result<()> {
-        if unpin && let Some(path) = &self.path {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("unpinning {}", path.display())),
-            }
-        }
-        drop(self.link);
-        Ok(())
-    }
-
-    /// What the kernel says about the link now.
-    pub(super) fn info(&self) -> Result<bpf_sys::LinkInfo> {
-        let id = self.link.info().context("reading a link's id")?.id();
-        let fd = bpf_sys::link_by_id(id).with_context(|| format!("opening link {id}"))?;
-        Ok(bpf_sys::link_info(&fd)?)
-    }
-}
-
 /// How an interface got its program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attached {
@@ -161,8 +125,8 @@ impl Dataplane {
         backend_ifaces: &[String],
         mode: XdpMode,
     ) -> Result<Vec<(String, Role, Attached)>> {
-        self.xdp_mode = mode;
-        self.followed = ifaces
+        self.attachments.xdp_mode = mode;
+        self.attachments.followed = ifaces
             .iter()
             .map(|n| Followed::new(n, Role::Published))
             .chain(
@@ -171,15 +135,18 @@ impl Dataplane {
                     .map(|n| Followed::new(n, Role::Backend)),
             )
             .collect();
-        let mut result = Vec::with_capacity(self.followed.len());
-        for i in 0..self.followed.len() {
-            let (name, role) = (self.followed[i].name.clone(), self.followed[i].role);
+        let mut result = Vec::with_capacity(self.attachments.followed.len());
+        for i in 0..self.attachments.followed.len() {
+            let (name, role) = (
+                self.attachments.followed[i].name.clone(),
+                self.attachments.followed[i].role,
+            );
             let (ifindex, how) = self.attach_iface(&name, role)?;
-            self.followed[i].ifindex = Some(ifindex);
+            self.attachments.followed[i].ifindex = Some(ifindex);
             result.push((name, role, how));
         }
         self.set_fast_path_ifaces()?;
-        if let Some(pins) = &self.pins {
+        if let Some(pins) = &self.attachments.pins {
             for (kind, wanted) in [
                 (XDP_LINK, ifaces),
                 (TC_INGRESS_LINK, ifaces),
@@ -205,7 +172,7 @@ impl Dataplane {
     /// attached at.
     pub(super) fn attach_iface(&mut self, name: &str, role: Role) -> Result<(u32, Attached)> {
         let ifindex = if_index(name)?;
-        let mode = self.xdp_mode;
+        let mode = self.attachments.xdp_mode;
         let how = match role {
             Role::Published => {
                 self.attach_tc(&TC_INGRESS, name)?;
@@ -222,7 +189,7 @@ impl Dataplane {
     /// leads to this namespace's `iface`. One that does not is unpinned
     /// (so released) and logged, and the caller attaches afresh.
     fn pinned_link(&self, kind: &str, iface: &str) -> Result<Option<(PathBuf, FdLink)>> {
-        let Some(pins) = &self.pins else {
+        let Some(pins) = &self.attachments.pins else {
             return Ok(None);
         };
         let path = pins.link_path(kind, iface);
@@ -246,36 +213,6 @@ impl Dataplane {
         Ok(Some((path, FdLink::from(pinned))))
     }
 
-    /// Pins a link this process just created, if there is a pin directory,
-    /// and holds it.
-    pub(super) fn hold(&mut self, kind: &str, name: &str, link: FdLink) -> Result<()> {
-        let (path, link) = match &self.pins {
-            Some(pins) => {
-                let path = pins.link_path(kind, name);
-                let pinned = link
-                    .pin(&path)
-                    .with_context(|| format!("pinning {}", path.display()))?;
-                (Some(path), FdLink::from(pinned))
-            }
-            // Unpinned (tests): dropping the FdLink would detach; keep it.
-            None => (None, link),
-        };
-        self.hold_adopted(kind, name, path, link);
-        Ok(())
-    }
-
-    /// Holds a link pinned before (by a previous daemon).
-    pub(super) fn hold_adopted(
-        &mut self,
-        kind: &str,
-        name: &str,
-        path: Option<PathBuf>,
-        link: FdLink,
-    ) {
-        self.links
-            .insert(link_key(kind, name), HeldLink { path, link });
-    }
-
     fn attach_xdp(
         &mut self,
         program: &str,
@@ -294,7 +231,7 @@ impl Dataplane {
             match xdp.attach_to_link(link) {
                 Ok(id) => {
                     let link = FdLink::try_from(xdp.take_link(id)?)?;
-                    self.hold_adopted(kind, iface, Some(path), link);
+                    self.attachments.hold_adopted(kind, iface, Some(path), link);
                     return Ok(Attached::Replaced);
                 }
                 // Severed since it was checked: as if it had been then.
@@ -331,7 +268,7 @@ impl Dataplane {
             },
         };
         match FdLink::try_from(xdp.take_link(id)?) {
-            Ok(link) => self.hold(kind, iface, link)?,
+            Ok(link) => self.attachments.hold(kind, iface, link)?,
             // Netlink attachment (kernels without XDP links) cannot be pinned:
             // it lives as long as this process.
             Err(e) => {
@@ -354,7 +291,8 @@ impl Dataplane {
             match tc.attach_to_link(link) {
                 Ok(id) => {
                     let link = FdLink::try_from(tc.take_link(id)?)?;
-                    self.hold_adopted(hook.link, iface, Some(path), link);
+                    self.attachments
+                        .hold_adopted(hook.link, iface, Some(path), link);
                     return Ok(Attached::Replaced);
                 }
                 Err(e) if severed(&e) => unpin_severed(&path, hook.link, iface)?,
@@ -376,7 +314,7 @@ impl Dataplane {
             .attach(iface, hook.attach)
             .with_context(|| format!("attaching {} to {iface}", hook.link))?;
         match FdLink::try_from(tc.take_link(id)?) {
-            Ok(link) => self.hold(hook.link, iface, link)?,
+            Ok(link) => self.attachments.hold(hook.link, iface, link)?,
             Err(e) => {
                 warn!("{iface}: tc attached without a link ({e}); it cannot outlive this process")
             }

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
-use portmap_common::abi::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, PROTO_TCP};
+use portmap_common::abi::{
+    CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, DatapathConfig, PROTO_TCP,
+};
 
-use super::Dataplane;
+use super::{Dataplane, state::Applied};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -28,6 +30,55 @@ fn monotonic_ns() -> u64 {
 
 /// The coarse clock the dataplane reads may lag this much behind.
 const CLOCK_SLACK_NS: u64 = 1_000_000_000;
+
+/// When a conntrack entry is stale: idle past its state's timeout (with the
+/// coarse clock's slack), or of a frontend or backend slot that was retired
+/// (its id free, or given out again under another generation).
+struct Staleness {
+    config: DatapathConfig,
+    now_ns: u64,
+    /// Live frontend ids → generation.
+    frontends: HashMap<u32, u32>,
+    /// Live backend ids → generation.
+    backends: HashMap<u32, u32>,
+}
+
+impl Staleness {
+    fn new(config: DatapathConfig, applied: &Applied, now_ns: u64) -> Self {
+        let services = applied.services.values();
+        let frontends = services
+            .clone()
+            .flat_map(|s| s.frontends.values())
+            .map(|slot| (slot.value.frontend_id, slot.value.generation))
+            .collect();
+        let backends = services
+            .flat_map(|s| s.backends.values())
+            .map(|slot| (slot.id, slot.generation))
+            .collect();
+        Self {
+            config,
+            now_ns,
+            frontends,
+            backends,
+        }
+    }
+
+    fn is_stale(&self, k: &CtKey, v: &CtValue) -> bool {
+        let cfg = &self.config;
+        let timeout = if k.proto == PROTO_TCP {
+            match v.state {
+                CT_STATE_ESTABLISHED => cfg.tcp_established_timeout_ns,
+                CT_STATE_CLOSING => cfg.tcp_closing_timeout_ns,
+                _ => cfg.tcp_new_timeout_ns,
+            }
+        } else {
+            cfg.udp_timeout_ns
+        };
+        self.now_ns.saturating_sub(v.last_seen_ns) > timeout + CLOCK_SLACK_NS
+            || self.frontends.get(&v.frontend_id) != Some(&v.frontend_generation)
+            || self.backends.get(&v.backend_id) != Some(&v.backend_generation)
+    }
+}
 
 impl Dataplane {
     /// Forgets every flow: conntrack and session-affinity entries (for tests
@@ -64,34 +115,8 @@ impl Dataplane {
     }
 
     pub fn collect_garbage(&mut self) -> Result<GcReport> {
-        let now = monotonic_ns();
-        let cfg = self.config;
-        let frontends: HashMap<u32, u32> = self
-            .services
-            .values()
-            .flat_map(|s| s.frontends.values())
-            .map(|slot| (slot.value.frontend_id, slot.value.generation))
-            .collect();
-        let backends: HashMap<u32, u32> = self
-            .services
-            .values()
-            .flat_map(|s| s.backends.values())
-            .map(|slot| (slot.id, slot.generation))
-            .collect();
-        let stale = |k: &CtKey, v: &CtValue| {
-            let timeout = if k.proto == PROTO_TCP {
-                match v.state {
-                    CT_STATE_ESTABLISHED => cfg.tcp_established_timeout_ns,
-                    CT_STATE_CLOSING => cfg.tcp_closing_timeout_ns,
-                    _ => cfg.tcp_new_timeout_ns,
-                }
-            } else {
-                cfg.udp_timeout_ns
-            };
-            now.saturating_sub(v.last_seen_ns) > timeout + CLOCK_SLACK_NS
-                || frontends.get(&v.frontend_id) != Some(&v.frontend_generation)
-                || backends.get(&v.backend_id) != Some(&v.backend_generation)
-        };
+        let rule = Staleness::new(self.config, &self.applied, monotonic_ns());
+        let stale = |k: &CtKey, v: &CtValue| rule.is_stale(k, v);
         let mut report = GcReport::default();
         let mut doomed: Vec<CtKey> = Vec::new();
         for item in self.maps.conntrack.iter() {
@@ -126,3 +151,6 @@ impl Dataplane {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests;

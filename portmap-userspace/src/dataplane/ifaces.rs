@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Dataplane,
-    attach::{Attached, REPLY_LINK, TC_INGRESS_LINK, TC_LINK, XDP_LINK, link_key},
+    attach::{Attached, REPLY_LINK, TC_INGRESS_LINK, TC_LINK, XDP_LINK},
 };
 
 /// What an interface is for.
@@ -24,7 +24,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn link_kinds(self) -> &'static [&'static str] {
+    pub(super) fn link_kinds(self) -> &'static [&'static str] {
         match self {
             Role::Published => &[XDP_LINK, TC_INGRESS_LINK, TC_LINK],
             Role::Backend => &[REPLY_LINK],
@@ -90,23 +90,16 @@ pub(super) fn if_index(name: &str) -> Result<u32> {
 impl Dataplane {
     /// The interfaces followed, and their indexes while attached.
     pub fn interfaces(&self) -> Vec<InterfaceStatus> {
-        self.followed
-            .iter()
-            .map(|f| InterfaceStatus {
-                name: f.name.clone(),
-                role: f.role,
-                attached: f.ifindex.is_some(),
-                ifindex: f.ifindex,
-            })
-            .collect()
+        self.attachments.interfaces()
     }
 
     /// Names and attached indexes of the interfaces followed, to tell which
     /// link events concern them.
     pub fn followed(&self) -> (Vec<String>, Vec<u32>) {
+        let followed = &self.attachments.followed;
         (
-            self.followed.iter().map(|f| f.name.clone()).collect(),
-            self.followed.iter().filter_map(|f| f.ifindex).collect(),
+            followed.iter().map(|f| f.name.clone()).collect(),
+            self.attachments.attached_indexes(),
         )
     }
 
@@ -115,12 +108,12 @@ impl Dataplane {
     /// is (back) there. Returns what changed.
     pub fn follow_interfaces(&mut self) -> Result<Vec<InterfaceChange>> {
         let mut changes = Vec::new();
-        for i in 0..self.followed.len() {
+        for i in 0..self.attachments.followed.len() {
             let Followed {
                 name,
                 role,
                 ifindex,
-            } = self.followed[i].clone();
+            } = self.attachments.followed[i].clone();
             let now = if_index(&name).ok();
             if let Some(at) = ifindex {
                 let why = if now.is_none() {
@@ -131,13 +124,13 @@ impl Dataplane {
                         now.unwrap_or(0)
                     ))
                 } else {
-                    self.links_severed(&name, role)
+                    self.attachments.links_severed(&name, role)
                 };
                 let Some(why) = why else {
                     continue;
                 };
-                self.release_iface(&name, role)?;
-                self.followed[i].ifindex = None;
+                self.attachments.release_iface(&name, role)?;
+                self.attachments.followed[i].ifindex = None;
                 changes.push(InterfaceChange::Detached {
                     name: name.clone(),
                     why,
@@ -146,7 +139,7 @@ impl Dataplane {
             if now.is_some() {
                 match self.attach_iface(&name, role) {
                     Ok((ifindex, how)) => {
-                        self.followed[i].ifindex = Some(ifindex);
+                        self.attachments.followed[i].ifindex = Some(ifindex);
                         changes.push(InterfaceChange::Attached {
                             name,
                             role,
@@ -156,7 +149,7 @@ impl Dataplane {
                     }
                     Err(error) => {
                         // Whatever was attached before the failure goes too.
-                        self.release_iface(&name, role)?;
+                        self.attachments.release_iface(&name, role)?;
                         changes.push(InterfaceChange::Failed { name, error });
                     }
                 }
@@ -168,34 +161,11 @@ impl Dataplane {
         Ok(changes)
     }
 
-    /// Why the links held for an attached interface no longer lead to it, if
-    /// they do not (the interface went and came back between two events).
-    fn links_severed(&self, name: &str, role: Role) -> Option<String> {
-        role.link_kinds().iter().find_map(|kind| {
-            let held = self.links.get(&link_key(kind, name))?;
-            match held.info() {
-                Ok(info) if info.ifindex() != 0 => None,
-                Ok(_) => Some(format!("its {kind} link was severed")),
-                Err(e) => Some(format!("its {kind} link cannot be read: {e:#}")),
-            }
-        })
-    }
-
-    /// Releases and unpins the links of interface `name`.
-    fn release_iface(&mut self, name: &str, role: Role) -> Result<()> {
-        for kind in role.link_kinds() {
-            if let Some(held) = self.links.remove(&link_key(kind, name)) {
-                held.release(true)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Makes `DEVMAP` hold exactly the attached interfaces: the fast path
     /// redirects only into interfaces portmap runs on. (The kernel removes
     /// the entry of an interface that is deleted by itself.)
     pub(super) fn set_fast_path_ifaces(&mut self) -> Result<()> {
-        let wanted: Vec<u32> = self.followed.iter().filter_map(|f| f.ifindex).collect();
+        let wanted = self.attachments.attached_indexes();
         let present: Vec<u32> = self
             .maps
             .devmap

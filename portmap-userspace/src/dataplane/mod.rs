@@ -1,24 +1,32 @@
 //! The userspace side of the dataplane: loads the eBPF object, owns its maps,
 //! and keeps them equal to a desired state.
+//!
+//! Its parts: the record of what the maps publish (`state`: services, ids,
+//! regions) and the plan that changes it (`plan`, `apply`, `adopt`), both
+//! pure and tested without a kernel; the writer that carries plans out on
+//! the maps (`writer`, `maps`); the attachments (`attachments`, `attach`,
+//! `ifaces`, `sock`, `pin`); and the readers (`stats`, `gc`).
 
 mod adopt;
 mod alloc;
 mod apply;
 mod attach;
+mod attachments;
 mod bpf_sys;
+#[cfg(test)]
+mod fake;
 mod gc;
 mod ifaces;
-mod journal;
 pub mod maps;
 mod pin;
+mod plan;
 mod sock;
+mod state;
 mod stats;
 mod variant;
+mod writer;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -27,14 +35,6 @@ use aya::{
 };
 use portmap_common::abi::{DatapathConfig, MAGLEV_BLOCK_SLOTS};
 
-use self::{
-    alloc::{IdAllocator, RegionAllocator},
-    apply::AppliedService,
-    attach::HeldLink,
-    ifaces::Followed,
-    journal::Journal,
-    maps::{Maps, names, node_addr_key},
-};
 pub use self::{
     apply::{ApplyReport, CapacityError},
     attach::{Attached, XdpMode},
@@ -43,6 +43,11 @@ pub use self::{
     pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
     sock::{SockAttached, SocketLbStatus, default_cgroup, is_cgroup2},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
+};
+use self::{
+    attachments::Attachments,
+    maps::{Maps, names},
+    state::Applied,
 };
 
 /// Capacity of `NODE_ADDRS`, as declared in the eBPF object.
@@ -89,29 +94,14 @@ pub struct Dataplane {
     ebpf: Ebpf,
     maps: Maps,
     config: DatapathConfig,
-    service_ids: IdAllocator,
-    frontend_ids: IdAllocator,
-    backend_ids: IdAllocator,
-    regions: RegionAllocator,
-    services: BTreeMap<String, AppliedService>,
-    node_addrs: BTreeSet<IpAddr>,
-    limits: Limits,
+    /// What the maps publish: services, ids, regions, node addresses.
+    applied: Applied,
+    /// Links, followed interfaces, socket-level load balancing, pins.
+    attachments: Attachments,
     /// Entries seen by the last conntrack walk (the map has no cheap count).
     conntrack_entries: Option<u64>,
-    /// Where maps and links are pinned, if they are.
-    pins: Option<PinDir>,
-    /// Links this process holds, by pin name (pinned ones keep their
-    /// programs attached when it exits).
-    links: BTreeMap<String, HeldLink>,
-    /// The interfaces asked for, followed while the daemon runs.
-    followed: Vec<Followed>,
-    xdp_mode: XdpMode,
-    /// Socket-level load balancing: on which cgroup, or why it is off.
-    socket_lb: SocketLbStatus,
     /// Services found pinned at load, from a previous daemon.
     adopted: usize,
-    /// The map writes of applies, in order (recorded in unit tests only).
-    journal: Journal,
 }
 
 impl Dataplane {
@@ -189,26 +179,15 @@ impl Dataplane {
         maps.config
             .set(0, config, 0)
             .context("writing the datapath config")?;
-        let regions = RegionAllocator::new(maps.maglev.slots());
+        let applied = Applied::new(limits, maps.maglev.slots());
         let mut dataplane = Self {
             ebpf,
             maps,
             config,
-            service_ids: IdAllocator::new(limits.frontends),
-            frontend_ids: IdAllocator::new(limits.frontends),
-            backend_ids: IdAllocator::new(limits.backends),
-            regions,
-            services: BTreeMap::new(),
-            node_addrs: BTreeSet::new(),
-            limits,
+            applied,
+            attachments: Attachments::new(pins),
             conntrack_entries: None,
-            pins,
-            links: BTreeMap::new(),
-            followed: Vec::new(),
-            xdp_mode: XdpMode::default(),
-            socket_lb: SocketLbStatus::off("not attached"),
             adopted: 0,
-            journal: Journal::default(),
         };
         if adopting {
             dataplane.adopted = dataplane.adopt().context("adopting the pinned dataplane")?;
@@ -227,14 +206,8 @@ impl Dataplane {
     /// object itself may still be referenced by in-flight requests; it holds
     /// no link once this returns.)
     pub fn shutdown(&mut self, keep: bool) -> Result<()> {
-        let links = std::mem::take(&mut self.links);
-        let mut result = Ok(());
-        for link in links.into_values() {
-            if let Err(e) = link.release(!keep) {
-                result = Err(e);
-            }
-        }
-        if !keep && let Some(pins) = &self.pins {
+        let result = self.attachments.release_all(!keep);
+        if !keep && let Some(pins) = &self.attachments.pins {
             pins.remove_all()?;
         }
         result
@@ -245,66 +218,7 @@ impl Dataplane {
         &self.ebpf
     }
 
-    /// Makes `NODE_ADDRS` hold exactly `addrs` (for frontends published on
-    /// every node address). Returns the addresses added and removed.
-    pub fn set_node_addrs(
-        &mut self,
-        addrs: &BTreeSet<IpAddr>,
-    ) -> Result<(Vec<IpAddr>, Vec<IpAddr>)> {
-        let added: Vec<IpAddr> = addrs.difference(&self.node_addrs).copied().collect();
-        let removed: Vec<IpAddr> = self.node_addrs.difference(addrs).copied().collect();
-        for ip in &added {
-            self.maps
-                .node_addrs
-                .insert(node_addr_key(*ip), 1, 0)
-                .with_context(|| format!("adding node address {ip}"))?;
-        }
-        for ip in &removed {
-            match self.maps.node_addrs.remove(&node_addr_key(*ip)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(e).with_context(|| format!("removing node address {ip}")),
-            }
-        }
-        self.node_addrs.clone_from(addrs);
-        Ok((added, removed))
-    }
-
     pub fn node_addrs(&self) -> &BTreeSet<IpAddr> {
-        &self.node_addrs
-    }
-
-    /// How full each sized map is.
-    pub fn map_usage(&self) -> Vec<MapUsage> {
-        let frontends: usize = self.services.values().map(|s| s.frontends.len()).sum();
-        let mut usage = vec![
-            MapUsage::new(
-                names::FRONTENDS,
-                frontends as u64,
-                self.limits.frontends.into(),
-            ),
-            MapUsage::new(
-                names::BACKENDS,
-                self.backend_ids.in_use().into(),
-                self.limits.backends.into(),
-            ),
-            MapUsage::new(
-                names::MAGLEV,
-                self.regions.in_use().into(),
-                self.regions.capacity().into(),
-            ),
-            MapUsage::new(
-                names::NODE_ADDRS,
-                self.node_addrs.len() as u64,
-                NODE_ADDRS_CAPACITY,
-            ),
-        ];
-        if let Some(entries) = self.conntrack_entries {
-            usage.push(MapUsage::new(
-                names::CONNTRACK,
-                entries,
-                self.limits.conntrack.into(),
-            ));
-        }
-        usage
+        &self.applied.node_addrs
     }
 }

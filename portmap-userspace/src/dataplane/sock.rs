@@ -159,7 +159,7 @@ impl Dataplane {
     pub fn attach_sockets(&mut self, cgroup: Option<&Path>) -> Result<SockAttached> {
         let Some(cgroup) = cgroup else {
             self.detach_pinned_sockets()?;
-            self.socket_lb = SocketLbStatus::off("turned off (--no-socket-lb)");
+            self.attachments.socket_lb = SocketLbStatus::off("turned off (--no-socket-lb)");
             return Ok(SockAttached::Off);
         };
         let dir = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
@@ -173,6 +173,7 @@ impl Dataplane {
         let mut fresh = false;
         for (program, name, attach_type) in SOCK_PROGRAMS {
             let path = self
+                .attachments
                 .pins
                 .as_ref()
                 .map(|p| p.link_path(CGROUP_LINK, name))
@@ -195,7 +196,12 @@ impl Dataplane {
                         .with_context(|| format!("replacing the program in {}", path.display()))?;
                     let held = PinnedLink::from_pin(&path)
                         .with_context(|| format!("opening {}", path.display()))?;
-                    self.hold_adopted(CGROUP_LINK, name, Some(path), FdLink::from(held));
+                    self.attachments.hold_adopted(
+                        CGROUP_LINK,
+                        name,
+                        Some(path),
+                        FdLink::from(held),
+                    );
                     continue;
                 }
                 // On another cgroup (--cgroup changed): detached once `link` closes.
@@ -211,10 +217,10 @@ impl Dataplane {
                 .with_context(|| format!("attaching {program} to {}", cgroup.display()))?;
             let link = FdLink::try_from(prog.take_link(id)?)
                 .context("the kernel gave no link for a cgroup program")?;
-            self.hold(CGROUP_LINK, name, link)?;
+            self.attachments.hold(CGROUP_LINK, name, link)?;
             fresh = true;
         }
-        self.socket_lb = SocketLbStatus::on(cgroup);
+        self.attachments.socket_lb = SocketLbStatus::on(cgroup);
         Ok(if fresh {
             SockAttached::Fresh
         } else {
@@ -225,16 +231,16 @@ impl Dataplane {
     /// Socket-level load balancing is off for `why` (it stays off: the
     /// packet path runs without it).
     pub fn socket_lb_unavailable(&mut self, why: &str) {
-        self.socket_lb = SocketLbStatus::off(why);
+        self.attachments.socket_lb = SocketLbStatus::off(why);
     }
 
     pub fn socket_lb(&self) -> &SocketLbStatus {
-        &self.socket_lb
+        &self.attachments.socket_lb
     }
 
     /// Unpins (so detaches) socket program links a previous daemon left.
     fn detach_pinned_sockets(&mut self) -> Result<()> {
-        let Some(pins) = &self.pins else {
+        let Some(pins) = &self.attachments.pins else {
             return Ok(());
         };
         let mut detached = 0;

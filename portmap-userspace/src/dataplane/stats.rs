@@ -1,10 +1,15 @@
 //! Reading the counters: a snapshot of every service, frontend and backend.
 
 use anyhow::{Context as _, Result};
+use aya::maps::{MapData, PerCpuArray};
 use portmap_common::abi::{DIR_REPLY, DIR_REQUEST, DatapathEvent, TrafficCounters};
 use serde::{Deserialize, Serialize};
 
-use super::{Dataplane, InterfaceStatus, SocketLbStatus, maps::sum_counters};
+use super::{
+    Dataplane, InterfaceStatus, NODE_ADDRS_CAPACITY, SocketLbStatus,
+    maps::{names, sum_counters},
+    state::Applied,
+};
 use crate::model::EndpointState;
 
 /// Packets and bytes both ways.
@@ -82,34 +87,34 @@ pub struct Snapshot {
     pub socket_lb: SocketLbStatus,
 }
 
-impl Dataplane {
-    pub fn snapshot(&self) -> Result<Snapshot> {
+impl Applied {
+    /// Every service with its frontends and backends, counters read by id
+    /// with `frontend_counters` and `backend_counters`.
+    pub fn service_stats(
+        &self,
+        mut frontend_counters: impl FnMut(u32) -> Result<Counters>,
+        mut backend_counters: impl FnMut(u32) -> Result<Counters>,
+    ) -> Result<Vec<ServiceStats>> {
         let mut services = Vec::with_capacity(self.services.len());
         for (key, svc) in &self.services {
             let mut frontends = Vec::with_capacity(svc.frontends.len());
             for (fe, slot) in &svc.frontends {
-                let values = self
-                    .maps
-                    .frontend_stats
-                    .get(&slot.value.frontend_id, 0)
+                let counters = frontend_counters(slot.value.frontend_id)
                     .with_context(|| format!("reading counters of {fe}"))?;
                 frontends.push(FrontendStats {
                     frontend: fe.to_string(),
-                    counters: sum_counters(&values).into(),
+                    counters,
                 });
             }
             let mut backends = Vec::with_capacity(svc.backends.len());
             for (addr, slot) in &svc.backends {
-                let values = self
-                    .maps
-                    .backend_stats
-                    .get(&slot.id, 0)
+                let counters = backend_counters(slot.id)
                     .with_context(|| format!("reading counters of backend {addr}"))?;
                 backends.push(BackendStats {
                     backend: addr.to_string(),
                     state: slot.state,
                     in_table: svc.table.as_ref().is_some_and(|t| t.members.contains(addr)),
-                    counters: sum_counters(&values).into(),
+                    counters,
                 });
             }
             services.push(ServiceStats {
@@ -120,6 +125,55 @@ impl Dataplane {
                 backends,
             });
         }
+        Ok(services)
+    }
+
+    /// How full each sized map is; conntrack's count from the last garbage
+    /// collection, if any ran.
+    pub fn map_usage(&self, conntrack_entries: Option<u64>) -> Vec<MapUsage> {
+        let frontends: usize = self.services.values().map(|s| s.frontends.len()).sum();
+        let mut usage = vec![
+            MapUsage::new(
+                names::FRONTENDS,
+                frontends as u64,
+                self.limits.frontends.into(),
+            ),
+            MapUsage::new(
+                names::BACKENDS,
+                self.backend_ids.in_use().into(),
+                self.limits.backends.into(),
+            ),
+            MapUsage::new(
+                names::MAGLEV,
+                self.regions.in_use().into(),
+                self.regions.capacity().into(),
+            ),
+            MapUsage::new(
+                names::NODE_ADDRS,
+                self.node_addrs.len() as u64,
+                NODE_ADDRS_CAPACITY,
+            ),
+        ];
+        if let Some(entries) = conntrack_entries {
+            usage.push(MapUsage::new(
+                names::CONNTRACK,
+                entries,
+                self.limits.conntrack.into(),
+            ));
+        }
+        usage
+    }
+}
+
+impl Dataplane {
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let read = |map: &PerCpuArray<MapData, TrafficCounters>, id: u32| -> Result<Counters> {
+            Ok(sum_counters(&map.get(&id, 0)?).into())
+        };
+        let services = self.applied.service_stats(
+            |id| read(&self.maps.frontend_stats, id),
+            |id| read(&self.maps.backend_stats, id),
+        )?;
         let mut events = Vec::with_capacity(DatapathEvent::ALL.len());
         for event in DatapathEvent::ALL {
             let values = self
@@ -137,4 +191,12 @@ impl Dataplane {
             socket_lb: self.socket_lb().clone(),
         })
     }
+
+    /// How full each sized map is.
+    pub fn map_usage(&self) -> Vec<MapUsage> {
+        self.applied.map_usage(self.conntrack_entries)
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! When a conntrack entry is stale, without a kernel.
+
+use portmap_common::abi::{
+    CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW, CtKey, CtValue, DatapathConfig,
+    PROTO_TCP, PROTO_UDP,
+};
+
+use super::{CLOCK_SLACK_NS, Staleness};
+use crate::dataplane::fake::{Lab, one_service};
+
+const SECOND: u64 = 1_000_000_000;
+/// A monotonic "now" well past every timeout.
+const NOW: u64 = 100_000 * SECOND;
+
+/// A rule over one published service, and an entry of its live frontend and
+/// backend seen at `NOW`.
+fn published() -> (Staleness, CtValue) {
+    let mut lab = Lab::new();
+    assert!(lab.apply(&one_service()).is_complete());
+    let svc = &lab.applied.services["web"];
+    let fe = svc.frontends.values().next().unwrap().value;
+    let be = svc.backends.values().next().unwrap();
+    let entry = CtValue {
+        frontend_id: fe.frontend_id,
+        frontend_generation: fe.generation,
+        backend_id: be.id,
+        backend_generation: be.generation,
+        last_seen_ns: NOW,
+        ..CtValue::default()
+    };
+    let rule = Staleness::new(DatapathConfig::default(), &lab.applied, NOW);
+    (rule, entry)
+}
+
+fn key(proto: u8) -> CtKey {
+    CtKey {
+        proto,
+        ..CtKey::default()
+    }
+}
+
+#[test]
+fn live_entries_of_live_slots_stay() {
+    let (rule, entry) = published();
+    assert!(!rule.is_stale(&key(PROTO_TCP), &entry));
+    assert!(!rule.is_stale(&key(PROTO_UDP), &entry));
+}
+
+/// Each state times out after its own timeout, plus the coarse clock's slack.
+#[test]
+fn idle_entries_go_after_their_state_timeout_and_the_slack() {
+    let (rule, entry) = published();
+    let cfg = DatapathConfig::default();
+    for (proto, state, timeout) in [
+        (PROTO_TCP, CT_STATE_NEW, cfg.tcp_new_timeout_ns),
+        (
+            PROTO_TCP,
+            CT_STATE_ESTABLISHED,
+            cfg.tcp_established_timeout_ns,
+        ),
+        (PROTO_TCP, CT_STATE_CLOSING, cfg.tcp_closing_timeout_ns),
+        (PROTO_UDP, CT_STATE_NEW, cfg.udp_timeout_ns),
+    ] {
+        let idle = |ns: u64| CtValue {
+            state,
+            last_seen_ns: NOW - ns,
+            ..entry
+        };
+        let limit = timeout + CLOCK_SLACK_NS;
+        assert!(!rule.is_stale(&key(proto), &idle(limit)), "{proto} {state}");
+        assert!(
+            rule.is_stale(&key(proto), &idle(limit + 1)),
+            "{proto} {state}"
+        );
+    }
+}
+
+/// An entry of a retired frontend or backend slot (another generation, or
+/// an id no service holds) goes at once.
+#[test]
+fn entries_of_retired_slots_go_at_once() {
+    let (rule, entry) = published();
+    for stale in [
+        CtValue {
+            frontend_generation: entry.frontend_generation + 1,
+            ..entry
+        },
+        CtValue {
+            backend_generation: entry.backend_generation + 1,
+            ..entry
+        },
+        CtValue {
+            frontend_id: entry.frontend_id + 1,
+            ..entry
+        },
+        CtValue {
+            backend_id: entry.backend_id + 1,
+            ..entry
+        },
+    ] {
+        assert!(rule.is_stale(&key(PROTO_TCP), &stale), "{stale:?}");
+    }
+}
