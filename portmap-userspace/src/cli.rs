@@ -3,6 +3,9 @@
 //! what it returns into an exit status: 2 with clap's usage for bad input
 //! (naming the flag and the value), 1 for a failure.
 
+#[cfg(test)]
+mod deploy_tests;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
@@ -10,9 +13,10 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 use crate::{
     config::Sources,
     control,
-    daemon::{self, Input, InvalidInput, RunError, SocketLb, Timeouts, Until},
+    daemon::{self, Input, InvalidInput, Kubernetes, RunError, SocketLb, Timeouts, Until},
     dataplane::{DEFAULT_PIN_DIR, Limits, XdpMode},
     k8s::NodeConfig,
+    kubeapi::{self, health::DEFAULT_HEALTHZ_ADDR},
     list,
     model::{Cidr, PublishSpec},
 };
@@ -82,6 +86,32 @@ pub struct RunArgs {
     /// This node's name, for `nodeName` and the `Local` traffic policies.
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+
+    /// Follow the Kubernetes API server, as kube-proxy does: Services and
+    /// EndpointSlices in every namespace and this node's Node object (its
+    /// addresses and pod CIDRs), through --kubeconfig, KUBECONFIG,
+    /// ~/.kube/config or the pod's service account. Nothing is published
+    /// before the first complete list; an API server that goes away
+    /// withdraws nothing. Combines with --manifests and -p. The node's name
+    /// defaults to NODE_NAME, else the hostname.
+    #[arg(long)]
+    pub kubernetes: bool,
+
+    /// The kubeconfig to reach the API server with (--kubernetes).
+    #[arg(long, value_name = "PATH", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The API server's changes are applied in batches, at most one per
+    /// period (the first change after a quiet period at once), as
+    /// kube-proxy's --min-sync-period.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+
+    /// Where /healthz and /livez answer (--kubernetes), as kube-proxy's
+    /// --healthz-bind-address: 200 once the first sync is programmed and
+    /// while syncs keep up, 503 otherwise.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_HEALTHZ_ADDR)]
+    pub healthz_addr: SocketAddr,
 
     /// An address nodePorts are published on (repeatable). Default: every
     /// address of this node.
@@ -177,6 +207,18 @@ impl RunArgs {
             (false, Some(path)) => SocketLb::Cgroup(path),
             (false, None) => SocketLb::DefaultCgroup,
         };
+        let node_name = match (self.kubernetes, self.node_name) {
+            (true, None) => Some(default_node_name()),
+            (_, name) => name,
+        };
+        let kubernetes = self.kubernetes.then(|| Kubernetes {
+            api: kubeapi::Options {
+                kubeconfig: self.kubeconfig,
+                node_name: node_name.clone().unwrap_or_default(),
+                min_sync_period: self.min_sync_period,
+            },
+            healthz_addr: self.healthz_addr,
+        });
         daemon::Config {
             ifaces: self.ifaces,
             backend_ifaces: self.backend_ifaces,
@@ -185,10 +227,11 @@ impl RunArgs {
                 allow_from: self.allow_from,
                 manifests: self.manifests,
                 node: NodeConfig {
-                    node_name: self.node_name,
+                    node_name,
                     node_ips: self.node_ip,
                     node_port_range: self.node_port_range,
                     service_cidrs: self.service_cidr,
+                    pod_cidrs: Vec::new(),
                 },
             },
             metrics_addr: self.metrics_addr,
@@ -209,8 +252,23 @@ impl RunArgs {
                 tcp_closing: self.tcp_closing_timeout,
                 udp: self.udp_timeout,
             },
+            kubernetes,
         }
     }
+}
+
+/// `NODE_NAME` (a DaemonSet sets it from the downward API), else the
+/// hostname, as kube-proxy's `--hostname-override` defaults.
+fn default_node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_lowercase())
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +352,7 @@ fn flag(input: Input) -> &'static str {
         Input::Cgroup => "--cgroup <PATH>",
         Input::Publish => "--publish <SPEC>",
         Input::Manifests => "--manifests <PATH>",
+        Input::Kubeconfig => "--kubeconfig <PATH>",
     }
 }
 
@@ -374,6 +433,7 @@ mod tests {
             (Input::Cgroup, "cgroup"),
             (Input::Publish, "publish"),
             (Input::Manifests, "manifests"),
+            (Input::Kubeconfig, "kubeconfig"),
         ] {
             let arg = run
                 .get_arguments()
@@ -452,6 +512,19 @@ mod tests {
                 udp: Duration::from_secs(30),
             }
         );
+        assert_eq!(c.kubernetes, None, "no --kubernetes");
+        let line = "run --iface eth0 --kubernetes --kubeconfig /k --node-name n2 \
+                    --min-sync-period 250ms --healthz-addr 127.0.0.1:10999";
+        let cli = Cli::try_parse_from(std::iter::once("portmap").chain(line.split_whitespace()))
+            .expect("the --kubernetes command line parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not `run`");
+        };
+        let k = args.config().kubernetes.expect("--kubernetes");
+        assert_eq!(k.api.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(k.api.node_name, "n2");
+        assert_eq!(k.api.min_sync_period, Duration::from_millis(250));
+        assert_eq!(k.healthz_addr, "127.0.0.1:10999".parse().unwrap());
         let socket_lb = |extra: &[&str]| {
             let args = ["portmap", "run", "--iface", "eth0"].iter().chain(extra);
             let Command::Run(args) = Cli::try_parse_from(args).unwrap().command else {

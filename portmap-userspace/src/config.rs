@@ -1,7 +1,11 @@
-//! Where the desired state comes from: `-p` specs and Kubernetes manifest
-//! files, merged and checked as one. Manifest files are watched: a change is
-//! read, translated and checked as a whole before anything is applied, so a
-//! bad edit leaves the last good state in force.
+//! Where the desired state comes from: `-p` specs, Kubernetes manifest
+//! files and the API server (`--kubernetes`), merged and checked as one.
+//! Manifest files are watched: a change is read, translated and checked as
+//! a whole before anything is applied, so a bad edit leaves the last good
+//! state in force. The API server's Services are each their own: one that
+//! cannot be published is reported and keeps what it had (`kube`).
+
+mod kube;
 
 use std::{
     hash::{Hash as _, Hasher as _},
@@ -12,7 +16,8 @@ use std::{
 use anyhow::Result;
 
 use crate::{
-    k8s::{self, Assignments, NodeConfig},
+    k8s::{self, Assignments, NodeConfig, Rejected},
+    kubeapi::Snapshot,
     model::{Cidr, DesiredState, PublishSpec},
 };
 
@@ -32,6 +37,12 @@ pub struct Loaded {
     pub desired: DesiredState,
     pub assignments: Assignments,
     pub warnings: Vec<String>,
+    /// The API server's Services that are not published as they are now,
+    /// and why; each keeps what it had published, if anything.
+    pub rejected: Vec<Rejected>,
+    /// The node as the translation saw it (with the Node object's
+    /// addresses and pod CIDRs, with `--kubernetes`).
+    pub node: NodeConfig,
 }
 
 /// Why the sources could not make a desired state.
@@ -51,24 +62,74 @@ impl Sources {
     /// Reads and translates everything. `previous` keeps assigned ClusterIPs
     /// and nodePorts stable across reloads.
     pub fn load(&self, previous: Option<&Assignments>) -> Result<Loaded, ConfigError> {
+        self.load_from(previous, None)
+    }
+
+    /// As [`Sources::load`], with what the API server holds. `previous` is
+    /// the last state loaded: its assignments stay, and an API Service that
+    /// cannot be published now keeps its units from it.
+    pub fn load_with_api(
+        &self,
+        previous: Option<&Loaded>,
+        api: &Snapshot,
+    ) -> Result<Loaded, ConfigError> {
+        self.load_from(previous.map(|p| &p.assignments), Some((api, previous)))
+    }
+
+    fn load_from(
+        &self,
+        previous: Option<&Assignments>,
+        api: Option<(&Snapshot, Option<&Loaded>)>,
+    ) -> Result<Loaded, ConfigError> {
         let mut desired = DesiredState::from_specs(&self.specs)?;
         for svc in &mut desired.services {
             svc.source_ranges.clone_from(&self.allow_from);
         }
-        let (assignments, warnings) = if self.manifests.is_empty() {
-            (Assignments::default(), Vec::new())
+        let mut node = self.node.clone();
+        let mut loaded = if self.manifests.is_empty() && api.is_none() {
+            Loaded {
+                desired: DesiredState::default(),
+                assignments: Assignments::default(),
+                warnings: Vec::new(),
+                rejected: Vec::new(),
+                node: node.clone(),
+            }
         } else {
-            let manifests = k8s::read_manifests(&self.manifests)?;
-            let t = k8s::translate(&manifests, &self.node, previous)?;
-            desired.services.extend(t.services);
-            (t.assignments, t.warnings)
+            let mut manifests = if self.manifests.is_empty() {
+                k8s::Manifests::default()
+            } else {
+                k8s::read_manifests(&self.manifests)?
+            };
+            let mut warnings = Vec::new();
+            if let Some((api, _)) = api {
+                node = kube::node_config(api, &self.node, &mut warnings);
+                manifests.add_api_objects(api.services.iter().cloned(), api.slices.iter().cloned());
+            }
+            let mut t = k8s::translate_each(&manifests, &node, previous);
+            // A file's error is the file's: the last good state stays whole.
+            let whole = |r: &&Rejected| !r.source.from_api() || r.service.is_empty();
+            if let Some(r) = t.rejected.iter().find(whole) {
+                return Err(r.error.clone().into());
+            }
+            warnings.append(&mut t.warnings);
+            let mut loaded = Loaded {
+                desired: DesiredState {
+                    services: t.services,
+                },
+                assignments: t.assignments,
+                warnings,
+                rejected: t.rejected,
+                node: node.clone(),
+            };
+            if let Some((_, last)) = api {
+                kube::settle(&mut loaded, &manifests, &desired, last.map(|l| &l.desired));
+            }
+            loaded
         };
+        desired.services.append(&mut loaded.desired.services);
         desired.validate()?;
-        Ok(Loaded {
-            desired,
-            assignments,
-            warnings,
-        })
+        loaded.desired = desired;
+        Ok(loaded)
     }
 
     /// Changes whenever a manifest file (or a directory's list of files) does.

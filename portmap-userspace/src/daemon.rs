@@ -6,6 +6,7 @@
 //! command line (`crate::cli`) builds one from the flags and turns the
 //! [`RunError`]s into exit statuses.
 
+mod kube;
 mod tasks;
 mod validate;
 
@@ -27,10 +28,10 @@ use portmap_testkit::lock;
 use self::tasks::{follow_interfaces, maintain};
 pub use self::validate::{Input, InvalidInput};
 use crate::{
-    config::Sources,
+    config::{Loaded, Sources},
     control,
     dataplane::{Attached, Dataplane, Limits, PinDir, SockAttached, XdpMode, default_cgroup},
-    metrics,
+    kubeapi, metrics,
     model::{DesiredState, HostAddr},
     netlink::LinkWatch,
     node_addrs::node_addresses,
@@ -61,6 +62,17 @@ pub struct Config {
     pub datapath_variant: u32,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// The API server as a source (`--kubernetes`), and where its health
+    /// checks are answered.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// `--kubernetes` and what goes with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kubernetes {
+    pub api: kubeapi::Options,
+    /// `/healthz` and `/livez`, as kube-proxy's `--healthz-bind-address`.
+    pub healthz_addr: SocketAddr,
 }
 
 /// Where socket-level load balancing attaches.
@@ -161,9 +173,9 @@ impl Until {
 
 impl Armed {
     /// Waits to be told to stop; says by what.
-    async fn wait(self) -> &'static str {
+    async fn wait(&mut self) -> &'static str {
         match self {
-            Armed::Signals { mut term, mut int } => tokio::select! {
+            Armed::Signals { term, int } => tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             },
@@ -221,46 +233,92 @@ fn warn_about_foreign_frontends(desired: &DesiredState, node: &BTreeSet<IpAddr>)
 /// `keep_datapath`, leaves the dataplane forwarding).
 pub fn run(config: Config, until: Until) -> Result<(), RunError> {
     let loaded = validate::validate(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let client = match &config.kubernetes {
+        Some(k) => Some(
+            runtime
+                .block_on(kubeapi::connect(k.api.kubeconfig.as_deref()))
+                .map_err(|e| validate::kubeconfig_error(k, &e))?,
+        ),
+        None => {
+            log_loaded(&loaded);
+            None
+        }
+    };
+    Ok(runtime.block_on(serve(config, until, loaded, client))?)
+}
+
+fn log_loaded(loaded: &Loaded) {
     for w in &loaded.warnings {
         warn!("{w}");
     }
     for line in loaded.assignments.describe() {
         info!("{line}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let reloader = Reloader::new(config.sources.clone(), &loaded);
-    Ok(runtime.block_on(serve(config, until, loaded.desired, reloader))?)
+}
+
+/// The listeners, bound before anything is attached.
+struct Listeners {
+    metrics: tokio::net::TcpListener,
+    control: tokio::net::UnixListener,
+    healthz: Option<tokio::net::TcpListener>,
 }
 
 async fn serve(
     config: Config,
     until: Until,
-    desired: DesiredState,
-    reloader: Reloader,
+    loaded: Loaded,
+    client: Option<::kube::Client>,
 ) -> Result<()> {
     // Sockets first: if one cannot be bound, nothing has been attached yet.
-    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
+    let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| format!("--metrics-addr {}: cannot listen", config.metrics_addr))?;
-    let control_listener = control::bind(&config.control_socket)
+    let control = control::bind(&config.control_socket)
         .with_context(|| format!("--control-socket {}", config.control_socket.display()))?;
     let socket_path = config.control_socket.clone();
-    let listeners = (metrics_listener, control_listener);
-    let result = publish_and_wait(config, until, desired, reloader, listeners).await;
+    let healthz = match &config.kubernetes {
+        Some(k) => Some(
+            tokio::net::TcpListener::bind(k.healthz_addr)
+                .await
+                .with_context(|| format!("--healthz-addr {}: cannot listen", k.healthz_addr))?,
+        ),
+        None => None,
+    };
+    let listeners = Listeners {
+        metrics,
+        control,
+        healthz,
+    };
+    let result = async {
+        // Armed before anything answers: a SIGTERM must detach, or end the
+        // wait for the API server.
+        let mut stopped = until.arm()?;
+        let Some(client) = client else {
+            return publish_and_wait(config, stopped, loaded, None, listeners).await;
+        };
+        match kube::start(&config, client, &mut stopped, listeners).await? {
+            Some((loaded, api, listeners)) => {
+                publish_and_wait(config, stopped, loaded, Some(api), listeners).await
+            }
+            None => Ok(()),
+        }
+    }
+    .await;
     let _ = std::fs::remove_file(&socket_path);
     result
 }
 
 async fn publish_and_wait(
     config: Config,
-    until: Until,
-    desired: DesiredState,
-    reloader: Reloader,
-    (metrics_listener, control_listener): (tokio::net::TcpListener, tokio::net::UnixListener),
+    mut stopped: Armed,
+    loaded: Loaded,
+    api: Option<kube::Api>,
+    listeners: Listeners,
 ) -> Result<()> {
     // Subscribed before attaching: an interface that goes while the daemon
     // starts is seen.
@@ -280,7 +338,8 @@ async fn publish_and_wait(
             dataplane.adopted()
         );
     }
-    let dataplane = match start(&mut dataplane, &config, &desired) {
+    let desired = &loaded.desired;
+    let dataplane = match start(&mut dataplane, &config, desired) {
         Ok(()) => dataplane,
         Err(e) => {
             // A dataplane this process created goes; an adopted one stays as
@@ -292,12 +351,7 @@ async fn publish_and_wait(
             return Err(e);
         }
     };
-    for svc in &desired.services {
-        for fe in &svc.frontends {
-            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
-            info!("published {fe} -> {}", backends.join(", "));
-        }
-    }
+    log_published(desired);
     info!(
         "metrics on http://{}/metrics, control socket {}",
         config.metrics_addr,
@@ -305,14 +359,30 @@ async fn publish_and_wait(
     );
 
     let dataplane = Arc::new(Mutex::new(dataplane));
-    let registry = metrics::registry(dataplane.clone(), reloader.status.clone());
-    let keep = config.keep_datapath;
-    let stopped = until.arm()?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(metrics::serve(metrics_listener, registry));
-    tasks.spawn(control::serve(control_listener, dataplane.clone()));
-    tasks.spawn(maintain(dataplane.clone(), reloader));
+    let (source, follower, kube_status) = match api {
+        Some(api) => {
+            let status = api.status();
+            let (source, follower) = api.source(dataplane.clone());
+            (Some(source), Some(follower), Some(status))
+        }
+        None => (None, None, None),
+    };
+    let mut reloader = Reloader::new(config.sources.clone(), loaded, source);
+    reloader.started();
+    let mut registry = metrics::registry(dataplane.clone(), reloader.status.clone());
+    if let Some(status) = kube_status {
+        registry.register_collector(Box::new(kubeapi::metrics::Collector(status)));
+    }
+    let reloader = Arc::new(Mutex::new(reloader));
+    let keep = config.keep_datapath;
+    tasks.spawn(metrics::serve(listeners.metrics, registry));
+    tasks.spawn(control::serve(listeners.control, dataplane.clone()));
+    tasks.spawn(maintain(dataplane.clone(), reloader.clone()));
     tasks.spawn(follow_interfaces(dataplane.clone(), links));
+    if let Some(follower) = follower {
+        tasks.spawn(follower.run(reloader.clone()));
+    }
 
     let outcome = tokio::select! {
         why = stopped.wait() => { info!("{why}: detaching"); Ok(()) }
@@ -334,6 +404,26 @@ async fn publish_and_wait(
         info!("detached");
     }
     outcome
+}
+
+/// Says what is published: each frontend for a few Services, a count for a
+/// cluster's worth.
+fn log_published(desired: &DesiredState) {
+    const EACH_UP_TO: usize = 100;
+    if desired.services.len() > EACH_UP_TO {
+        let frontends: usize = desired.services.iter().map(|s| s.frontends.len()).sum();
+        info!(
+            "published {} services ({frontends} frontends); `portmap list` shows them",
+            desired.services.len()
+        );
+        return;
+    }
+    for svc in &desired.services {
+        for fe in &svc.frontends {
+            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
+            info!("published {fe} -> {}", backends.join(", "));
+        }
+    }
 }
 
 /// Programs and attaches a loaded dataplane.
@@ -450,6 +540,7 @@ pub(crate) mod tests {
                 tcp_closing: Duration::from_secs(10),
                 udp: Duration::from_secs(60),
             },
+            kubernetes: None,
         }
     }
 

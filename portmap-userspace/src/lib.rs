@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fuzz_checks;
 pub mod k8s;
+pub mod kubeapi;
 #[cfg(test)]
 mod layers;
 pub mod list;

@@ -35,6 +35,14 @@ impl Portmap {
         Self::launch(ns, args, ns.command_net_only(bin_path("portmap"))?, true)
     }
 
+    /// As [`Portmap::start`], but waits only until something listens on
+    /// TCP `port` in `ns` (`--kubernetes` serves `/healthz` before it
+    /// publishes anything, and metrics after).
+    pub fn start_listening(ns: &Netns, args: &[&str], port: u16) -> Result<Self> {
+        let cmd = ns.command_net_only(bin_path("portmap"))?;
+        Self::launch_until(ns, args, cmd, true, Some(port))
+    }
+
     /// Starts `portmap run ARGS` as a user would with `ip netns exec NS`:
     /// in a private mount namespace whose `/sys` has no cgroup2 and no bpffs
     /// (so pins end with the process), and without `--no-socket-lb`, so
@@ -46,8 +54,18 @@ impl Portmap {
     fn launch(
         ns: &Netns,
         args: &[&str],
+        cmd: std::process::Command,
+        no_socket_lb: bool,
+    ) -> Result<Self> {
+        Self::launch_until(ns, args, cmd, no_socket_lb, None)
+    }
+
+    fn launch_until(
+        ns: &Netns,
+        args: &[&str],
         mut cmd: std::process::Command,
         no_socket_lb: bool,
+        listening: Option<u16>,
     ) -> Result<Self> {
         let socket = PathBuf::from(format!("/run/portmap-tests/{}.sock", ns.name()));
         let pins = pin_dir(ns);
@@ -95,7 +113,11 @@ impl Portmap {
                 pm.pins = PathBuf::new();
                 bail!("portmap run exited with {status}:\n{}", pm.logs());
             }
-            if metrics::scrape(ns, metrics_addr).is_ok() {
+            if let Some(port) = listening {
+                if ns.listening(port)? {
+                    return Ok(pm);
+                }
+            } else if metrics::scrape(ns, metrics_addr).is_ok() {
                 pm.wait_for_startup_log();
                 return Ok(pm);
             }

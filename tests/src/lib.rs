@@ -4,6 +4,7 @@
 //! Every test builds its own namespaces with unique names and never touches
 //! the root namespace. Tests must run as root.
 
+pub mod apiserver;
 pub mod bench;
 pub mod cgroup;
 pub mod client;

@@ -83,8 +83,10 @@ fn log_change(change: InterfaceChange) {
 
 /// Keeps node addresses current, reloads changed manifests (and on SIGHUP),
 /// and collects conntrack garbage, warning when a map runs full.
-pub(super) async fn maintain(dataplane: Arc<Mutex<Dataplane>>, reloader: Reloader) -> Result<()> {
-    let reloader = Arc::new(Mutex::new(reloader));
+pub(super) async fn maintain(
+    dataplane: Arc<Mutex<Dataplane>>,
+    reloader: Arc<Mutex<Reloader>>,
+) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut reload_tick = tokio::time::interval(RELOAD_INTERVAL);
     let mut addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);

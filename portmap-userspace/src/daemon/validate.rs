@@ -22,6 +22,8 @@ pub enum Input {
     Cgroup,
     Publish,
     Manifests,
+    /// `--kubeconfig` (or, without it, the environment it stands for).
+    Kubeconfig,
 }
 
 impl Input {
@@ -32,6 +34,7 @@ impl Input {
             Input::Cgroup => "cgroup",
             Input::Publish => "published ports",
             Input::Manifests => "manifests",
+            Input::Kubeconfig => "kubeconfig",
         }
     }
 }
@@ -118,6 +121,13 @@ pub(super) fn validate(config: &Config) -> Result<Loaded, InvalidInput> {
         ConfigError::Manifest(e) => InvalidInput::new(Input::Manifests, None, e),
         ConfigError::Model(e) => InvalidInput::new(Input::Publish, None, e),
     })
+}
+
+/// A kubeconfig that cannot be used (or none found), as bad input: nothing
+/// has been touched yet.
+pub(super) fn kubeconfig_error(k: &super::Kubernetes, e: &anyhow::Error) -> InvalidInput {
+    let value = k.api.kubeconfig.as_ref().map(|p| p.display().to_string());
+    InvalidInput::new(Input::Kubeconfig, value, format!("{e:#}"))
 }
 
 #[cfg(test)]

@@ -87,6 +87,9 @@ impl Assignments {
     }
 }
 
+/// Which plans (by index) could not be given what they need, and why.
+pub(super) type Failed = Vec<(usize, ManifestError)>;
+
 /// Fills `plan.cluster_ips`: given ones are reserved first, then a missing
 /// one keeps its previous address if that is still free and in a service
 /// CIDR, and otherwise gets one picked by a hash of `NAMESPACE/NAME`.
@@ -95,7 +98,8 @@ pub(super) fn assign_cluster_ips(
     node: &NodeConfig,
     previous: Option<&Assignments>,
     out: &mut Assignments,
-) -> Result<(), ManifestError> {
+) -> Failed {
+    let mut failed = Failed::new();
     let mut taken: BTreeSet<IpAddr> = plans
         .iter()
         .flat_map(|p| p.given_ips.iter().map(|(_, ip)| *ip))
@@ -135,7 +139,7 @@ pub(super) fn assign_cluster_ips(
             }
         }
     }
-    for (plan, chosen) in plans.iter_mut().zip(&mut chosen) {
+    'plans: for (i, (plan, chosen)) in plans.iter_mut().zip(&mut chosen).enumerate() {
         let mut assigned = Vec::new();
         for family in plan.families.clone() {
             let ip = match chosen.get(&family) {
@@ -143,18 +147,28 @@ pub(super) fn assign_cluster_ips(
                 None => {
                     let ranges = cidrs(family);
                     if ranges.is_empty() {
-                        return Err(plan.source.err(
-                            "spec.clusterIP",
-                            format!("not set, and no {family} --service-cidr to assign one from"),
+                        failed.push((
+                            i,
+                            plan.source.err(
+                                "spec.clusterIP",
+                                format!(
+                                    "not set, and no {family} --service-cidr to assign one from"
+                                ),
+                            ),
                         ));
+                        continue 'plans;
                     }
-                    let ip = pick(&ranges, &plan.id, &taken).ok_or_else(|| {
+                    let Some(ip) = pick(&ranges, &plan.id, &taken) else {
                         let list: Vec<String> = ranges.iter().map(Cidr::to_string).collect();
-                        plan.source.err(
-                            "spec.clusterIP",
-                            format!("not set, and no free address left in {}", list.join(", ")),
-                        )
-                    })?;
+                        failed.push((
+                            i,
+                            plan.source.err(
+                                "spec.clusterIP",
+                                format!("not set, and no free address left in {}", list.join(", ")),
+                            ),
+                        ));
+                        continue 'plans;
+                    };
                     taken.insert(ip);
                     ip
                 }
@@ -168,7 +182,7 @@ pub(super) fn assign_cluster_ips(
             out.cluster_ips.insert(plan.id.clone(), assigned);
         }
     }
-    Ok(())
+    failed
 }
 
 /// The addresses of a CIDR that may be assigned (not the network or
@@ -250,29 +264,40 @@ pub(super) fn assign_node_ports(
     node: &NodeConfig,
     previous: Option<&Assignments>,
     out: &mut Assignments,
-) -> Result<(), ManifestError> {
+) -> Failed {
+    let mut failed = Failed::new();
     let range = node.node_port_range.clone();
     let mut owners: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
     for (i, plan) in plans.iter().enumerate() {
+        // A Service's given nodePorts are reserved together, or not at all.
+        let mut mine: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+        let mut clash = None;
         for port in plan.ports.iter().filter(|p| p.node_port_given) {
             let Some(np) = port.node_port else { continue };
-            if let Some(&first) = owners.get(&(np, port.proto)) {
-                let other = if first == i {
-                    "another port of this Service".to_string()
-                } else {
-                    plans[first].source.named()
-                };
-                return Err(plan.source.err(
+            let key = (np, port.proto);
+            let other = if mine.contains_key(&key) {
+                Some("another port of this Service".to_string())
+            } else {
+                owners.get(&key).map(|first| plans[*first].source.named())
+            };
+            if let Some(other) = other {
+                clash = Some(plan.source.err(
                     format!("{}.nodePort", port.field()),
                     format!("{np}/{} is already used by {other}", port.proto.as_str()),
                 ));
+                break;
             }
-            owners.insert((np, port.proto), i);
+            mine.insert(key, i);
+        }
+        match clash {
+            Some(e) => failed.push((i, e)),
+            None => owners.extend(mine),
         }
     }
+    let skip = |i: usize, failed: &Failed| failed.iter().any(|(at, _)| *at == i);
     if let Some(prev) = previous {
         for (i, plan) in plans.iter_mut().enumerate() {
-            if !plan.wants_node_ports {
+            if !plan.wants_node_ports || skip(i, &failed) {
                 continue;
             }
             for port in plan.ports.iter_mut().filter(|p| p.node_port.is_none()) {
@@ -288,8 +313,8 @@ pub(super) fn assign_node_ports(
     }
     // The lowest free port only grows, so each protocol keeps a cursor.
     let mut cursor: BTreeMap<Protocol, u32> = BTreeMap::new();
-    for (i, plan) in plans.iter_mut().enumerate() {
-        if !plan.wants_node_ports {
+    'plans: for (i, plan) in plans.iter_mut().enumerate() {
+        if !plan.wants_node_ports || skip(i, &failed) {
             continue;
         }
         for port in plan.ports.iter_mut() {
@@ -301,14 +326,18 @@ pub(super) fn assign_node_ports(
                     .filter_map(|n| u16::try_from(n).ok())
                     .find(|n| !owners.contains_key(&(*n, port.proto)));
                 let Some(np) = free else {
-                    return Err(plan.source.err(
-                        format!("{}.nodePort", port.field()),
-                        format!(
-                            "no free node port left in {}-{} to assign",
-                            range.start(),
-                            range.end()
+                    failed.push((
+                        i,
+                        plan.source.err(
+                            format!("{}.nodePort", port.field()),
+                            format!(
+                                "no free node port left in {}-{} to assign",
+                                range.start(),
+                                range.end()
+                            ),
                         ),
                     ));
+                    continue 'plans;
                 };
                 *next = u32::from(np) + 1;
                 owners.insert((np, port.proto), i);
@@ -328,5 +357,5 @@ pub(super) fn assign_node_ports(
             }
         }
     }
-    Ok(())
+    failed
 }

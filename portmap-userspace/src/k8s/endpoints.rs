@@ -9,7 +9,7 @@ use std::{
 use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 
 use super::{
-    Family, Manifests,
+    Family, Manifests, NodeConfig,
     error::ManifestError,
     plan::{Plan, PortPlan, Target, port_number},
     read::Object,
@@ -19,13 +19,47 @@ use crate::model::{EndpointState, Protocol};
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A usable endpoint and the node it is on.
+/// A usable endpoint and whether it is on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Backend {
     pub addr: IpAddr,
     pub port: u16,
     pub state: EndpointState,
-    pub node: Option<String>,
+    pub locality: Locality,
+}
+
+/// Where an endpoint runs, as its source tells: on this node, on another
+/// node, or not said (no `nodeName`, and this node's pod CIDRs unknown).
+/// The `Local` traffic policies and the `healthCheckNodePort` counts keep
+/// the local ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Locality {
+    #[default]
+    Unknown,
+    Local,
+    Remote,
+}
+
+/// Whether an endpoint at `addr`, on the node named `node_name` if its
+/// source says, runs on this node: `nodeName` decides when both it and
+/// `--node-name` are known (as for the `Local` traffic policies); without
+/// `nodeName`, this node's pod CIDRs and addresses do, if known.
+pub fn locality(node_name: Option<&str>, addr: IpAddr, node: &NodeConfig) -> Locality {
+    match (node_name, node.node_name.as_deref()) {
+        (Some(there), Some(here)) if there == here => Locality::Local,
+        (Some(_), Some(_)) => Locality::Remote,
+        (Some(_), None) => Locality::Unknown,
+        (None, _) => {
+            let in_pod_cidr = node.pod_cidrs.iter().any(|c| c.contains(addr));
+            if in_pod_cidr || node.node_ips.contains(&addr) {
+                Locality::Local
+            } else if node.pod_cidrs.is_empty() {
+                Locality::Unknown
+            } else {
+                Locality::Remote
+            }
+        }
+    }
 }
 
 /// Slices by (namespace, Service name), Pods by namespace.
@@ -83,10 +117,11 @@ pub(super) fn backends(
     plan: &Plan<'_>,
     port: &PortPlan,
     index: &Index<'_>,
+    node: &NodeConfig,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Backend>, ManifestError> {
     let found = if let Some(slices) = index.slices.get(&(plan.namespace, plan.name)) {
-        from_slices(port, slices, warnings)?
+        from_slices(port, slices, node, warnings)?
     } else if let Some(selector) = plan.selector {
         let pods = index
             .pods
@@ -100,7 +135,7 @@ pub(super) fn backends(
         });
         let mut found = Vec::new();
         for pod in matching {
-            found.extend(from_pod(plan, port, pod, warnings)?);
+            found.extend(from_pod(plan, port, pod, node, warnings)?);
         }
         found
     } else {
@@ -125,6 +160,7 @@ pub(super) fn backends(
 fn from_slices(
     port: &PortPlan,
     slices: &[&Object<EndpointSlice>],
+    node: &NodeConfig,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Backend>, ManifestError> {
     let mut found = Vec::new();
@@ -173,7 +209,7 @@ fn from_slices(
                     addr,
                     port: number,
                     state,
-                    node: ep.node_name.clone(),
+                    locality: locality(ep.node_name.as_deref(), addr, node),
                 });
             }
         }
@@ -185,6 +221,7 @@ fn from_pod(
     plan: &Plan<'_>,
     port: &PortPlan,
     pod: &Object<Pod>,
+    node: &NodeConfig,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Backend>, ManifestError> {
     let src = &pod.source;
@@ -266,7 +303,11 @@ fn from_pod(
     let Some(state) = state(ready, ready, terminating) else {
         return Ok(Vec::new());
     };
-    let node = pod.object.spec.as_ref().and_then(|s| s.node_name.clone());
+    let node_name = pod
+        .object
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref());
     let mut found = Vec::new();
     for (field, text) in ips {
         let addr: IpAddr = text
@@ -276,7 +317,7 @@ fn from_pod(
             addr,
             port: number,
             state,
-            node: node.clone(),
+            locality: locality(node_name, addr, node),
         });
     }
     Ok(found)

@@ -62,12 +62,13 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
-/// Where an object was read: its file and, for errors and warnings, its
-/// `KIND NAMESPACE/NAME`.
+/// Where an object was read: its file (none for an object from the API
+/// server) and, for errors and warnings, its `KIND NAMESPACE/NAME`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Source {
-    pub file: PathBuf,
-    /// 1-based index of the YAML document in the file.
+    /// `None` for an object from the API server (`--kubernetes`).
+    pub file: Option<PathBuf>,
+    /// 1-based index of the YAML document in the file (0 for the API).
     pub document: usize,
     /// 0-based index in the `items` of a `kind: List` document.
     pub item: Option<usize>,
@@ -76,16 +77,34 @@ pub struct Source {
 }
 
 impl Source {
+    /// An object from the API server, `KIND NAMESPACE/NAME`.
+    pub fn api(object: impl Into<String>) -> Self {
+        Source {
+            file: None,
+            document: 0,
+            item: None,
+            object: object.into(),
+        }
+    }
+
+    /// Whether the object came from the API server rather than a file.
+    pub fn from_api(&self) -> bool {
+        self.file.is_none()
+    }
+
     /// An error about `field` of this object.
     pub(crate) fn err(
         &self,
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> ManifestError {
-        ManifestError::new(message)
-            .in_file(&self.file)
+        let e = ManifestError::new(message)
             .object(&self.object)
-            .field(field)
+            .field(field);
+        match &self.file {
+            Some(file) => e.in_file(file),
+            None => e,
+        }
     }
 
     /// A warning line in the same format as errors.
@@ -93,8 +112,20 @@ impl Source {
         self.err(field, message.to_string()).to_string()
     }
 
-    /// `OBJECT (FILE)`, to name a second object in a message.
+    /// The file's path, or `the API server`.
+    pub(crate) fn origin(&self) -> String {
+        match &self.file {
+            Some(file) => file.display().to_string(),
+            None => "the API server".to_string(),
+        }
+    }
+
+    /// `OBJECT (FILE)`, to name a second object in a message (`OBJECT (API)`
+    /// for an object from the API server).
     pub(crate) fn named(&self) -> String {
-        format!("{} ({})", self.object, self.file.display())
+        match &self.file {
+            Some(file) => format!("{} ({})", self.object, file.display()),
+            None => format!("{} (API)", self.object),
+        }
     }
 }

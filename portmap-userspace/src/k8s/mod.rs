@@ -29,7 +29,9 @@ mod read;
 mod translate;
 
 pub use alloc::Assignments;
+pub use endpoints::{Locality, locality};
 pub use error::{ManifestError, Source};
+pub use plan::SERVICE_PROXY_NAME_LABEL;
 pub use read::{Manifests, Object};
 
 /// What the translation needs to know about this node.
@@ -47,6 +49,11 @@ pub struct NodeConfig {
     /// whose manifest has none. The first one's family is the primary
     /// family of Services that do not say.
     pub service_cidrs: Vec<Cidr>,
+    /// This node's pod CIDRs (its Node object's `spec.podCIDRs`, with
+    /// `--kubernetes`): an endpoint without `nodeName` is local if it is in
+    /// one of them (or is one of `node_ips`), remote if they are known and
+    /// it is not.
+    pub pod_cidrs: Vec<Cidr>,
 }
 
 /// Kubernetes' default `--service-node-port-range`.
@@ -59,6 +66,7 @@ impl Default for NodeConfig {
             node_ips: Vec::new(),
             node_port_range: DEFAULT_NODE_PORT_RANGE,
             service_cidrs: Vec::new(),
+            pod_cidrs: Vec::new(),
         }
     }
 }
@@ -72,6 +80,21 @@ pub struct Translation {
     pub assignments: Assignments,
     /// Objects and ports skipped, endpoints left out, and why.
     pub warnings: Vec<String>,
+    /// Services left out, each with what is wrong with it (only from
+    /// [`translate_each`]; [`translate`] fails on the first instead).
+    pub rejected: Vec<Rejected>,
+}
+
+/// A Service that cannot be published, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// `NAMESPACE/NAME` (the `service` of its units).
+    pub service: String,
+    /// Where the Service was read.
+    pub source: Source,
+    /// What is wrong: with it, its EndpointSlices or Pods, or between it
+    /// and a Service published before it.
+    pub error: ManifestError,
 }
 
 /// Reads manifest files and directories (non-recursively: the `.yaml`,
@@ -88,6 +111,25 @@ pub fn translate(
     node: &NodeConfig,
     previous: Option<&Assignments>,
 ) -> Result<Translation, ManifestError> {
+    let mut t = translate::translate(m, node, previous);
+    if t.rejected.is_empty() {
+        Ok(t)
+    } else {
+        Err(t.rejected.swap_remove(0).error)
+    }
+}
+
+/// As [`translate`], but a Service that cannot be published is left out
+/// and listed in [`Translation::rejected`], and the others are translated:
+/// the API server's objects are each their own (one bad Service must not
+/// hold the cluster's others back). Of two Services that claim one
+/// frontend or nodePort, the older (`creationTimestamp`, then namespace and
+/// name) keeps it.
+pub fn translate_each(
+    m: &Manifests,
+    node: &NodeConfig,
+    previous: Option<&Assignments>,
+) -> Translation {
     translate::translate(m, node, previous)
 }
 

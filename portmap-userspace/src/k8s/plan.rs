@@ -11,6 +11,10 @@ use super::{
 };
 use crate::model::{Cidr, Protocol};
 
+/// A Service with this label belongs to another proxy (kube-proxy skips
+/// it too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY_S: u32 = 10800;
 const MAX_AFFINITY_S: u32 = 86400;
@@ -112,17 +116,29 @@ pub(super) fn plan<'a>(
     warnings: &mut Vec<String>,
 ) -> Result<Option<Plan<'a>>, ManifestError> {
     let src = &obj.source;
+    // What kube-proxy leaves alone, left alone quietly when it comes from a
+    // cluster (where it is common), with a word when a file says it.
+    let mut skip = |why: &str| {
+        if !src.from_api() {
+            warnings.push(src.warn("", why));
+        }
+        Ok(None)
+    };
+    let labels = obj.object.metadata.labels.as_ref();
+    if let Some(proxy) = labels.and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
+        return skip(&format!(
+            "labelled {SERVICE_PROXY_NAME_LABEL}={proxy}: left to that proxy"
+        ));
+    }
     let Some(spec) = &obj.object.spec else {
-        warnings.push(src.warn("", "no spec: nothing to publish"));
-        return Ok(None);
+        return skip("no spec: nothing to publish");
     };
     let type_ = match spec.type_.as_deref() {
         None | Some("ClusterIP") => Type::ClusterIp,
         Some("NodePort") => Type::NodePort,
         Some("LoadBalancer") => Type::LoadBalancer,
         Some("ExternalName") => {
-            warnings.push(src.warn("", "type ExternalName: nothing to publish (DNS only)"));
-            return Ok(None);
+            return skip("type ExternalName: nothing to publish (DNS only)");
         }
         Some(other) => {
             return Err(src.err(
@@ -134,8 +150,7 @@ pub(super) fn plan<'a>(
     let cluster_ips = spec.cluster_ips.as_deref().unwrap_or_default();
     let cluster_ip = spec.cluster_ip.as_deref().unwrap_or_default();
     if cluster_ip == "None" || cluster_ips.first().is_some_and(|ip| ip == "None") {
-        warnings.push(src.warn("", "headless: nothing to publish"));
-        return Ok(None);
+        return skip("headless: nothing to publish");
     }
 
     // ClusterIPs and families.
@@ -271,7 +286,9 @@ pub(super) fn plan<'a>(
                 let np_field = format!("{field}.nodePort");
                 let np = port_number(src, &np_field, n)?;
                 let range = &node.node_port_range;
-                if !range.contains(&np) {
+                // The API server checked it against the cluster's range,
+                // which --node-port-range need not repeat.
+                if !src.from_api() && !range.contains(&np) {
                     return Err(src.err(
                         np_field,
                         format!(

@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -23,7 +24,8 @@ pub struct Object<T> {
     /// `metadata.namespace`, `default` when absent.
     pub namespace: String,
     pub name: String,
-    pub object: T,
+    /// Shared: objects from the API server are the reflector's, not copies.
+    pub object: Arc<T>,
 }
 
 /// The objects read from manifest files, in the order read.
@@ -37,6 +39,23 @@ pub struct Manifests {
     /// (kind, namespace, name) → where it was first read, to refuse
     /// duplicates.
     seen: BTreeMap<(String, String, String), Source>,
+}
+
+/// An object of the API server's: namespace and name from its metadata.
+pub trait ApiObject: Resource<Scope = k8s_openapi::NamespaceResourceScope> {
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+}
+
+impl ApiObject for Service {
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl ApiObject for EndpointSlice {
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
 }
 
 /// Reads files and directories (not recursively: the `.yaml`, `.yml` and
@@ -87,6 +106,52 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
 }
 
 impl Manifests {
+    /// Adds the Services and EndpointSlices the API server holds (shared,
+    /// not copied). An object also defined in a file is the file's: the API
+    /// server's is left out with a warning.
+    pub fn add_api_objects(
+        &mut self,
+        services: impl IntoIterator<Item = Arc<Service>>,
+        slices: impl IntoIterator<Item = Arc<EndpointSlice>>,
+    ) {
+        for object in services {
+            if let Some(o) = self.api_object(object) {
+                self.services.push(o);
+            }
+        }
+        for object in slices {
+            if let Some(o) = self.api_object(object) {
+                self.endpoint_slices.push(o);
+            }
+        }
+    }
+
+    fn api_object<T: ApiObject>(&mut self, object: Arc<T>) -> Option<Object<T>> {
+        let meta = object.meta();
+        let name = meta.name.clone().unwrap_or_default();
+        let namespace = meta
+            .namespace
+            .clone()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".to_string());
+        let source = Source::api(format!("{} {namespace}/{name}", T::KIND));
+        let id = (T::KIND.to_string(), namespace.clone(), name.clone());
+        if let Some(first) = self.seen.get(&id) {
+            self.warnings.push(source.warn(
+                "",
+                format_args!("also defined in {}, which is used", first.origin()),
+            ));
+            return None;
+        }
+        self.seen.insert(id, source.clone());
+        Some(Object {
+            source,
+            namespace,
+            name,
+            object,
+        })
+    }
+
     /// The objects of one file's text (for tests and callers that have the
     /// text already).
     pub fn parse(file: impl AsRef<Path>, text: &str) -> Result<Self, ManifestError> {
@@ -106,7 +171,7 @@ impl Manifests {
                 continue; // an empty document, e.g. after a trailing `---`
             }
             let at = Source {
-                file: file.to_path_buf(),
+                file: Some(file.to_path_buf()),
                 document,
                 item: None,
                 object: format!("document {document}"),
@@ -175,15 +240,12 @@ impl Manifests {
         }
         let id = (kind.clone(), namespace.clone(), name.clone());
         if let Some(first) = self.seen.get(&id) {
-            return Err(source.err(
-                "",
-                format!("defined twice (first in {})", first.file.display()),
-            ));
+            return Err(source.err("", format!("defined twice (first in {})", first.origin())));
         }
         self.seen.insert(id, source.clone());
         match kind.as_str() {
             "Service" => {
-                let object = typed(&source, value)?;
+                let object = Arc::new(typed(&source, value)?);
                 self.services.push(Object {
                     source,
                     namespace,
@@ -192,7 +254,7 @@ impl Manifests {
                 });
             }
             "EndpointSlice" => {
-                let object = typed(&source, value)?;
+                let object = Arc::new(typed(&source, value)?);
                 self.endpoint_slices.push(Object {
                     source,
                     namespace,
@@ -201,7 +263,7 @@ impl Manifests {
                 });
             }
             _ => {
-                let object = typed(&source, value)?;
+                let object = Arc::new(typed(&source, value)?);
                 self.pods.push(Object {
                     source,
                     namespace,

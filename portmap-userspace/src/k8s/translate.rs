@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    Family, Manifests, NodeConfig, Translation,
+    Family, Manifests, NodeConfig, Object, Rejected, Translation,
     alloc::{self, Assignments},
-    endpoints::{self, Backend, Index},
+    endpoints::{self, Backend, Index, Locality},
     error::{ManifestError, Source},
     plan::{self, Plan, PortPlan},
 };
@@ -34,24 +34,53 @@ impl Scope {
     }
 }
 
-/// See [`super::translate`].
+/// See [`super::translate_each`]: every Service that can be published is,
+/// the others are in `rejected`, in the order found (parsing, then
+/// assignments, then endpoints and frontends).
 pub(super) fn translate(
     m: &Manifests,
     node: &NodeConfig,
     previous: Option<&Assignments>,
-) -> Result<Translation, ManifestError> {
+) -> Translation {
     let mut warnings = m.warnings.clone();
+    let mut rejected = Vec::new();
     let mut objects: Vec<_> = m.services.iter().collect();
-    objects.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    // The older Service keeps what two claim; files (no timestamps) go by name.
+    objects.sort_by(|a, b| {
+        let created = |o: &Object<k8s_openapi::api::core::v1::Service>| {
+            o.object.metadata.creation_timestamp.clone()
+        };
+        (created(a), &a.namespace, &a.name).cmp(&(created(b), &b.namespace, &b.name))
+    });
     let mut plans = Vec::new();
     for obj in objects {
-        if let Some(plan) = plan::plan(obj, node, &mut warnings)? {
-            plans.push(plan);
+        match plan::plan(obj, node, &mut warnings) {
+            Ok(Some(plan)) => plans.push(plan),
+            Ok(None) => {}
+            Err(error) => rejected.push(reject(&obj.source, &obj.namespace, &obj.name, error)),
         }
     }
     let mut assignments = Assignments::default();
-    alloc::assign_cluster_ips(&mut plans, node, previous, &mut assignments)?;
-    alloc::assign_node_ports(&mut plans, node, previous, &mut assignments)?;
+    for stage in [alloc::assign_cluster_ips, alloc::assign_node_ports] {
+        let failed = stage(&mut plans, node, previous, &mut assignments);
+        let mut i = 0;
+        plans.retain(|plan| {
+            let error = failed.iter().find(|(at, _)| *at == i).map(|(_, e)| e);
+            i += 1;
+            match error {
+                Some(error) => {
+                    rejected.push(reject(
+                        plan.source,
+                        plan.namespace,
+                        plan.name,
+                        error.clone(),
+                    ));
+                    false
+                }
+                None => true,
+            }
+        });
+    }
 
     let index = Index::new(m);
     let mut out = Units {
@@ -61,29 +90,47 @@ pub(super) fn translate(
         services: Vec::new(),
     };
     for plan in &plans {
-        for port in &plan.ports {
-            let backends = endpoints::backends(plan, port, &index, &mut out.warnings)?;
-            for family in [Family::V4, Family::V6] {
-                if plan.families.contains(&family) {
-                    out.add(plan, port, family, &backends)?;
-                }
+        // All of a Service's units or none.
+        let mark = out.services.len();
+        let mut claimed = Vec::new();
+        if let Err(error) = out.add_plan(plan, &index, &mut claimed) {
+            out.services.truncate(mark);
+            for frontend in claimed {
+                out.owners.remove(&frontend);
             }
+            rejected.push(reject(plan.source, plan.namespace, plan.name, error));
         }
     }
     let mut warnings = out.warnings;
-    let state = DesiredState {
-        services: out.services,
-    };
-    state
-        .validate()
-        .map_err(|e| ManifestError::new(e.to_string()))?;
+    // Claims were settled oldest first; the units go out by name, as ever.
+    let mut services = out.services;
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let state = DesiredState { services };
+    if let Err(e) = state.validate() {
+        // Units of one family and owners checked above make this unreachable;
+        // if it is not, nothing goes out rather than an inconsistent state.
+        rejected.push(Rejected {
+            service: String::new(),
+            source: Source::api(""),
+            error: ManifestError::new(e.to_string()),
+        });
+    }
     let mut seen = BTreeSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
-    Ok(Translation {
+    Translation {
         services: state.services,
         assignments,
         warnings,
-    })
+        rejected,
+    }
+}
+
+fn reject(source: &Source, namespace: &str, name: &str, error: ManifestError) -> Rejected {
+    Rejected {
+        service: format!("{namespace}/{name}"),
+        source: source.clone(),
+        error,
+    }
 }
 
 /// Who publishes a frontend, to name both when two do.
@@ -102,6 +149,25 @@ struct Units<'a> {
 }
 
 impl<'a> Units<'a> {
+    /// Adds the units of every port and family of a Service; `claimed`
+    /// gets the frontends it took, to give back if it fails part way.
+    fn add_plan(
+        &mut self,
+        plan: &Plan<'a>,
+        index: &Index<'_>,
+        claimed: &mut Vec<Frontend>,
+    ) -> Result<(), ManifestError> {
+        for port in &plan.ports {
+            let backends = endpoints::backends(plan, port, index, self.node, &mut self.warnings)?;
+            for family in [Family::V4, Family::V6] {
+                if plan.families.contains(&family) {
+                    self.add(plan, port, family, &backends, claimed)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Adds the units of one port and family.
     fn add(
         &mut self,
@@ -109,6 +175,7 @@ impl<'a> Units<'a> {
         port: &PortPlan,
         family: Family,
         backends: &[Backend],
+        claimed: &mut Vec<Frontend>,
     ) -> Result<(), ManifestError> {
         let node = self.node;
         let fe = |addr: HostAddr, port_number: u16| Frontend {
@@ -205,6 +272,7 @@ impl<'a> Units<'a> {
                     field,
                 };
                 self.owners.insert(frontend, owner);
+                claimed.push(frontend);
                 list.push(frontend);
             }
             if list.is_empty() {
@@ -215,10 +283,9 @@ impl<'a> Units<'a> {
                 Scope::Internal => plan.internal_local,
                 Scope::External | Scope::Lb => plan.external_local,
             };
-            let here = node.node_name.as_deref();
             let endpoints: Vec<Endpoint> = family_backends
                 .iter()
-                .filter(|b| !local || b.node.as_deref() == here)
+                .filter(|b| !local || b.locality == Locality::Local)
                 .map(|b| Endpoint {
                     addr: b.addr,
                     port: b.port,

@@ -9,8 +9,8 @@ fn directory_reads_yaml_yml_json_in_name_order() {
     let dir = PathBuf::from(format!("{TESTDATA}/dir"));
     let m = read_manifests(std::slice::from_ref(&dir)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((m.services.len(), m.pods.len()), (1, 1));
-    assert_eq!(m.services[0].source.file, dir.join("10-service.yaml"));
-    assert_eq!(m.pods[0].source.file, dir.join("20-pod.yml"));
+    assert_eq!(m.services[0].source.file, Some(dir.join("10-service.yaml")));
+    assert_eq!(m.pods[0].source.file, Some(dir.join("20-pod.yml")));
     assert_eq!(m.pods[0].source.document, 1);
     assert_eq!(m.pods[0].namespace, "default");
     assert_eq!(
