@@ -375,9 +375,14 @@ fn an_api_server_away_for_ten_seconds_withdraws_nothing_and_is_followed_again() 
         Duration::from_secs(45),
         &pm,
         || {
-            let now = published(&pm);
-            now.contains(&("default/later".into(), "198.18.129.30:80/tcp".into()))
-                && now.iter().all(|(s, _)| s != "default/svc-2")
+            // The Service with its endpoint: both watches have caught up.
+            let now = snapshot(&pm);
+            let later = now.services.iter().find(|s| {
+                s.service == "default/later"
+                    && s.frontends.iter().any(|f| f.frontend.ends_with(":80/tcp"))
+            });
+            later.is_some_and(|s| s.backends.iter().any(|b| b.backend == "198.19.1.2:3000"))
+                && now.services.iter().all(|s| s.service != "default/svc-2")
         },
     );
     load.wait_for(30);

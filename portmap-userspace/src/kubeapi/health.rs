@@ -7,7 +7,8 @@
 //!   autoscaler), so load balancers drain it. The body is kube-proxy's.
 //! - each `externalTrafficPolicy: Local` LoadBalancer Service's
 //!   `healthCheckNodePort`: 200 with the count of this node's ready
-//!   endpoints (summed over the Service's ports, as kube-proxy counts), 503
+//!   endpoints (distinct `IP:port`s over the Service's ports, as kube-proxy
+//!   counts), 503
 //!   without any (or while the proxy is unhealthy), so cloud load balancers
 //!   send only to nodes that have endpoints.
 
@@ -160,7 +161,7 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> Re
 pub struct ServiceHealth {
     pub namespace: String,
     pub name: String,
-    /// This node's ready endpoints, summed over the Service's ports.
+    /// This node's ready endpoints (distinct `IP:port`s).
     pub local_endpoints: u32,
 }
 
@@ -188,17 +189,19 @@ pub fn service_health(api: &Snapshot, node: &NodeConfig) -> BTreeMap<u16, Servic
                     .and_then(|l| l.get("kubernetes.io/service-name"))
                     == Some(&name)
         });
-        let mut count = 0u32;
+        // As kube-proxy counts: distinct local ready `IP:port`s over the
+        // Service's ports (two ports to one target port count once).
+        let mut local = std::collections::BTreeSet::new();
         for slice in slices {
             for sp in spec.ports.iter().flatten() {
                 let proto = |p: Option<&str>| p.unwrap_or("TCP").to_string();
-                let serves = slice.ports.iter().flatten().any(|p| {
+                let served = slice.ports.iter().flatten().find(|p| {
                     p.name.as_deref().unwrap_or_default() == sp.name.as_deref().unwrap_or_default()
                         && proto(p.protocol.as_deref()) == proto(sp.protocol.as_deref())
                 });
-                if !serves {
+                let Some(served) = served else {
                     continue;
-                }
+                };
                 for ep in &slice.endpoints {
                     let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
                     let Some(addr) = ep.addresses.first().and_then(|a| a.parse().ok()) else {
@@ -206,7 +209,7 @@ pub fn service_health(api: &Snapshot, node: &NodeConfig) -> BTreeMap<u16, Servic
                     };
                     let here = k8s::locality(ep.node_name.as_deref(), addr, node);
                     if ready && here == k8s::Locality::Local {
-                        count += 1;
+                        local.insert((addr, served.port));
                     }
                 }
             }
@@ -216,7 +219,7 @@ pub fn service_health(api: &Snapshot, node: &NodeConfig) -> BTreeMap<u16, Servic
             ServiceHealth {
                 namespace,
                 name,
-                local_endpoints: count,
+                local_endpoints: u32::try_from(local.len()).unwrap_or(u32::MAX),
             },
         );
     }

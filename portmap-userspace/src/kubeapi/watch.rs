@@ -1,6 +1,7 @@
 //! Reflectors for Services, EndpointSlices and this node's Node object,
 //! each fed by `kube::runtime::watcher` with kube's default backoff
-//! (0.8 s doubling to 30 s, with jitter, as client-go's reflector), and what
+//! (0.8 s doubling to 30 s, with jitter, as client-go's reflector; a prompt
+//! relist after 410 Gone), and what
 //! they have seen: whether each has listed once, its errors and relists.
 
 use std::{
@@ -9,7 +10,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt as _;
@@ -22,6 +23,7 @@ use kube::{
     runtime::{
         WatchStreamExt as _,
         reflector::{self, Store},
+        utils::Backoff as _,
         watcher,
     },
 };
@@ -218,7 +220,18 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let expired = Arc::new(AtomicBool::new(false));
+    let seen_expired = expired.clone();
+    let stream = watcher(api, config)
+        .map(move |event| {
+            // Seen before the backoff is: the next delay is short.
+            if matches!(&event, Err(watcher::Error::WatchError(s)) if s.code == 410) {
+                seen_expired.store(true, Ordering::Relaxed);
+            }
+            event
+        })
+        .backoff(Backoff::new(expired))
+        .reflect(writer);
     let changed = changed.clone();
     let state = state.clone();
     tasks.spawn(async move {
@@ -262,6 +275,46 @@ where
     });
     reader
 }
+
+/// kube's default backoff (0.8 s doubling to 30 s, with jitter, reset after
+/// 120 s without errors), except after 410 Gone: the API server answers,
+/// the resourceVersion is merely too old, so the list comes at once and the
+/// backoff starts over (an API server back from an outage would otherwise
+/// be listed from only after the delay the outage grew, up to 30 s).
+struct Backoff {
+    inner: watcher::DefaultBackoff,
+    expired: Arc<AtomicBool>,
+}
+
+impl Backoff {
+    fn new(expired: Arc<AtomicBool>) -> Self {
+        Backoff {
+            inner: watcher::DefaultBackoff::default(),
+            expired,
+        }
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.expired.swap(false, Ordering::Relaxed) {
+            self.inner.reset();
+            return Some(EXPIRED_RELIST_DELAY);
+        }
+        self.inner.next()
+    }
+}
+
+impl kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+}
+
+/// The wait before listing again after 410 Gone.
+const EXPIRED_RELIST_DELAY: Duration = Duration::from_millis(100);
 
 /// Logs a watch's recovery once, if it had failed.
 fn recovered(seen: &Seen, what: Resource) {

@@ -72,13 +72,8 @@ impl ApiServer {
     /// Starts serving on 127.0.0.1 (an ephemeral port) inside `ns`.
     pub fn start(ns: &Netns) -> Result<Self> {
         let shared = Arc::new(Shared {
-            store: Mutex::new(Store {
-                // A cluster that has lived a little.
-                rv: 1000,
-                compacted: 1000,
-                up: true,
-                ..Store::default()
-            }),
+            // A cluster that has lived a little.
+            store: Mutex::new(Store::new(1000)),
             changed: Condvar::new(),
             shutdown: AtomicBool::new(false),
             bookmark_every: Duration::from_secs(1),

@@ -60,6 +60,16 @@ fn kind_of(object: &Value) -> Kind {
 }
 
 impl Store {
+    /// A store whose history starts (compacted) at `rv`, serving.
+    pub fn new(rv: u64) -> Self {
+        Store {
+            rv,
+            compacted: rv,
+            up: true,
+            ..Store::default()
+        }
+    }
+
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
