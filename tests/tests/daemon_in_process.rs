@@ -107,6 +107,7 @@ fn config(ns: &Netns, control_socket: PathBuf) -> Config {
             tcp_closing: Duration::from_secs(10),
             udp: Duration::from_secs(60),
         },
+        kubernetes: None,
     }
 }
 
