@@ -129,3 +129,138 @@ pub(super) fn settle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::Sources;
+    use crate::kubeapi::Snapshot;
+
+    fn sources(specs: &[&str]) -> Sources {
+        Sources {
+            specs: specs
+                .iter()
+                .map(|s| (s.to_string(), s.parse().unwrap()))
+                .collect(),
+            allow_from: Vec::new(),
+            manifests: Vec::new(),
+            node: crate::k8s::NodeConfig {
+                node_name: Some("node-a".into()),
+                ..crate::k8s::NodeConfig::default()
+            },
+        }
+    }
+
+    fn service(
+        name: &str,
+        ip: &str,
+        port: u16,
+        extra: serde_json::Value,
+    ) -> Arc<k8s_openapi::api::core::v1::Service> {
+        let mut spec = json!({
+            "clusterIP": ip, "clusterIPs": [ip], "type": "ClusterIP",
+            "ports": [{"name": "http", "protocol": "TCP", "port": port, "targetPort": 3000}]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": spec
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn names(loaded: &super::Loaded) -> Vec<&str> {
+        loaded
+            .desired
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_bad_service_is_left_out_alone_and_keeps_what_it_had() {
+        let s = sources(&[]);
+        let good = service("good", "10.96.0.10", 80, json!({}));
+        let web = service("web", "10.96.0.11", 80, json!({}));
+        let api = Snapshot {
+            services: vec![good.clone(), web],
+            ..Snapshot::default()
+        };
+        let first = s.load_with_api(None, &api).unwrap();
+        assert_eq!(names(&first), ["default/good", "default/web"]);
+        assert!(first.rejected.is_empty());
+
+        // web becomes invalid: reported, its last units stay; good applies.
+        let bad = service(
+            "web",
+            "10.96.0.11",
+            8080,
+            json!({"sessionAffinity": "Sticky"}),
+        );
+        let api = Snapshot {
+            services: vec![service("good", "10.96.0.10", 81, json!({})), bad],
+            ..Snapshot::default()
+        };
+        let second = s.load_with_api(Some(&first), &api).unwrap();
+        assert_eq!(second.rejected.len(), 1);
+        assert_eq!(second.rejected[0].service, "default/web");
+        let e = second.rejected[0].error.to_string();
+        assert!(
+            e.contains("Service default/web") && e.contains("spec.sessionAffinity"),
+            "{e}"
+        );
+        let web_units: Vec<_> = second
+            .desired
+            .services
+            .iter()
+            .filter(|u| u.name == "default/web")
+            .flat_map(|u| u.frontends.iter().map(|f| f.port))
+            .collect();
+        assert_eq!(
+            web_units,
+            [80],
+            "its last published state, not the bad edit"
+        );
+        let good_ports: Vec<_> = second
+            .desired
+            .services
+            .iter()
+            .filter(|u| u.name == "default/good")
+            .flat_map(|u| u.frontends.iter().map(|f| f.port))
+            .collect();
+        assert_eq!(good_ports, [81], "the others apply");
+    }
+
+    #[test]
+    fn a_frontend_of_a_spec_stays_the_specs() {
+        let s = sources(&["10.96.0.10:80:198.18.2.2:3000"]);
+        let api = Snapshot {
+            services: vec![
+                service("clash", "10.96.0.10", 80, json!({})),
+                service("fine", "10.96.0.12", 80, json!({})),
+            ],
+            ..Snapshot::default()
+        };
+        let loaded = s.load_with_api(None, &api).unwrap();
+        assert_eq!(loaded.rejected.len(), 1);
+        assert_eq!(loaded.rejected[0].service, "default/clash");
+        assert!(
+            loaded.rejected[0]
+                .error
+                .to_string()
+                .contains("already published by -p"),
+            "{}",
+            loaded.rejected[0].error
+        );
+        assert!(names(&loaded).contains(&"default/fine"));
+        assert!(names(&loaded).iter().all(|n| *n != "default/clash"));
+    }
+}
