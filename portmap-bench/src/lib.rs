@@ -22,6 +22,7 @@ mod control;
 mod frames;
 mod host;
 mod http;
+mod kubesync;
 mod latency;
 mod loadgen;
 mod modes;
@@ -196,6 +197,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         cells: Vec::new(),
         xdp_cost: Vec::new(),
         control: Vec::new(),
+        kube_sync: Vec::new(),
         complete: false,
         error: None,
         elapsed_s: 0.0,
@@ -320,6 +322,10 @@ fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
                 ctx.progress
                     .set_message(format!("{tag}: portmap control plane, {count} Services"));
                 results.control.push(control::measure(rep, count)?);
+                ctx.progress.set_message(format!(
+                    "{tag}: portmap following the API server, {count} Services"
+                ));
+                results.kube_sync.push(kubesync::measure(rep, count)?);
                 ctx.progress.inc(1);
             }
         }

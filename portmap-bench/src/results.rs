@@ -7,6 +7,7 @@ use super::{
     bulk::Bulk,
     control::PortmapControl,
     http::HttpLoad,
+    kubesync::KubeSync,
     latency::Latency,
     modes::{ChangeTimes, Features, Mode},
     xdpcost::XdpCost,
@@ -92,6 +93,9 @@ pub struct Results {
     pub cells: Vec<Cell>,
     pub xdp_cost: Vec<XdpCost>,
     pub control: Vec<PortmapControl>,
+    /// Following the API server (absent from results of older runs).
+    #[serde(default)]
+    pub kube_sync: Vec<KubeSync>,
     pub complete: bool,
     pub error: Option<String>,
     pub elapsed_s: f64,
