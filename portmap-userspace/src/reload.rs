@@ -95,6 +95,9 @@ impl Reloader {
     pub fn started(&mut self) {
         if let Some(api) = &mut self.api {
             let snapshot = api.watch.snapshot();
+            if let Some(node) = &snapshot.node {
+                api.health.set_node_leaving(NodeView::of(node).leaving);
+            }
             api.service_health
                 .update(service_health(&snapshot, &self.last.node));
         }

@@ -349,6 +349,16 @@ mod tests {
     }
 
     #[test]
+    fn a_leaving_node_fails_healthz_but_not_livez() {
+        let h = Health::new(Duration::from_secs(60));
+        h.updated();
+        assert_eq!(h.answer(true).status(), StatusCode::OK);
+        h.set_node_leaving(true);
+        assert_eq!(h.answer(true).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.answer(false).status(), StatusCode::OK, "/livez");
+    }
+
+    #[test]
     fn times_print_as_go_prints_them() {
         assert_eq!(go_time(None), "0001-01-01 00:00:00 +0000 UTC");
         let t: Timestamp = "2026-11-08T09:48:18.365338447Z".parse().unwrap();
