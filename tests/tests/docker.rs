@@ -232,14 +232,27 @@ fn docker_run_p_publishes_as_docker_does() {
             udp_exchange(&rig.topo.client, sa(NODE_V4, host), "x")
         });
         assert_eq!(answered_by(&answer, CLIENT_V4), "rng");
-        assert!(
-            answer.contains(&format!(":{container} ")),
-            "{host}: {answer:?}"
+        let at = served_at(&answer).unwrap_or_default();
+        assert!(at.ends_with(&format!(":{container}")), "{host}: {answer:?}");
+        // And from the node, at its own address.
+        let target = sa(NODE_V4, host).to_string();
+        let r = rig
+            .docker
+            .clients()
+            .ask(&rig.topo.node, &["udp", &target, "y"])
+            .unwrap();
+        assert!(r.answer().starts_with("rng "), "{host} on the node: {r:?}");
+        assert_eq!(
+            r.from(),
+            Some(sa(NODE_V4, host)),
+            "{host}: the answer's source"
         );
     }
     // -P: the port Docker picked.
     let body = eventually("the port -P picked", || rig.remote(sa(NODE_V4, picked)));
     assert_eq!(answered_by(&body, CLIENT_V4), "any");
+    let answer = rig.local(sa("127.0.0.1", picked)).unwrap();
+    assert!(answer.starts_with("any "), "{answer:?}");
 
     // Visible: the CONTAINER column, the container label.
     let list = rig.pm().list(&[]).unwrap();
@@ -327,11 +340,19 @@ fn an_engine_restart_keeps_traffic_flowing_and_is_resynced() {
             ..Options::portmap_only()
         },
     );
-    rig.docker
-        .run_testserver("web", &["-p", "8080:3000"], &[3000])
+    let d = &rig.docker;
+    d.run_testserver("web", &["-p", "8080:3000"], &[3000])
+        .unwrap();
+    d.run_testserver("dies", &["-p", "8082:3000"], &[3000])
+        .unwrap();
+    let pid: i32 = d
+        .inspect("dies", "{{.State.Pid}}")
+        .unwrap()
+        .parse()
         .unwrap();
     rig.start_portmap(&[]);
     rig.remote(sa(NODE_V4, 8080)).unwrap();
+    rig.remote(sa(NODE_V4, 8082)).unwrap();
 
     rig.docker.stop_engine().unwrap();
     rig.wait_log("lost the Docker Engine at");
@@ -341,8 +362,14 @@ fn an_engine_restart_keeps_traffic_flowing_and_is_resynced() {
         assert_eq!(answered_by(&body, CLIENT_V4), "web");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A container that ends meanwhile, unseen by any event portmap gets.
+    // SAFETY: kill has no memory-safety preconditions; the pid is this
+    // test's container's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     rig.docker.start_engine(&rig.topo.node).unwrap();
     rig.wait_log("reconnected to Docker Engine");
+    // Resynced: its port refuses new flows.
+    eventually("8082 refused", || unreachable(&rig, sa(NODE_V4, 8082)));
     // Followed again: a new container is published, the old one still is.
     rig.docker
         .run_testserver("next", &["-p", "8081:3000"], &[3000])

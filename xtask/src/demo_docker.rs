@@ -107,7 +107,8 @@ pub fn run(portmap: &Path, testserver: &Path) -> Result<Option<bool>> {
     let mut daemon = Proc::spawn("portmap", daemon_cmd)?;
     let metrics_url = format!("http://{METRICS_ADDR}/metrics");
     wait_for_metrics(topo.node.name(), &metrics_url, &mut daemon)?;
-    print!("{}", indent(&daemon.stderr()));
+    let startup_log = daemon.stderr();
+    print!("{}", indent(&startup_log));
 
     println!(
         "# docker run -d -p 8080:3000 my-api-image, then curl, with no address written anywhere"
@@ -124,10 +125,13 @@ pub fn run(portmap: &Path, testserver: &Path) -> Result<Option<bool>> {
     std::thread::sleep(Duration::from_millis(500));
     let refused = request(topo.client.name(), "http://198.18.0.1:8080/");
     println!("== stopping portmap (SIGTERM)");
-    let before = daemon.stderr().len();
     let _ = daemon.stop();
+    // What it logged since it started: the container withdrawn, the stop.
     let log = daemon.stderr();
-    print!("{}", indent(log.get(before..).unwrap_or_default()));
+    print!(
+        "{}",
+        indent(log.get(startup_log.len()..).unwrap_or_default())
+    );
     drop(daemon);
     let _ = output(cmd(portmap).args(["reset", "--bpffs-dir", &pins]));
     let _ = std::fs::remove_file(&socket);
