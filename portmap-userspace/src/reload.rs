@@ -18,9 +18,9 @@ use anyhow::Result;
 use log::{error, info, warn};
 
 use crate::{
-    config::{Composed, Loaded, Sources, compose},
+    config::{Loaded, Sources},
     dataplane::Dataplane,
-    docker::{Container, Published},
+    docker::{Composed, Container, Published, compose},
     k8s::Assignments,
     model::DesiredState,
 };

@@ -11,6 +11,7 @@
 //! reconnects with backoff and lists everything again.
 
 mod changes;
+mod compose;
 mod container;
 mod follow;
 
@@ -18,6 +19,7 @@ use std::fmt;
 
 pub use self::{
     changes::Published,
+    compose::{Composed, compose},
     container::{Binding, Container, short_id},
     follow::Follower,
 };
