@@ -378,6 +378,14 @@ fn an_engine_restart_keeps_traffic_flowing_and_is_resynced() {
     assert_eq!(answered_by(&body, CLIENT_V4), "next");
     let body = rig.remote(sa(NODE_V4, 8080)).unwrap();
     assert_eq!(answered_by(&body, CLIENT_V4), "web");
+    for (port, name) in [(8080, "web "), (8081, "next ")] {
+        let answer = rig.local(sa("127.0.0.1", port)).unwrap();
+        assert!(answer.starts_with(name), "{port} on the node: {answer:?}");
+    }
+    assert!(
+        rig.local(sa("127.0.0.1", 8082)).is_err(),
+        "8082 refused on the node"
+    );
 }
 
 /// `docker` as installed (iptables DNAT, docker-proxy): portmap's XDP
@@ -517,6 +525,8 @@ fn compose_ports_are_published() {
         "on the Compose network: {addr}"
     );
     assert_eq!(served_at(&body), Some(format!("{addr}:3000")), "{body}");
+    let answer = rig.local(sa("127.0.0.1", 8080)).unwrap();
+    assert!(answer.starts_with("api "), "on the node: {answer:?}");
 }
 
 #[test]
