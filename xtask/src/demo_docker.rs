@@ -82,7 +82,8 @@ pub fn run(portmap: &Path, testserver: &Path) -> Result<Option<bool>> {
     engine.docker(&run_args)?;
     signals::check()?;
 
-    let socket = format!("/run/portmap/demo-{pid}-docker.sock");
+    // In the engine's directory, which goes with it.
+    let socket = engine.dir().join("portmap.sock").display().to_string();
     let pins = format!("/sys/fs/bpf/portmap-demo-{pid}-docker");
     let host = engine.host();
     let cgroup_arg = cgroup.path().display().to_string();
@@ -134,7 +135,6 @@ pub fn run(portmap: &Path, testserver: &Path) -> Result<Option<bool>> {
     );
     drop(daemon);
     let _ = output(cmd(portmap).args(["reset", "--bpffs-dir", &pins]));
-    let _ = std::fs::remove_file(&socket);
     drop(engine);
     drop(clients);
     drop(cgroup);
