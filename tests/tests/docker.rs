@@ -323,8 +323,21 @@ fn stopped_removed_and_restarted_containers_are_followed() {
             .starts_with("web ")
     );
 
+    // docker rename: followed, the new name in list and metrics.
+    rig.docker.docker(&["rename", "web", "www"]).unwrap();
+    eventually("the new name", || {
+        let list = rig.pm().list(&[])?;
+        match list.lines().find(|l| l.starts_with("*:8080/tcp")) {
+            Some(line) if line.contains(" www ") => Ok(()),
+            _ => bail!("{list}"),
+        }
+    });
+    let m = rig.pm().metrics(&rig.topo.node).unwrap();
+    assert!(m.has("portmap_packets_total", &[("container", "www")]));
+    assert!(!m.has("portmap_packets_total", &[("container", "web")]));
+
     // docker rm: gone from portmap.
-    rig.docker.docker(&["rm", "-f", "web"]).unwrap();
+    rig.docker.docker(&["rm", "-f", "www"]).unwrap();
     rig.wait_log("withdrew *:8080/tcp (the container is gone)");
     unreachable(&rig, sa(NODE_V4, 8080)).unwrap();
     let list = rig.pm().list(&[]).unwrap();
@@ -524,6 +537,36 @@ fn compose_ports_are_published() {
         addr.starts_with("198.18.8"),
         "on the Compose network: {addr}"
     );
+    // Connected to a second network: a backend there too (network events).
+    rig.docker
+        .docker(&["network", "connect", "bridge", &id])
+        .unwrap();
+    let second = rig.docker.ipv4(&id).unwrap();
+    let backends = |rig: &Rig| -> Result<String> {
+        let list = rig.pm().list(&[])?;
+        let backends: Vec<&str> = list
+            .lines()
+            .filter(|l| l.contains("198.18."))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("198.18.")))
+            .filter(|w| w.ends_with(":3000"))
+            .collect();
+        Ok(backends.join(" "))
+    };
+    eventually("a backend on each network", || match backends(&rig)? {
+        b if b.contains(&format!("{addr}:3000")) && b.contains(&format!("{second}:3000")) => Ok(()),
+        b => bail!("backends: {b}"),
+    });
+    for _ in 0..4 {
+        let body = rig.remote(sa(NODE_V4, 8080)).unwrap();
+        assert_eq!(answered_by(&body, CLIENT_V4), "api");
+    }
+    rig.docker
+        .docker(&["network", "disconnect", "bridge", &id])
+        .unwrap();
+    eventually("one backend again", || match backends(&rig)? {
+        b if b == format!("{addr}:3000") => Ok(()),
+        b => bail!("backends: {b}"),
+    });
     assert_eq!(served_at(&body), Some(format!("{addr}:3000")), "{body}");
     let answer = rig.local(sa("127.0.0.1", 8080)).unwrap();
     assert!(answer.starts_with("api "), "on the node: {answer:?}");
