@@ -437,7 +437,7 @@ fn beside_dockers_defaults() {
     assert!(dnat(&rig) > by_docker, "Docker's DNAT carries it again");
     // A connection portmap carried is not Docker's: netfilter never saw
     // it arrive at the published port, and it ends (reset) when portmap
-    // stops (`--keep-datapath` keeps such connections across a restart).
+    // stops.
     assert!(long_lived.ask("after").is_err());
 }
 
