@@ -12,6 +12,7 @@ use crate::{
     control,
     daemon::{self, Input, InvalidInput, RunError, SocketLb, Timeouts, Until},
     dataplane::{DEFAULT_PIN_DIR, Limits, XdpMode},
+    docker::DockerHost,
     k8s::NodeConfig,
     list,
     model::{Cidr, PublishSpec},
@@ -78,6 +79,18 @@ pub struct RunArgs {
     /// edits are applied live; a bad edit is reported and changes nothing.
     #[arg(long, value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
+
+    /// Publish what Docker publishes: the ports of every running container
+    /// (`docker run -p`, `-P`, Compose `ports:`), followed live from the
+    /// Docker Engine at --docker-host, else $DOCKER_HOST, else
+    /// unix:///var/run/docker.sock.
+    #[arg(long)]
+    pub docker: bool,
+
+    /// The Docker Engine to follow (implies --docker): unix:///PATH,
+    /// tcp://HOST:PORT or http://HOST:PORT.
+    #[arg(long, value_name = "URL", value_parser = parse_docker_host)]
+    pub docker_host: Option<DockerHost>,
 
     /// This node's name, for `nodeName` and the `Local` traffic policies.
     #[arg(long, value_name = "NAME")]
@@ -190,6 +203,8 @@ impl RunArgs {
                     node_port_range: self.node_port_range,
                     service_cidrs: self.service_cidr,
                 },
+                docker: (self.docker || self.docker_host.is_some())
+                    .then(|| DockerHost::choose(self.docker_host)),
             },
             metrics_addr: self.metrics_addr,
             control_socket: self.control_socket,
@@ -251,6 +266,10 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+}
+
+fn parse_docker_host(s: &str) -> Result<DockerHost, String> {
     s.parse()
 }
 
@@ -404,7 +423,8 @@ mod tests {
             "--control-socket /run/x.sock --bpffs-dir /sys/fs/bpf/x ",
             "--keep-datapath --datapath-variant 1 --max-frontends 10 ",
             "--max-backends 20 --conntrack-entries 100 --tcp-timeout 1h ",
-            "--tcp-syn-timeout 5s --tcp-closing-timeout 2s --udp-timeout 30s",
+            "--tcp-syn-timeout 5s --tcp-closing-timeout 2s --udp-timeout 30s ",
+            "--docker-host unix:///run/pm-docker.sock",
         );
         let cli = Cli::try_parse_from(std::iter::once("portmap").chain(line.split_whitespace()))
             .expect("the command line parses");
@@ -427,6 +447,10 @@ mod tests {
         assert_eq!(
             c.sources.node.service_cidrs,
             ["10.0.0.0/16".parse().unwrap()]
+        );
+        assert_eq!(
+            c.sources.docker.as_ref().map(DockerHost::as_str),
+            Some("unix:///run/pm-docker.sock")
         );
         assert_eq!(c.metrics_addr, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(c.xdp_mode, XdpMode::Generic);

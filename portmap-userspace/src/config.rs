@@ -1,5 +1,6 @@
 //! Where the desired state comes from: `-p` specs and Kubernetes manifest
-//! files, merged and checked as one. Manifest files are watched: a change is
+//! files, merged and checked as one (Docker's containers are added to them
+//! one by one: `docker::compose`). Manifest files are watched: a change is
 //! read, translated and checked as a whole before anything is applied, so a
 //! bad edit leaves the last good state in force.
 
@@ -12,6 +13,7 @@ use std::{
 use anyhow::Result;
 
 use crate::{
+    docker::DockerHost,
     k8s::{self, Assignments, NodeConfig},
     model::{Cidr, DesiredState, PublishSpec},
 };
@@ -24,6 +26,8 @@ pub struct Sources {
     pub allow_from: Vec<Cidr>,
     pub manifests: Vec<PathBuf>,
     pub node: NodeConfig,
+    /// `--docker`: the Docker Engine whose containers' ports are published.
+    pub docker: Option<DockerHost>,
 }
 
 /// A desired state, with what was assigned and what was worth saying.
@@ -121,6 +125,7 @@ mod tests {
             allow_from: Vec::new(),
             manifests: vec![file.clone()],
             node: NodeConfig::default(),
+            docker: None,
         };
         let err = sources.load(None).unwrap_err().to_string();
         assert!(err.contains("*:30080/tcp is published twice"), "{err}");

@@ -24,12 +24,13 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use portmap_testkit::lock;
 
-use self::tasks::{follow_interfaces, maintain};
+use self::tasks::{follow_docker, follow_interfaces, maintain};
 pub use self::validate::{Input, InvalidInput};
 use crate::{
     config::Sources,
     control,
     dataplane::{Attached, Dataplane, Limits, PinDir, SockAttached, XdpMode, default_cgroup},
+    docker::Follower,
     metrics,
     model::{DesiredState, HostAddr},
     netlink::LinkWatch,
@@ -232,8 +233,20 @@ pub fn run(config: Config, until: Until) -> Result<(), RunError> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let reloader = Reloader::new(config.sources.clone(), &loaded);
-    Ok(runtime.block_on(serve(config, until, loaded.desired, reloader))?)
+    // The engine is asked before anything is touched: one that cannot be
+    // reached is an error naming its address.
+    let docker = match &config.sources.docker {
+        Some(host) => Some(runtime.block_on(Follower::connect(host.clone()))?),
+        None => None,
+    };
+    let mut reloader = Reloader::new(config.sources.clone(), &loaded);
+    let desired = reloader.start_with(
+        docker
+            .as_ref()
+            .map(Follower::containers)
+            .unwrap_or_default(),
+    );
+    Ok(runtime.block_on(serve(config, until, desired, reloader, docker))?)
 }
 
 async fn serve(
@@ -241,6 +254,7 @@ async fn serve(
     until: Until,
     desired: DesiredState,
     reloader: Reloader,
+    docker: Option<Follower>,
 ) -> Result<()> {
     // Sockets first: if one cannot be bound, nothing has been attached yet.
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_addr)
@@ -250,7 +264,7 @@ async fn serve(
         .with_context(|| format!("--control-socket {}", config.control_socket.display()))?;
     let socket_path = config.control_socket.clone();
     let listeners = (metrics_listener, control_listener);
-    let result = publish_and_wait(config, until, desired, reloader, listeners).await;
+    let result = publish_and_wait(config, until, desired, (reloader, docker), listeners).await;
     let _ = std::fs::remove_file(&socket_path);
     result
 }
@@ -259,7 +273,7 @@ async fn publish_and_wait(
     config: Config,
     until: Until,
     desired: DesiredState,
-    reloader: Reloader,
+    (reloader, docker): (Reloader, Option<Follower>),
     (metrics_listener, control_listener): (tokio::net::TcpListener, tokio::net::UnixListener),
 ) -> Result<()> {
     // Subscribed before attaching: an interface that goes while the daemon
@@ -295,7 +309,14 @@ async fn publish_and_wait(
     for svc in &desired.services {
         for fe in &svc.frontends {
             let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
-            info!("published {fe} -> {}", backends.join(", "));
+            let container = match svc.container.as_str() {
+                "" => String::new(),
+                name => format!(" (container {name})"),
+            };
+            match backends.as_slice() {
+                [] => info!("published {fe}, refusing new flows{container}"),
+                _ => info!("published {fe} -> {}{container}", backends.join(", ")),
+            }
         }
     }
     info!(
@@ -311,8 +332,14 @@ async fn publish_and_wait(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(metrics::serve(metrics_listener, registry));
     tasks.spawn(control::serve(control_listener, dataplane.clone()));
-    tasks.spawn(maintain(dataplane.clone(), reloader));
+    let reloader = Arc::new(Mutex::new(reloader));
+    tasks.spawn(maintain(dataplane.clone(), reloader.clone()));
     tasks.spawn(follow_interfaces(dataplane.clone(), links));
+    if let Some(docker) = docker {
+        let (tx, rx) = tokio::sync::watch::channel(docker.containers());
+        tasks.spawn(docker.run(tx));
+        tasks.spawn(follow_docker(dataplane.clone(), reloader, rx));
+    }
 
     let outcome = tokio::select! {
         why = stopped.wait() => { info!("{why}: detaching"); Ok(()) }
@@ -431,6 +458,7 @@ pub(crate) mod tests {
                 allow_from: Vec::new(),
                 manifests: Vec::new(),
                 node: NodeConfig::default(),
+                docker: None,
             },
             metrics_addr: "127.0.0.1:9640".parse().unwrap(),
             control_socket: "/run/portmap.sock".into(),

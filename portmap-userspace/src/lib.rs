@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod docker;
 pub mod fuzz_checks;
 pub mod k8s;
 #[cfg(test)]

@@ -68,6 +68,7 @@ impl Families {
                     ("frontend", fe.frontend.clone()),
                     ("service", svc.service.clone()),
                     ("port_name", svc.port_name.clone()),
+                    ("container", svc.container.clone()),
                 ];
                 add_both_ways(&mut f.packets, &mut f.bytes, &base, &fe.counters);
             }
@@ -76,6 +77,7 @@ impl Families {
                     ("backend", be.backend.clone()),
                     ("service", svc.service.clone()),
                     ("port_name", svc.port_name.clone()),
+                    ("container", svc.container.clone()),
                 ];
                 add_both_ways(
                     &mut f.backend_packets,

@@ -230,6 +230,9 @@ pub struct Service {
     pub name: String,
     /// The `port_name` label.
     pub port_name: String,
+    /// The `container` label: the Docker container that publishes it
+    /// (empty for `-p` mappings and Kubernetes Services).
+    pub container: String,
     pub frontends: Vec<Frontend>,
     pub endpoints: Vec<Endpoint>,
     /// `sessionAffinity: ClientIP` timeout in seconds.
@@ -277,6 +280,7 @@ impl DesiredState {
                     key: format!("-p {text} ({frontend})"),
                     name: String::new(),
                     port_name: String::new(),
+                    container: String::new(),
                     frontends: vec![frontend],
                     endpoints: vec![Endpoint {
                         addr: spec.backend,

@@ -2,19 +2,27 @@
 //! desired state is built and checked whole, then applied as a diff. If it
 //! fails anywhere before the apply, the last good state stays in force and the
 //! error (file, object, field, value) goes to the log and the metrics.
+//! Docker's containers reach the same apply: whenever they change, they are
+//! composed with the last good state of `-p` and the manifests, and what
+//! each container now publishes or withdraws is logged.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
 };
 
 use anyhow::Result;
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::{
     config::{Loaded, Sources},
     dataplane::Dataplane,
+    docker::{Composed, Container, Published, compose},
     k8s::Assignments,
+    model::DesiredState,
 };
 
 /// Outcome counters of reloads, for the metrics.
@@ -32,6 +40,14 @@ pub struct Reloader {
     assignments: Assignments,
     fingerprint: u64,
     pub status: Arc<ReloadStatus>,
+    /// The desired state of `-p` and the manifests, as last loaded.
+    base: DesiredState,
+    /// Docker's containers as last seen (none without `--docker`).
+    containers: Vec<Container>,
+    /// What the containers publish, as last applied.
+    published: Published,
+    /// Containers refused, as last said.
+    refused: BTreeMap<String, String>,
 }
 
 impl Reloader {
@@ -44,6 +60,31 @@ impl Reloader {
             sources,
             assignments: loaded.assignments.clone(),
             status: Arc::new(status),
+            base: loaded.desired.clone(),
+            containers: Vec::new(),
+            published: Published::default(),
+            refused: BTreeMap::new(),
+        }
+    }
+
+    /// The desired state to start with: the loaded one and `containers`'
+    /// ports (refused containers said in the log).
+    pub fn start_with(&mut self, containers: Vec<Container>) -> DesiredState {
+        self.containers = containers;
+        let composed = compose(&self.base, &self.containers);
+        self.published = published(&composed, &[]);
+        self.say_refused(&composed);
+        composed.desired
+    }
+
+    /// Applies what Docker's containers now ask for.
+    pub fn containers_changed(&mut self, containers: Vec<Container>, dataplane: &Mutex<Dataplane>) {
+        if containers == self.containers {
+            return;
+        }
+        self.containers = containers;
+        if let Err(e) = self.apply(dataplane) {
+            warn!("applying the containers' ports: {e:#}");
         }
     }
 
@@ -79,15 +120,30 @@ impl Reloader {
         for w in &loaded.warnings {
             warn!("{w}");
         }
-        let mut dp = portmap_testkit::lock(dataplane);
-        let report = dp.apply(&loaded.desired)?;
-        drop(dp);
+        self.base = loaded.desired;
+        let result = self.apply(dataplane);
         for line in loaded.assignments.describe() {
             if !self.assignments.describe().contains(&line) {
                 info!("{line}");
             }
         }
         self.assignments = loaded.assignments;
+        result
+    }
+
+    /// Applies the last loaded state with the containers' ports; says what
+    /// the containers now publish, and which are refused. Returns how many
+    /// services were applied.
+    fn apply(&mut self, dataplane: &Mutex<Dataplane>) -> Result<usize> {
+        let composed = compose(&self.base, &self.containers);
+        let report = portmap_testkit::lock(dataplane).apply(&composed.desired)?;
+        let failed: Vec<&str> = report.failed.iter().map(|(key, _)| key.as_str()).collect();
+        let published = published(&composed, &failed);
+        for line in self.published.changes(&published) {
+            info!("{line}");
+        }
+        self.published = published;
+        self.say_refused(&composed);
         if !report.is_complete() {
             // The rest is applied; each of these keeps what it had.
             for (key, why) in &report.failed {
@@ -96,9 +152,34 @@ impl Reloader {
             anyhow::bail!(
                 "{} of {} services could not be applied",
                 report.failed.len(),
-                loaded.desired.services.len()
+                composed.desired.services.len()
             );
         }
-        Ok(loaded.desired.services.len())
+        Ok(composed.desired.services.len())
     }
+
+    /// Says, once, each container newly refused (or refused for another
+    /// reason).
+    fn say_refused(&mut self, composed: &Composed) {
+        for (label, why) in &composed.refused {
+            if self.refused.get(label) != Some(why) {
+                error!("container {label}: {why}");
+            }
+        }
+        self.refused.clone_from(&composed.refused);
+    }
+}
+
+/// What each container publishes in `composed`, but for the services that
+/// `failed` to apply.
+fn published(composed: &Composed, failed: &[&str]) -> Published {
+    let mut published = Published::default();
+    for svc in &composed.desired.services {
+        if let Some(label) = composed.container_of.get(&svc.key)
+            && !failed.contains(&svc.key.as_str())
+        {
+            published.insert(label, std::slice::from_ref(svc));
+        }
+    }
+    published
 }

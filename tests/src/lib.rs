@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cgroup;
 pub mod client;
 pub mod daemon;
+pub mod docker;
 pub mod kube;
 pub mod load;
 pub mod metrics;

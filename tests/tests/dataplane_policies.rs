@@ -26,6 +26,7 @@ fn service(key: &str, frontends: &[(&str, u16, Protocol)], endpoints: &[&str]) -
         key: key.into(),
         name: format!("default/{key}"),
         port_name: String::new(),
+        container: String::new(),
         frontends: frontends
             .iter()
             .map(|(addr, port, proto)| Frontend {

@@ -1,6 +1,6 @@
 //! What runs beside the servers while the daemon is up: following the
-//! interfaces, and periodic upkeep (node addresses, manifest reloads,
-//! conntrack garbage collection).
+//! interfaces and Docker's containers, and periodic upkeep (node addresses,
+//! manifest reloads, conntrack garbage collection).
 
 use std::{
     sync::{Arc, Mutex},
@@ -10,10 +10,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use log::{info, warn};
 use portmap_testkit::lock;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use crate::{
     dataplane::{Dataplane, InterfaceChange, MapUsage},
+    docker::Container,
     netlink::LinkWatch,
     node_addrs::node_addresses,
     reload::Reloader,
@@ -81,10 +85,30 @@ fn log_change(change: InterfaceChange) {
     }
 }
 
+/// Applies the ports of Docker's containers each time the follower sees
+/// them change (a burst of changes is applied once, as it stands at the end).
+pub(super) async fn follow_docker(
+    dataplane: Arc<Mutex<Dataplane>>,
+    reloader: Arc<Mutex<Reloader>>,
+    mut containers: watch::Receiver<Vec<Container>>,
+) -> Result<()> {
+    loop {
+        containers
+            .changed()
+            .await
+            .context("the Docker follower stopped")?;
+        let now = containers.borrow_and_update().clone();
+        let (dp, reloader) = (dataplane.clone(), reloader.clone());
+        tokio::task::spawn_blocking(move || lock(&reloader).containers_changed(now, &dp)).await?;
+    }
+}
+
 /// Keeps node addresses current, reloads changed manifests (and on SIGHUP),
 /// and collects conntrack garbage, warning when a map runs full.
-pub(super) async fn maintain(dataplane: Arc<Mutex<Dataplane>>, reloader: Reloader) -> Result<()> {
-    let reloader = Arc::new(Mutex::new(reloader));
+pub(super) async fn maintain(
+    dataplane: Arc<Mutex<Dataplane>>,
+    reloader: Arc<Mutex<Reloader>>,
+) -> Result<()> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut reload_tick = tokio::time::interval(RELOAD_INTERVAL);
     let mut addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);

@@ -419,6 +419,7 @@ pub(crate) fn service(key: &str, frontends: &[Frontend], endpoints: &[Endpoint])
         key: key.into(),
         name: "default/web".into(),
         port_name: "http".into(),
+        container: String::new(),
         frontends: frontends.to_vec(),
         endpoints: endpoints.to_vec(),
         affinity_timeout_s: None,

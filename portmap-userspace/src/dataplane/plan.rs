@@ -283,6 +283,7 @@ impl Applied {
         // Labels only: no map holds them.
         applied.name.clone_from(&svc.name);
         applied.port_name.clone_from(&svc.port_name);
+        applied.container.clone_from(&svc.container);
         let service_id = applied.service_id;
 
         // 1. Backends, as this plan leaves them (an endpoint listed twice is

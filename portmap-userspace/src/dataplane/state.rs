@@ -124,6 +124,7 @@ pub(crate) struct AppliedService {
     pub service_id: u32,
     pub name: String,
     pub port_name: String,
+    pub container: String,
     /// The frontends holding an id: published with this value, or, when a
     /// retirement was cut short by a failed write, unpublished already (the
     /// next apply finishes it).
@@ -148,6 +149,7 @@ impl AppliedService {
             service_id,
             name: name.to_string(),
             port_name: port_name.to_string(),
+            container: String::new(),
             frontends: BTreeMap::new(),
             backends: BTreeMap::new(),
             table: None,

@@ -54,6 +54,9 @@ pub struct ServiceStats {
     pub key: String,
     pub service: String,
     pub port_name: String,
+    /// The Docker container publishing it (empty for others).
+    #[serde(default)]
+    pub container: String,
     pub frontends: Vec<FrontendStats>,
     pub backends: Vec<BackendStats>,
 }
@@ -121,6 +124,7 @@ impl Applied {
                 key: key.clone(),
                 service: svc.name.clone(),
                 port_name: svc.port_name.clone(),
+                container: svc.container.clone(),
                 frontends,
                 backends,
             });

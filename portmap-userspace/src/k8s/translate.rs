@@ -236,6 +236,7 @@ impl<'a> Units<'a> {
                 key: unit_key(plan, port, family, scope),
                 name: plan.id.clone(),
                 port_name: port.name.clone(),
+                container: String::new(),
                 frontends: list,
                 endpoints,
                 affinity_timeout_s: plan.affinity_timeout_s,

@@ -24,6 +24,7 @@ pub(crate) fn service(
         key: key.into(),
         name: String::new(),
         port_name: String::new(),
+        container: String::new(),
         frontends: frontends
             .iter()
             .map(|(addr, port, proto)| Frontend {
@@ -269,6 +270,7 @@ impl World {
                 key: format!("svc{i}"),
                 name: String::new(),
                 port_name: String::new(),
+                container: String::new(),
                 frontends,
                 endpoints,
                 affinity_timeout_s: s.affinity,
