@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
     config::Sources,
+    locality::Masquerade,
     control,
     daemon::{self, Input, InvalidInput, RunError, SocketLb, Timeouts, Until},
     dataplane::{DEFAULT_PIN_DIR, Limits, XdpMode},
@@ -91,6 +92,18 @@ pub struct RunArgs {
     /// Range nodePorts are assigned from when a Service leaves them out.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
     pub node_port_range: std::ops::RangeInclusive<u16>,
+
+    /// Source ports of flows SNATed towards backends on other nodes (per
+    /// backend address and port). Keep it clear of the NodePort range and of
+    /// `net.ipv4.ip_local_port_range`.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "61000-65535", value_parser = parse_port_range)]
+    pub snat_port_range: std::ops::RangeInclusive<u16>,
+
+    /// SNAT every new flow, to backends on this node too (kube-proxy's
+    /// `--masquerade-all`); `externalTrafficPolicy: Local` still keeps the
+    /// client's address.
+    #[arg(long)]
+    pub masquerade_all: bool,
 
     /// Range ClusterIPs are assigned from when a Service leaves them out
     /// (repeatable; one per family).
@@ -189,6 +202,10 @@ impl RunArgs {
                     node_ips: self.node_ip,
                     node_port_range: self.node_port_range,
                     service_cidrs: self.service_cidr,
+                },
+                masquerade: Masquerade {
+                    all: self.masquerade_all,
+                    ports: self.snat_port_range,
                 },
             },
             metrics_addr: self.metrics_addr,

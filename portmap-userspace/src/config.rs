@@ -13,6 +13,7 @@ use anyhow::Result;
 
 use crate::{
     k8s::{self, Assignments, NodeConfig},
+    locality::{self, KernelRoutes, Masquerade},
     model::{Cidr, DesiredState, PublishSpec},
 };
 
@@ -24,6 +25,8 @@ pub struct Sources {
     pub allow_from: Vec<Cidr>,
     pub manifests: Vec<PathBuf>,
     pub node: NodeConfig,
+    /// Which flows are SNATed towards their backends (see `locality`).
+    pub masquerade: Masquerade,
 }
 
 /// A desired state, with what was assigned and what was worth saying.
@@ -64,6 +67,12 @@ impl Sources {
             (t.assignments, t.warnings)
         };
         desired.validate()?;
+        let mut warnings = warnings;
+        warnings.extend(locality::resolve(
+            &mut desired,
+            &self.masquerade,
+            &mut KernelRoutes,
+        ));
         Ok(Loaded {
             desired,
             assignments,
@@ -121,6 +130,7 @@ mod tests {
             allow_from: Vec::new(),
             manifests: vec![file.clone()],
             node: NodeConfig::default(),
+            masquerade: Masquerade::default(),
         };
         let err = sources.load(None).unwrap_err().to_string();
         assert!(err.contains("*:30080/tcp is published twice"), "{err}");

@@ -98,6 +98,8 @@ impl Config {
             } else {
                 DP_FAST_PATH
             },
+            snat_port_min: *self.sources.masquerade.ports.start(),
+            snat_port_max: *self.sources.masquerade.ports.end(),
             ..DatapathConfig::default()
         }
     }
@@ -431,6 +433,7 @@ pub(crate) mod tests {
                 allow_from: Vec::new(),
                 manifests: Vec::new(),
                 node: NodeConfig::default(),
+                masquerade: Default::default(),
             },
             metrics_addr: "127.0.0.1:9640".parse().unwrap(),
             control_socket: "/run/portmap.sock".into(),

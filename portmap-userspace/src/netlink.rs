@@ -8,6 +8,10 @@
 //! extra dependency tree for them, and aya (which speaks netlink the same way
 //! internally) exposes no API for either.
 
+mod route;
+
+pub use route::{Route, route_to};
+
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
