@@ -17,7 +17,7 @@ use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use portmap_common::abi::{
     BACKEND_UNUSED, Backend, CT_F_SNAT, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING,
     CT_STATE_ESTABLISHED, CT_STATE_NEW, CtKey, CtValue, DatapathConfig, DatapathEvent,
-    FrontendValue, PROTO_TCP, RawAddr, REFRESH_INTERVAL_NS,
+    FrontendValue, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
 };
 
 use crate::{

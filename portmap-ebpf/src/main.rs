@@ -51,8 +51,6 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
-mod xlate;
-#[cfg(target_arch = "bpf")]
 mod reject;
 #[cfg(target_arch = "bpf")]
 mod reply;
@@ -60,6 +58,8 @@ mod reply;
 mod snat;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod xlate;
 
 #[cfg(target_arch = "bpf")]
 use aya_ebpf::{

@@ -26,9 +26,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use portmap_common::abi::{
-    AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, EVENT_SLOTS, FrontendKey,
-    FrontendValue, MaglevBlock, NodeAddrKey, SockRevKey, SockRevValue, SourceRangeKey,
-    SnatValue, TrafficCounters,
+    AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, EVENT_SLOTS,
+    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SnatValue, SockRevKey, SockRevValue,
+    SourceRangeKey, TrafficCounters,
 };
 
 /// Frontends: where clients send. A frontend on all node addresses has an

@@ -22,8 +22,7 @@ use aya_ebpf::{
 use portmap_common::{
     abi::{
         Backend, CT_F_SNAT, CT_REPLY, CT_REQUEST, CtKey, CtValue, DIR_REPLY, DatapathConfig,
-        DatapathEvent, NAT_SNAT,
-        RawAddr, SnatValue,
+        DatapathEvent, NAT_SNAT, RawAddr, SnatValue,
     },
     hash::flow_hash,
 };

@@ -9,12 +9,12 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
     config::Sources,
-    locality::Masquerade,
     control,
     daemon::{self, Input, InvalidInput, RunError, SocketLb, Timeouts, Until},
     dataplane::{DEFAULT_PIN_DIR, Limits, XdpMode},
     k8s::NodeConfig,
     list,
+    locality::Masquerade,
     model::{Cidr, PublishSpec},
 };
 

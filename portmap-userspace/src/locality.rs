@@ -117,9 +117,19 @@ mod tests {
             let s = dst.to_string();
             let source = Some("198.18.1.1".parse().unwrap());
             Ok(if s == "198.18.1.1" {
-                Some(Route { gateway: None, source, local: true, oif: Some(1) })
+                Some(Route {
+                    gateway: None,
+                    source,
+                    local: true,
+                    oif: Some(1),
+                })
             } else if s.starts_with("198.18.1.") {
-                Some(Route { gateway: None, source, local: false, oif: Some(2) })
+                Some(Route {
+                    gateway: None,
+                    source,
+                    local: false,
+                    oif: Some(2),
+                })
             } else if s.starts_with("10.244.") {
                 Some(Route {
                     gateway: Some("198.18.1.254".parse().unwrap()),
@@ -203,6 +213,9 @@ mod tests {
         let warnings = resolve(&mut d, &Masquerade::default(), &mut Table);
         assert_eq!(snat_of(&d), vec![None]);
         assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("203.0.113.9:80 of svc"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("203.0.113.9:80 of svc"),
+            "{warnings:?}"
+        );
     }
 }

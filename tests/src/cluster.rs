@@ -33,23 +33,33 @@ pub const PODS_PER_NODE: usize = 2;
 
 pub fn node_ip(node: usize, v6: bool) -> IpAddr {
     if v6 {
-        format!("2001:db8:100::{}", node + 1).parse().expect("address")
+        format!("2001:db8:100::{}", node + 1)
+            .parse()
+            .expect("address")
     } else {
         format!("198.18.100.{}", node + 1).parse().expect("address")
     }
 }
 
 pub fn client_ip(v6: bool) -> IpAddr {
-    if v6 { "2001:db8:100::100" } else { "198.18.100.100" }
-        .parse()
-        .expect("address")
+    if v6 {
+        "2001:db8:100::100"
+    } else {
+        "198.18.100.100"
+    }
+    .parse()
+    .expect("address")
 }
 
 pub fn pod_ip(node: usize, pod: usize, v6: bool) -> IpAddr {
     if v6 {
-        format!("2001:db8:2:{node}::{}", pod + 2).parse().expect("address")
+        format!("2001:db8:2:{node}::{}", pod + 2)
+            .parse()
+            .expect("address")
     } else {
-        format!("198.19.{}.{}", 10 + node, pod + 2).parse().expect("address")
+        format!("198.19.{}.{}", 10 + node, pod + 2)
+            .parse()
+            .expect("address")
     }
 }
 
@@ -102,7 +112,11 @@ impl Cluster {
         attach("uc", &cluster.client)?;
         for v6 in [false, true] {
             let plen = if v6 { 64 } else { 24 };
-            addr(&cluster.client, &format!("{}/{plen}", client_ip(v6)), UNDERLAY_IF)?;
+            addr(
+                &cluster.client,
+                &format!("{}/{plen}", client_ip(v6)),
+                UNDERLAY_IF,
+            )?;
         }
         for (i, node_name) in NODE_NAMES.iter().enumerate() {
             let node = Netns::new(&name(&node_name.replace("node-", "n")))?;
@@ -133,7 +147,14 @@ impl Cluster {
                     let plen = if v6 { 64 } else { 24 };
                     addr(&pod, &format!("{}/{plen}", pod_ip(i, p, v6)), "eth0")?;
                     let family = if v6 { "-6" } else { "-4" };
-                    pod.ip(&[family, "route", "add", "default", "via", &pod_gateway(i, v6)])?;
+                    pod.ip(&[
+                        family,
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &pod_gateway(i, v6),
+                    ])?;
                 }
                 pods.push(pod);
             }

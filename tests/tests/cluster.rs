@@ -50,13 +50,23 @@ fn servers(cluster: &Cluster) -> Vec<Server> {
 /// http 80 → `HTTP` (nodePort `node_port`), dns 53 → `DNS` (UDP, nodePort
 /// `node_port + 1`) and bulk 81 → `BULK` (nodePort `node_port + 2`), with
 /// the endpoints `pods` ((node, pod) pairs).
-fn service(name: &str, cluster_ip: u8, node_port: u16, extra: &str, pods: &[(usize, usize)]) -> String {
+fn service(
+    name: &str,
+    cluster_ip: u8,
+    node_port: u16,
+    extra: &str,
+    pods: &[(usize, usize)],
+) -> String {
     let svc = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n{extra}  clusterIP: 198.18.128.{cluster_ip}\n  clusterIPs: [198.18.128.{cluster_ip}, \"2001:db8:ffff::{cluster_ip}\"]\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  ports:\n  - {{name: http, port: 80, targetPort: {HTTP}, nodePort: {node_port}, protocol: TCP}}\n  - {{name: dns, port: 53, targetPort: {DNS}, nodePort: {}, protocol: UDP}}\n  - {{name: bulk, port: 81, targetPort: {BULK}, nodePort: {}, protocol: TCP}}\n",
         node_port + 1,
         node_port + 2
     );
-    let ports = [("http", HTTP, "TCP"), ("dns", DNS, "UDP"), ("bulk", BULK, "TCP")];
+    let ports = [
+        ("http", HTTP, "TCP"),
+        ("dns", DNS, "UDP"),
+        ("bulk", BULK, "TCP"),
+    ];
     let mut docs = vec![svc];
     for v6 in [false, true] {
         let endpoints: Vec<Ep> = pods
@@ -147,7 +157,10 @@ fn remote_endpoints_are_reached_through_snat_local_ones_keep_the_client() {
         )
         .unwrap_or_else(|e| panic!("download through node a (v6 {v6}): {e:#}"));
         assert_eq!(fetched.bytes, blob.size);
-        assert_eq!(fetched.sha256, blob.sha256, "content through SNAT (v6 {v6})");
+        assert_eq!(
+            fetched.sha256, blob.sha256,
+            "content through SNAT (v6 {v6})"
+        );
     }
 
     let node_a = &cluster.nodes[0];
@@ -158,19 +171,34 @@ fn remote_endpoints_are_reached_through_snat_local_ones_keep_the_client() {
         let labels = [("backend", backend.as_str()), ("snat_from", from.as_str())];
         assert_eq!(m.sum("portmap_backend_snat", &labels), 1.0, "{backend}");
         assert!(
-            m.sum("portmap_backend_packets_total", &[("backend", backend.as_str()), ("direction", "reply")]) > 0.0,
+            m.sum(
+                "portmap_backend_packets_total",
+                &[("backend", backend.as_str()), ("direction", "reply")]
+            ) > 0.0,
             "replies of {backend} counted on node a"
         );
     }
-    assert_eq!(m.sum("portmap_datapath_events_total", &[("event", "snat_exhausted")]), 0.0);
+    assert_eq!(
+        m.sum(
+            "portmap_datapath_events_total",
+            &[("event", "snat_exhausted")]
+        ),
+        0.0
+    );
     // Node b's own endpoint is not SNATed there.
     let m = pms[1].metrics(&cluster.nodes[1]).unwrap();
     let backend = SocketAddr::new(pod_ip(1, 0, false), HTTP).to_string();
     assert_eq!(
-        m.sum("portmap_backend_snat", &[("backend", backend.as_str()), ("snat_from", "")]),
+        m.sum(
+            "portmap_backend_snat",
+            &[("backend", backend.as_str()), ("snat_from", "")]
+        ),
         0.0
     );
-    assert!(m.has("portmap_backend_snat", &[("backend", backend.as_str()), ("snat_from", "")]));
+    assert!(m.has(
+        "portmap_backend_snat",
+        &[("backend", backend.as_str()), ("snat_from", "")]
+    ));
 }
 
 #[test]
@@ -196,7 +224,11 @@ fn local_traffic_policy_keeps_the_client_and_drops_without_a_local_endpoint() {
             // Even under --masquerade-all (node a): Local keeps the client.
             let answer = http_get(&cluster.client, at(node, v6, 30090)).unwrap();
             assert_eq!(served_by(&answer), format!("{}0", &NODE_NAMES[node][5..]));
-            assert_eq!(peer_seen(&answer).map(|p| p.ip()), Some(client_ip(v6)), "{answer}");
+            assert_eq!(
+                peer_seen(&answer).map(|p| p.ip()),
+                Some(client_ip(v6)),
+                "{answer}"
+            );
         }
         // Node c has no local endpoint: new flows are dropped there.
         assert!(
@@ -212,9 +244,10 @@ fn a_load_balancer_ip_spreads_over_pods_on_every_node() {
     let _servers = servers(&cluster);
     let manifests = ManifestDir::new("clb").unwrap();
     let every: Vec<(usize, usize)> = (0..3).flat_map(|n| (0..2).map(move |p| (n, p))).collect();
-    let lb = service("lb", 12, 30100, "", &every)
-        .replace("type: NodePort", "type: LoadBalancer\n  externalIPs: [198.18.200.2]")
-        + "";
+    let lb = service("lb", 12, 30100, "", &every).replace(
+        "type: NodePort",
+        "type: LoadBalancer\n  externalIPs: [198.18.200.2]",
+    ) + "";
     let lb = lb.replacen(
         "---\n",
         "status:\n  loadBalancer:\n    ingress: [{ip: 198.18.200.1}]\n---\n",
@@ -226,11 +259,23 @@ fn a_load_balancer_ip_spreads_over_pods_on_every_node() {
     // to node b.
     cluster
         .client
-        .ip(&["route", "add", "198.18.200.1/32", "via", &node_ip(0, false).to_string()])
+        .ip(&[
+            "route",
+            "add",
+            "198.18.200.1/32",
+            "via",
+            &node_ip(0, false).to_string(),
+        ])
         .unwrap();
     cluster
         .client
-        .ip(&["route", "add", "198.18.200.2/32", "via", &node_ip(1, false).to_string()])
+        .ip(&[
+            "route",
+            "add",
+            "198.18.200.2/32",
+            "via",
+            &node_ip(1, false).to_string(),
+        ])
         .unwrap();
     for (vip, node) in [("198.18.200.1", 0usize), ("198.18.200.2", 1)] {
         let to = SocketAddr::new(vip.parse().unwrap(), 80);
@@ -242,11 +287,19 @@ fn a_load_balancer_ip_spreads_over_pods_on_every_node() {
             // Pods on the node the client reached see the client; the others
             // see that node.
             let here = pod.starts_with(&NODE_NAMES[node][5..]);
-            let expected: IpAddr = if here { client_ip(false) } else { node_ip(node, false) };
+            let expected: IpAddr = if here {
+                client_ip(false)
+            } else {
+                node_ip(node, false)
+            };
             assert_eq!(peer, Some(expected), "{vip} → {pod}: {answer}");
             seen.insert(pod);
         }
-        assert_eq!(seen.len(), 6, "{vip}: every pod on every node serves: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            6,
+            "{vip}: every pod on every node serves: {seen:?}"
+        );
     }
 }
 
@@ -276,14 +329,22 @@ fn exhausted_snat_ports_refuse_new_flows_until_flows_end() {
     for conn in &mut held {
         let answer = conn.ask("hi").unwrap();
         let port = peer_seen(&answer).expect("peer").port();
-        assert!((62000..=62001).contains(&port), "SNAT port {port} of the range");
+        assert!(
+            (62000..=62001).contains(&port),
+            "SNAT port {port} of the range"
+        );
     }
     assert!(
         connect(&cluster.client, frontend).is_err(),
         "a third flow finds no free port"
     );
     let m = pms[0].metrics(node_a).unwrap();
-    assert!(m.sum("portmap_datapath_events_total", &[("event", "snat_exhausted")]) >= 1.0);
+    assert!(
+        m.sum(
+            "portmap_datapath_events_total",
+            &[("event", "snat_exhausted")]
+        ) >= 1.0
+    );
     // The established flows are unharmed.
     for conn in &mut held {
         assert_eq!(served_by(&conn.ask("still there?").unwrap()), "b0");
@@ -336,7 +397,12 @@ fn snated_flows_carry_on_across_a_kill_and_restart() {
         .collect();
     let udp: Vec<_> = [false, true]
         .iter()
-        .map(|v6| (udp_socket(&cluster.client, at(0, *v6, 30121)).unwrap(), at(0, *v6, 30121)))
+        .map(|v6| {
+            (
+                udp_socket(&cluster.client, at(0, *v6, 30121)).unwrap(),
+                at(0, *v6, 30121),
+            )
+        })
         .collect();
     let mut before = Vec::new();
     for conn in &mut conns {
@@ -379,13 +445,21 @@ fn snated_flows_carry_on_across_a_kill_and_restart() {
     assert_eq!(restarted.pins, pins);
     for (conn, peer) in conns.iter_mut().zip(&before) {
         let answer = conn.ask("after").unwrap();
-        assert_eq!(peer_seen(&answer), Some(*peer), "same SNAT port after restart");
+        assert_eq!(
+            peer_seen(&answer),
+            Some(*peer),
+            "same SNAT port after restart"
+        );
     }
     for v6 in [false, true] {
         let answer = http_get(&cluster.client, at(0, v6, 30120)).unwrap();
         assert_eq!(peer_seen(&answer).map(|p| p.ip()), Some(node_ip(0, v6)));
     }
-    assert!(restarted.logs().contains("adopted the dataplane"), "{}", restarted.logs());
+    assert!(
+        restarted.logs().contains("adopted the dataplane"),
+        "{}",
+        restarted.logs()
+    );
 }
 
 #[test]
@@ -399,28 +473,30 @@ fn a_pod_reaches_a_cluster_ip_whose_endpoint_is_on_another_node() {
     let b0 = [pod_ip(1, 0, false), pod_ip(1, 0, true)].map(|ip| SocketAddr::new(ip, BULK));
     let _nginx = Nginx::start(&cluster.pods[1][0], &b0, &root, &work).expect("nginx");
     let manifests = ManifestDir::new("clp").unwrap();
-    let svc = service("inner", 15, 30130, "", &[(1, 0)]).replace("type: NodePort", "type: ClusterIP");
-    let svc = svc.replace(
-        &format!(", nodePort: {}", 30130),
-        "",
-    );
+    let svc =
+        service("inner", 15, 30130, "", &[(1, 0)]).replace("type: NodePort", "type: ClusterIP");
+    let svc = svc.replace(&format!(", nodePort: {}", 30130), "");
     let svc = svc
         .replace(&format!(", nodePort: {}", 30131), "")
         .replace(&format!(", nodePort: {}", 30132), "");
     manifests.write("inner.yaml", &svc).unwrap();
-    // Node a translates what its pods send through their bridge (packet
-    // path), and the connects of processes in a cgroup (socket path).
+    // Node a translates what pod a0 sends, on the pod's veth (packet path),
+    // and the connects of processes in a cgroup (socket path).
     let cg = portmap_tests::cgroup::Cgroup::new("clp").unwrap();
     let pms = start_portmaps(
         &cluster,
         &manifests,
-        &[&["--iface", "pbr", "--cgroup", cg.arg()]],
+        &[&["--iface", "p0", "--cgroup", cg.arg()]],
     );
     let pod = &cluster.pods[0][0];
     for v6 in [false, true] {
-        let ip: IpAddr = if v6 { "2001:db8:ffff::15" } else { "198.18.128.15" }
-            .parse()
-            .unwrap();
+        let ip: IpAddr = if v6 {
+            "2001:db8:ffff::15"
+        } else {
+            "198.18.128.15"
+        }
+        .parse()
+        .unwrap();
         // Packet path: a socket of the pod, outside the cgroup.
         let answer = http_get(pod, SocketAddr::new(ip, 80)).unwrap();
         assert_eq!(served_by(&answer), "b0", "{answer}");
@@ -440,7 +516,10 @@ fn a_pod_reaches_a_cluster_ip_whose_endpoint_is_on_another_node() {
     }
     let m = pms[0].metrics(&cluster.nodes[0]).unwrap();
     assert!(
-        m.sum("portmap_datapath_events_total", &[("event", "flow_created")]) >= 2.0,
+        m.sum(
+            "portmap_datapath_events_total",
+            &[("event", "flow_created")]
+        ) >= 2.0,
         "the packet path created the pod's flows"
     );
 }

@@ -68,7 +68,9 @@ fn snat_source(lab: &Lab, client: SocketAddr) -> Option<SocketAddr> {
         let port = u16::from_be(k.sport);
         let is_client = k.direction == CT_REQUEST && port == client.port();
         (is_client && v.flags & CT_F_SNAT != 0).then(|| {
-            let ip: IpAddr = if client.is_ipv4() { SNAT4 } else { SNAT6 }.parse().unwrap();
+            let ip: IpAddr = if client.is_ipv4() { SNAT4 } else { SNAT6 }
+                .parse()
+                .unwrap();
             SocketAddr::new(ip, u16::from_be(v.snat_port))
         })
     })
@@ -160,7 +162,9 @@ fn exhausted_ports_refuse_new_flows_and_spare_the_others() {
     let client = |i: u16| SocketAddr::new("198.18.0.2".parse().unwrap(), 50000 + i);
     let mut taken = Vec::new();
     for i in 0..4 {
-        let (action, _) = lab.xdp(&packet(client(i), frontend, false, TCP_SYN)).unwrap();
+        let (action, _) = lab
+            .xdp(&packet(client(i), frontend, false, TCP_SYN))
+            .unwrap();
         assert_eq!(action, XDP_PASS);
         let from = snat_source(&lab, client(i)).expect("a port");
         assert!(!taken.contains(&from), "{from} given twice");
@@ -184,9 +188,7 @@ fn exhausted_ports_refuse_new_flows_and_spare_the_others() {
         assert_eq!(inspect(&back).dst, client(i as u16));
     }
     // UDP to the same backend port is another protocol: ports of its own.
-    let (action, _) = lab
-        .xdp(&packet(client(100), frontend, true, 0))
-        .unwrap();
+    let (action, _) = lab.xdp(&packet(client(100), frontend, true, 0)).unwrap();
     assert_eq!(action, XDP_PASS);
     assert!(snat_source(&lab, client(100)).is_some());
 }
@@ -195,9 +197,19 @@ fn exhausted_ports_refuse_new_flows_and_spare_the_others() {
 fn a_reply_to_a_port_nobody_holds_is_left_alone() {
     let lab = lab(61000..=65535);
     for stray in [
-        packet(sa("198.19.0.2:3000"), sa("198.18.9.1:61234"), false, TCP_ACK),
+        packet(
+            sa("198.19.0.2:3000"),
+            sa("198.18.9.1:61234"),
+            false,
+            TCP_ACK,
+        ),
         packet(sa("198.19.0.2:3000"), sa("198.18.9.1:22"), false, TCP_ACK),
-        packet(sa("[2001:db8:1::2]:3000"), sa("[2001:db8:9::1]:61234"), true, 0),
+        packet(
+            sa("[2001:db8:1::2]:3000"),
+            sa("[2001:db8:9::1]:61234"),
+            true,
+            0,
+        ),
     ] {
         let (verdict, out) = lab.tc_snat_reply(&stray).unwrap();
         assert_eq!(verdict, TC_NEXT);

@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
-    BACKEND_ACTIVE, BACKEND_UNUSED, Backend, BackendNat, FAMILY_V4, FRONTEND_GEN_FREE,
-    FrontendKey, FrontendValue, NAT_SNAT, PROTO_TCP, SOURCE_RANGE_KEY_BITS,
+    BACKEND_ACTIVE, BACKEND_UNUSED, Backend, BackendNat, FAMILY_V4, FRONTEND_GEN_FREE, FrontendKey,
+    FrontendValue, NAT_SNAT, PROTO_TCP, SOURCE_RANGE_KEY_BITS,
 };
 
 use super::{

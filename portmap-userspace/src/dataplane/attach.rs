@@ -23,9 +23,9 @@ use aya::{
 use log::{info, warn};
 
 use super::{
-    Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM, SNAT_REPLY_PROGRAM,
-    bpf_sys,
-    ifaces::{Followed, Role, if_index},
+    Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM,
+    SNAT_REPLY_PROGRAM, bpf_sys,
+    ifaces::{Followed, Role, if_index, if_name},
 };
 
 /// How the XDP program is attached (`--xdp-mode`).
@@ -187,7 +187,7 @@ impl Dataplane {
         let mode = self.attachments.xdp_mode;
         let how = match role {
             Role::Published => {
-                accept_local(name)?;
+                accept_local(name, ifindex)?;
                 self.attach_tc(&TC_INGRESS, name)?;
                 self.attach_tc(&TC_SNAT, name)?;
                 let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, name, mode)?;
@@ -401,6 +401,29 @@ fn leads_to(kind: &str, iface: &str, info: &bpf_sys::LinkInfo) -> Result<(), Str
     Ok(())
 }
 
+/// Lets `iface` take IPv4 packets whose source is one of this node's
+/// addresses. A request SNATed towards a backend on another node carries
+/// this node's address as its source, and when it goes on to the kernel the
+/// kernel would otherwise drop it as a martian. For a bridge port the check
+/// is made on the bridge (where the kernel routes what the port receives),
+/// so the bridge gets it too. IPv6 has no such check.
+fn accept_local(iface: &str, ifindex: u32) -> Result<()> {
+    let master = crate::netlink::master_of(ifindex)
+        .with_context(|| format!("reading {iface}'s master"))?
+        .and_then(if_name);
+    for dev in std::iter::once(iface.to_string()).chain(master) {
+        let path = format!("/proc/sys/net/ipv4/conf/{dev}/accept_local");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => std::fs::write(&path, "1").with_context(|| format!("setting {path} = 1"))?,
+            // No IPv4 on the interface: nothing to accept.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,21 +451,5 @@ mod tests {
         assert!(!severed(&Wrapped(std::io::Error::from_raw_os_error(
             libc::EPERM
         ))));
-    }
-}
-
-/// Lets `iface` take IPv4 packets whose source is one of this node's
-/// addresses. A request SNATed towards a backend on another node carries
-/// this node's address as its source, and when XDP passes it to the kernel
-/// (no fast path) the kernel would otherwise drop it as a martian. IPv6 has
-/// no such check.
-fn accept_local(iface: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-    match std::fs::read_to_string(&path) {
-        Ok(v) if v.trim() == "1" => Ok(()),
-        Ok(_) => std::fs::write(&path, "1").with_context(|| format!("setting {path} = 1")),
-        // No IPv4 on the interface: nothing to accept.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("reading {path}")),
     }
 }

@@ -87,6 +87,19 @@ pub(super) fn if_index(name: &str) -> Result<u32> {
     }
 }
 
+/// The name of interface `ifindex` in this namespace, if there is one.
+pub(super) fn if_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has room for IF_NAMESIZE bytes, as the call requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success the call wrote a NUL-terminated name into `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 impl Dataplane {
     /// The interfaces followed, and their indexes while attached.
     pub fn interfaces(&self) -> Vec<InterfaceStatus> {

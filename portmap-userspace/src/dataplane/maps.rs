@@ -14,8 +14,8 @@ use aya::{
     util::nr_cpus,
 };
 use portmap_common::abi::{
-    AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, FAMILY_V4, FAMILY_V6,
-    FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr,
+    AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, FAMILY_V4,
+    FAMILY_V6, FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr,
     SnatValue, SourceRangeKey, TrafficCounters,
 };
 

@@ -9,7 +9,10 @@ use std::{
     os::fd::AsRawFd as _,
 };
 
-use super::{NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, attributes, messages, nl_socket, recv, u32_at};
+use super::{
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, attributes, messages, nl_socket, recv,
+    u32_at,
+};
 
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
@@ -37,7 +40,9 @@ pub struct Route {
 fn ip_from(value: &[u8]) -> Option<IpAddr> {
     match value.len() {
         4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(value).ok()?))),
-        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(value).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(value).ok()?,
+        ))),
         _ => None,
     }
 }
