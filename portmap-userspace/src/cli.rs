@@ -15,6 +15,7 @@ use crate::{
     docker::DockerHost,
     k8s::NodeConfig,
     list,
+    locality::Masquerade,
     model::{Cidr, PublishSpec},
 };
 
@@ -104,6 +105,18 @@ pub struct RunArgs {
     /// Range nodePorts are assigned from when a Service leaves them out.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
     pub node_port_range: std::ops::RangeInclusive<u16>,
+
+    /// Source ports of flows SNATed towards backends on other nodes (per
+    /// backend address and port). Keep it clear of the NodePort range and of
+    /// `net.ipv4.ip_local_port_range`.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "61000-65535", value_parser = parse_port_range)]
+    pub snat_port_range: std::ops::RangeInclusive<u16>,
+
+    /// SNAT every new flow, to backends on this node too (kube-proxy's
+    /// `--masquerade-all`); `externalTrafficPolicy: Local` still keeps the
+    /// client's address.
+    #[arg(long)]
+    pub masquerade_all: bool,
 
     /// Range ClusterIPs are assigned from when a Service leaves them out
     /// (repeatable; one per family).
@@ -205,6 +218,10 @@ impl RunArgs {
                 },
                 docker: (self.docker || self.docker_host.is_some())
                     .then(|| DockerHost::choose(self.docker_host)),
+                masquerade: Masquerade {
+                    all: self.masquerade_all,
+                    ports: self.snat_port_range,
+                },
             },
             metrics_addr: self.metrics_addr,
             control_socket: self.control_socket,

@@ -15,6 +15,7 @@ use anyhow::Result;
 use crate::{
     docker::DockerHost,
     k8s::{self, Assignments, NodeConfig},
+    locality::{self, KernelRoutes, Masquerade},
     model::{Cidr, DesiredState, PublishSpec},
 };
 
@@ -28,6 +29,8 @@ pub struct Sources {
     pub node: NodeConfig,
     /// `--docker`: the Docker Engine whose containers' ports are published.
     pub docker: Option<DockerHost>,
+    /// Which flows are SNATed towards their backends (see `locality`).
+    pub masquerade: Masquerade,
 }
 
 /// A desired state, with what was assigned and what was worth saying.
@@ -68,6 +71,12 @@ impl Sources {
             (t.assignments, t.warnings)
         };
         desired.validate()?;
+        let mut warnings = warnings;
+        warnings.extend(locality::resolve(
+            &mut desired,
+            &self.masquerade,
+            &mut KernelRoutes,
+        ));
         Ok(Loaded {
             desired,
             assignments,
@@ -126,6 +135,7 @@ mod tests {
             manifests: vec![file.clone()],
             node: NodeConfig::default(),
             docker: None,
+            masquerade: Masquerade::default(),
         };
         let err = sources.load(None).unwrap_err().to_string();
         assert!(err.contains("*:30080/tcp is published twice"), "{err}");

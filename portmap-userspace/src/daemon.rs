@@ -99,6 +99,8 @@ impl Config {
             } else {
                 DP_FAST_PATH
             },
+            snat_port_min: *self.sources.masquerade.ports.start(),
+            snat_port_max: *self.sources.masquerade.ports.end(),
             ..DatapathConfig::default()
         }
     }
@@ -459,6 +461,7 @@ pub(crate) mod tests {
                 manifests: Vec::new(),
                 node: NodeConfig::default(),
                 docker: None,
+                masquerade: Default::default(),
             },
             metrics_addr: "127.0.0.1:9640".parse().unwrap(),
             control_socket: "/run/portmap.sock".into(),

@@ -12,6 +12,7 @@ pub mod k8s;
 #[cfg(test)]
 mod layers;
 pub mod list;
+pub mod locality;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

@@ -172,6 +172,36 @@ impl Collector for DataplaneCollector {
             snapshot.maps.iter().map(|m| (m.map.as_str(), m.capacity)),
         )?;
         let mut metric = encoder.encode_descriptor(
+            "portmap_backend_snat",
+            "1 if new flows to the backend are SNATed (a backend on another node, or --masquerade-all), from the address in snat_from; 0 if they keep the client's address.",
+            None,
+            MetricType::Gauge,
+        )?;
+        // A backend listed by several units of one Service (its ClusterIP and
+        // its nodePorts) is one series.
+        let mut snat: BTreeMap<[String; 4], bool> = BTreeMap::new();
+        for svc in &snapshot.services {
+            for be in &svc.backends {
+                let from = be.snat_from.map(|a| a.to_string()).unwrap_or_default();
+                let key = [
+                    be.backend.clone(),
+                    svc.service.clone(),
+                    svc.port_name.clone(),
+                    from,
+                ];
+                *snat.entry(key).or_default() |= be.snat_from.is_some();
+            }
+        }
+        for ([backend, service, port_name, from], on) in &snat {
+            let labels = [
+                ("backend", backend.as_str()),
+                ("service", service.as_str()),
+                ("port_name", port_name.as_str()),
+                ("snat_from", from.as_str()),
+            ];
+            ConstGauge::new(i64::from(*on)).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
             "portmap_interface_attached",
             "1 while the programs are attached to the interface (--iface, --backend-iface), 0 while it is gone; it is attached again when an interface of that name comes back.",
             None,

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod cgroup;
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod docker;
 pub mod kube;

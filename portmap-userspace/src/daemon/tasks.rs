@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use log::{info, warn};
+use portmap_common::abi::DatapathEvent;
 use portmap_testkit::lock;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -116,6 +117,8 @@ pub(super) async fn maintain(
     // has been measured, not as a 0 taken before any traffic.
     let mut gc_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + GC_INTERVAL, GC_INTERVAL);
+    // New flows refused for want of a SNAT port, as last seen.
+    let mut snat_refused = 0u64;
     loop {
         let dp = dataplane.clone();
         tokio::select! {
@@ -152,13 +155,25 @@ pub(super) async fn maintain(
                 let r = tokio::task::spawn_blocking(move || {
                     let mut dp = lock(&dp);
                     let report = dp.collect_garbage()?;
-                    Ok::<_, anyhow::Error>((report, dp.map_usage()))
+                    let refused = dp.event_total(DatapathEvent::SnatExhausted)?;
+                    Ok::<_, anyhow::Error>((report, dp.map_usage(), refused))
                 })
                 .await?;
                 match r {
-                    Ok((report, usage)) => {
+                    Ok((report, usage, refused)) => {
+                        if refused > snat_refused {
+                            warn!(
+                                "{} new flows to backends on other nodes refused since the last check: no free SNAT port (--snat-port-range; {} ports in use); counted as event=\"snat_exhausted\" in portmap_datapath_events_total",
+                                refused - snat_refused,
+                                report.snat_scanned - report.snat_removed
+                            );
+                        }
+                        snat_refused = refused;
                         if report.removed > 0 {
                             log::debug!("conntrack: removed {} of {} entries", report.removed, report.scanned);
+                        }
+                        if report.snat_removed > 0 {
+                            log::debug!("SNAT: freed {} of {} ports", report.snat_removed, report.snat_scanned);
                         }
                         warn_if_full(&usage);
                     }

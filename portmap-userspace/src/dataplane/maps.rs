@@ -14,9 +14,9 @@ use aya::{
     util::nr_cpus,
 };
 use portmap_common::abi::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, FAMILY_V4, FAMILY_V6,
-    FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr,
-    SourceRangeKey, TrafficCounters,
+    AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, FAMILY_V4,
+    FAMILY_V6, FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr,
+    SnatValue, SourceRangeKey, TrafficCounters,
 };
 
 use crate::model::{Frontend, HostAddr};
@@ -26,6 +26,8 @@ pub mod names {
     pub const FRONTENDS: &str = "FRONTENDS";
     pub const FRONTEND_GEN: &str = "FRONTEND_GEN";
     pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_NAT: &str = "BACKEND_NAT";
+    pub const SNAT: &str = "SNAT";
     pub const MAGLEV: &str = "MAGLEV";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
@@ -43,6 +45,8 @@ pub mod names {
         FRONTENDS,
         FRONTEND_GEN,
         BACKENDS,
+        BACKEND_NAT,
+        SNAT,
         MAGLEV,
         CONNTRACK,
         NODE_ADDRS,
@@ -61,6 +65,8 @@ pub struct Maps {
     pub frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     pub frontend_gen: Array<MapData, u32>,
     pub backends: Array<MapData, Backend>,
+    pub backend_nat: Array<MapData, BackendNat>,
+    pub snat: HashMap<MapData, CtKey, SnatValue>,
     pub maglev: MaglevPool,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub node_addrs: HashMap<MapData, NodeAddrKey, u32>,
@@ -97,6 +103,8 @@ impl Maps {
             frontends: typed!(ebpf, names::FRONTENDS),
             frontend_gen: typed!(ebpf, names::FRONTEND_GEN),
             backends: typed!(ebpf, names::BACKENDS),
+            backend_nat: typed!(ebpf, names::BACKEND_NAT),
+            snat: typed!(ebpf, names::SNAT),
             maglev,
             conntrack: typed!(ebpf, names::CONNTRACK),
             node_addrs: typed!(ebpf, names::NODE_ADDRS),

@@ -52,10 +52,13 @@ use self::{
 
 /// Capacity of `NODE_ADDRS`, as declared in the eBPF object.
 const NODE_ADDRS_CAPACITY: u64 = 1024;
+/// Entries of the `SNAT` map, as declared in `portmap-ebpf/src/maps.rs`.
+const SNAT_CAPACITY: u64 = 65_536;
 
 /// Names of the programs in the eBPF object.
 pub const INGRESS_PROGRAM: &str = "portmap_ingress";
 pub const INGRESS_TC_PROGRAM: &str = "portmap_ingress_tc";
+pub const SNAT_REPLY_PROGRAM: &str = "portmap_snat_reply";
 pub const EGRESS_PROGRAM: &str = "portmap_egress";
 pub const REPLY_PROGRAM: &str = "portmap_reply";
 
@@ -100,6 +103,8 @@ pub struct Dataplane {
     attachments: Attachments,
     /// Entries seen by the last conntrack walk (the map has no cheap count).
     conntrack_entries: Option<u64>,
+    /// SNAT ports taken, as of the last garbage collection.
+    snat_entries: Option<u64>,
     /// Services found pinned at load, from a previous daemon.
     adopted: usize,
 }
@@ -141,6 +146,7 @@ impl Dataplane {
             (names::FRONTEND_GEN, limits.frontends),
             (names::FRONTEND_STATS, limits.frontends),
             (names::BACKENDS, limits.backends),
+            (names::BACKEND_NAT, limits.backends),
             (names::BACKEND_STATS, limits.backends),
             (names::MAGLEV, maglev_blocks),
             (names::CONNTRACK, limits.conntrack),
@@ -187,6 +193,7 @@ impl Dataplane {
             applied,
             attachments: Attachments::new(pins),
             conntrack_entries: None,
+            snat_entries: None,
             adopted: 0,
         };
         if adopting {

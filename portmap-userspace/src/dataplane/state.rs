@@ -55,9 +55,14 @@ impl Applied {
         };
         match commit {
             Commit::Nothing => {}
-            Commit::BackendState { addr, state } => {
+            Commit::BackendState {
+                addr,
+                state,
+                snat_from,
+            } => {
                 if let Some(slot) = svc.backends.get_mut(&addr) {
                     slot.state = state;
+                    slot.snat_from = snat_from;
                 }
             }
             Commit::BackendAdded { addr, slot } => {
@@ -170,6 +175,8 @@ pub(crate) struct BackendSlot {
     pub id: u32,
     pub generation: u32,
     pub state: EndpointState,
+    /// SNAT from this address (`BACKEND_NAT`), or the client's address kept.
+    pub snat_from: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,10 +191,11 @@ pub(crate) struct AppliedTable {
 pub(crate) enum Commit {
     /// Nothing: the step prepares one that follows.
     Nothing,
-    /// A backend's new state is written.
+    /// A backend's new state (readiness, SNAT) is written.
     BackendState {
         addr: SocketAddr,
         state: EndpointState,
+        snat_from: Option<IpAddr>,
     },
     /// A backend is written under an id this plan allocated.
     BackendAdded {

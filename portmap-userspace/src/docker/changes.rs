@@ -79,7 +79,7 @@ impl Published {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Endpoint, EndpointState, HostAddr, Protocol, WhenEmpty};
+    use crate::model::{Endpoint, EndpointState, HostAddr, Placement, Protocol, WhenEmpty};
 
     fn service(fe: u16, backends: &[&str]) -> Service {
         Service {
@@ -98,6 +98,8 @@ mod tests {
                     addr: b.parse().unwrap(),
                     port: 3000,
                     state: EndpointState::Ready,
+                    placement: Placement::Unknown,
+                    snat_from: None,
                 })
                 .collect(),
             affinity_timeout_s: None,

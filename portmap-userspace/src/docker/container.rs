@@ -8,7 +8,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use bollard::models::ContainerInspectResponse;
 
-use crate::model::{Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service, WhenEmpty};
+use crate::model::{
+    Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Service, WhenEmpty,
+};
 
 /// One host port the engine published for a container: `HostIp:HostPort`
 /// → the container's `port/proto`.
@@ -175,6 +177,11 @@ impl Container {
                         addr,
                         port,
                         state: EndpointState::Ready,
+                        // A container's address is on one of this node's
+                        // bridges (or, with an overlay, wherever the route
+                        // says).
+                        placement: Placement::Unknown,
+                        snat_from: None,
                     })
                     .collect(),
                 affinity_timeout_s: None,

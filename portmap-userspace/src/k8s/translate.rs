@@ -10,7 +10,7 @@ use super::{
     error::{ManifestError, Source},
     plan::{self, Plan, PortPlan},
 };
-use crate::model::{self, DesiredState, Endpoint, Frontend, HostAddr, WhenEmpty};
+use crate::model::{self, DesiredState, Endpoint, Frontend, HostAddr, Placement, WhenEmpty};
 
 /// Which frontends of a Service port a unit holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +223,8 @@ impl<'a> Units<'a> {
                     addr: b.addr,
                     port: b.port,
                     state: b.state,
+                    placement: placement(local, b.node.as_deref(), here),
+                    snat_from: None,
                 })
                 .collect();
             // kube-proxy drops when only the Local policy left nothing, and
@@ -249,6 +251,18 @@ impl<'a> Units<'a> {
             });
         }
         Ok(())
+    }
+}
+
+/// Where an endpoint runs: a Local traffic policy keeps the client's
+/// address wherever it is; else its `nodeName` against `--node-name`, when
+/// both are known.
+fn placement(policy_local: bool, node: Option<&str>, here: Option<&str>) -> Placement {
+    match (node, here) {
+        _ if policy_local => Placement::KeepClient,
+        (Some(node), Some(here)) if node == here => Placement::Local,
+        (Some(_), Some(_)) => Placement::Remote,
+        _ => Placement::Unknown,
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) fn service(
                 addr: *addr,
                 port: *port,
                 state: *state,
+                placement: Placement::Unknown,
+                snat_from: None,
             })
             .collect(),
         affinity_timeout_s: None,
@@ -258,6 +260,8 @@ impl World {
                         } else {
                             EndpointState::Terminating
                         },
+                        placement: Placement::Unknown,
+                        snat_from: None,
                     })
                 })
                 .collect();
