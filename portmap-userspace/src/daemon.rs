@@ -31,6 +31,7 @@ use crate::{
     control,
     dataplane::{Attached, Dataplane, Limits, PinDir, SockAttached, XdpMode, default_cgroup},
     docker::Follower,
+    locality::{self, KernelRoutes},
     metrics,
     model::{DesiredState, HostAddr},
     netlink::LinkWatch,
@@ -202,6 +203,20 @@ fn enable_forwarding(desired: &DesiredState, node: &BTreeSet<IpAddr>) -> Result<
         }
     }
     Ok(())
+}
+
+/// SNATed flows' replies come back on the interface towards their backends,
+/// and only programs on an `--iface` turn them around: say so when that
+/// interface is not one.
+fn warn_about_snat_reply_interfaces(desired: &DesiredState, ifaces: &[String]) {
+    for (oif, backend) in locality::snat_reply_interfaces(desired, &mut KernelRoutes) {
+        let name = crate::dataplane::interface_name(oif).unwrap_or_else(|| format!("index {oif}"));
+        if !ifaces.contains(&name) {
+            warn!(
+                "backend {backend} is on another node and reached through {name}, which is not an --iface: its SNATed flows' replies come back there untranslated; add --iface {name}"
+            );
+        }
+    }
 }
 
 /// A `-p` spec's host address is meant to be the node's (as with Docker);
@@ -380,6 +395,7 @@ fn start(dataplane: &mut Dataplane, config: &Config, desired: &DesiredState) -> 
     }
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
+    warn_about_snat_reply_interfaces(desired, &config.ifaces);
     let attached = dataplane.attach(&config.ifaces, &config.backend_ifaces, config.xdp_mode)?;
     for (iface, role, how) in attached {
         match how {

@@ -103,6 +103,25 @@ pub fn resolve(
     warnings
 }
 
+/// The interfaces the replies of SNATed flows come back on (the routes'
+/// towards their backends), each with a backend that uses it. Those replies
+/// are turned around by portmap's programs on `--iface` only.
+pub fn snat_reply_interfaces(
+    desired: &DesiredState,
+    routes: &mut impl Routes,
+) -> std::collections::BTreeMap<u32, String> {
+    let mut oifs = std::collections::BTreeMap::new();
+    for ep in desired.services.iter().flat_map(|s| &s.endpoints) {
+        if ep.snat_from.is_none() {
+            continue;
+        }
+        if let Ok(Some(Route { oif: Some(oif), .. })) = routes.route(ep.addr) {
+            oifs.entry(oif).or_insert_with(|| ep.label());
+        }
+    }
+    oifs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

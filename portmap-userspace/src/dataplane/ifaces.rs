@@ -88,7 +88,7 @@ pub(super) fn if_index(name: &str) -> Result<u32> {
 }
 
 /// The name of interface `ifindex` in this namespace, if there is one.
-pub(super) fn if_name(ifindex: u32) -> Option<String> {
+pub fn if_name(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `buf` has room for IF_NAMESIZE bytes, as the call requires.
     let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };

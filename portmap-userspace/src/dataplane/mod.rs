@@ -39,7 +39,7 @@ pub use self::{
     apply::{ApplyReport, CapacityError},
     attach::{Attached, XdpMode},
     gc::GcReport,
-    ifaces::{InterfaceChange, InterfaceStatus, Role},
+    ifaces::{InterfaceChange, InterfaceStatus, Role, if_name as interface_name},
     pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
     sock::{SockAttached, SocketLbStatus, default_cgroup, is_cgroup2},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
