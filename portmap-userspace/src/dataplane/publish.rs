@@ -140,8 +140,9 @@ fn log_changes(
                 .collect();
             warn!(
                 "{} of {services} services are not published ({}); they are retried as room \
-                 appears. The maps were sized at start: restart to size them for the current \
-                 state, or give --max-frontends / --max-backends",
+                 appears. The maps were sized when this dataplane was created: to size them for \
+                 the current state, start anew (stop without --keep-datapath, or `portmap \
+                 reset`, then `portmap run`), with --max-frontends / --max-backends if need be",
                 now.len(),
                 reasons.join(", ")
             );
