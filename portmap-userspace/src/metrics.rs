@@ -231,7 +231,7 @@ fn encode_unpublished(
         .collect();
     let mut metric = encoder.encode_descriptor(
         "portmap_objects_not_published",
-        "1 for each object (service port) of the desired state that is not published, with the map that has no room for it (reason); retried as room appears. Their sum is how many are left out.",
+        "1 for each object (service port) of the desired state that is not published as desired, with the map that has no room for it (reason): a new one is not published, an edited one keeps what it had; retried as room appears. Their sum is how many are left out.",
         None,
         MetricType::Gauge,
     )?;

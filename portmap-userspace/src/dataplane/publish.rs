@@ -22,7 +22,9 @@ use crate::model::DesiredState;
 /// the metric has every one, and thousands of lines help nobody.
 const LOG_EACH: usize = 20;
 
-/// Why an object of the desired state is not published (in full).
+/// Why an object of the desired state is not published as desired: a new
+/// one is not published at all; one already published whose edit does not
+/// fit keeps what it had.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotPublished {
     /// The map that is full (`services`, `frontends`, `backends`, `Maglev
