@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     bulk::Bulk,
     control::PortmapControl,
+    footprint::Footprint,
     http::HttpLoad,
     latency::Latency,
     modes::{ChangeTimes, Features, Mode},
@@ -92,6 +93,10 @@ pub struct Results {
     pub cells: Vec<Cell>,
     pub xdp_cost: Vec<XdpCost>,
     pub control: Vec<PortmapControl>,
+    /// `portmap run` on default flags: start-up time and memory (none in
+    /// runs made before it was measured).
+    #[serde(default)]
+    pub footprint: Vec<Footprint>,
     pub complete: bool,
     pub error: Option<String>,
     pub elapsed_s: f64,

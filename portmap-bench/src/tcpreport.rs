@@ -313,6 +313,7 @@ mod tests {
             cells,
             xdp_cost: Vec::new(),
             control: Vec::new(),
+            footprint: Vec::new(),
             complete: true,
             error: None,
             elapsed_s: 1.0,

@@ -166,13 +166,17 @@ pub struct RunArgs {
     #[arg(long, hide = true, default_value_t = 0)]
     pub datapath_variant: u32,
 
-    /// Most frontends (published address, port and protocol) at once.
-    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
-    pub max_frontends: u32,
+    /// Most frontends (published address, port and protocol) and services
+    /// at once. Default: what the desired state at start needs and half
+    /// again, at least 16384.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub max_frontends: Option<u32>,
 
-    /// Most backends at once (also sizes the Maglev table pool, 400 slots each).
-    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
-    pub max_backends: u32,
+    /// Most backends at once; given, it also sizes the Maglev table pool (400
+    /// slots each). Default: what the desired state at start needs and half
+    /// again (the pool likewise), at least 16384.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
+    pub max_backends: Option<u32>,
 
     /// Conntrack entries (two per flow); the least recently used are evicted when full.
     #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(64..=1 << 26))]
@@ -231,8 +235,8 @@ impl RunArgs {
             keep_datapath: self.keep_datapath,
             datapath_variant: self.datapath_variant,
             limits: Limits {
-                frontends: self.max_frontends,
-                backends: self.max_backends,
+                frontends: self.max_frontends.unwrap_or(Limits::AUTO),
+                backends: self.max_backends.unwrap_or(Limits::AUTO),
                 conntrack: self.conntrack_entries,
             },
             timeouts: Timeouts {
@@ -501,6 +505,18 @@ mod tests {
             args.config().socket_lb
         };
         assert_eq!(socket_lb(&[]), SocketLb::DefaultCgroup);
+        let Command::Run(args) = Cli::try_parse_from(["portmap", "run", "--iface", "eth0"])
+            .unwrap()
+            .command
+        else {
+            panic!("not `run`");
+        };
+        let limits = args.config().limits;
+        assert_eq!(
+            (limits.frontends, limits.backends),
+            (Limits::AUTO, Limits::AUTO),
+            "sized from the desired state unless given"
+        );
         assert_eq!(socket_lb(&["--no-socket-lb"]), SocketLb::Off);
     }
 

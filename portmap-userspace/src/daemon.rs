@@ -10,7 +10,7 @@ mod tasks;
 mod validate;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -24,12 +24,15 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use portmap_testkit::lock;
 
-use self::tasks::{follow_docker, follow_interfaces, maintain};
+use self::tasks::{follow_docker, follow_interfaces, maintain, retry_unpublished};
 pub use self::validate::{Input, InvalidInput};
 use crate::{
     config::Sources,
     control,
-    dataplane::{Attached, Dataplane, Limits, PinDir, SockAttached, XdpMode, default_cgroup},
+    dataplane::{
+        Attached, Dataplane, Limits, NotPublished, PinDir, Sizes, SockAttached, XdpMode,
+        default_cgroup,
+    },
     docker::Follower,
     locality::{self, KernelRoutes},
     metrics,
@@ -298,8 +301,10 @@ async fn publish_and_wait(
     let links = LinkWatch::open().context("subscribing to network interface events")?;
     let pins = PinDir::open(&config.bpffs_dir)
         .with_context(|| format!("--bpffs-dir {}", config.bpffs_dir.display()))?;
-    let mut dataplane = Dataplane::load_pinned(
-        config.limits,
+    let sizes = Sizes::at_start(config.limits, &desired, &pins)?;
+    info!("{sizes}");
+    let mut dataplane = Dataplane::load_sized(
+        sizes,
         config.datapath_config(),
         pins,
         config.datapath_variant,
@@ -323,19 +328,8 @@ async fn publish_and_wait(
             return Err(e);
         }
     };
-    for svc in &desired.services {
-        for fe in &svc.frontends {
-            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
-            let container = match svc.container.as_str() {
-                "" => String::new(),
-                name => format!(" (container {name})"),
-            };
-            match backends.as_slice() {
-                [] => info!("published {fe}, refusing new flows{container}"),
-                _ => info!("published {fe} -> {}{container}", backends.join(", ")),
-            }
-        }
-    }
+    log_published(&desired, dataplane.unpublished());
+    drop(desired);
     info!(
         "metrics on http://{}/metrics, control socket {}",
         config.metrics_addr,
@@ -357,6 +351,7 @@ async fn publish_and_wait(
         tasks.spawn(docker.run(tx));
         tasks.spawn(follow_docker(dataplane.clone(), reloader, rx));
     }
+    tasks.spawn(retry_unpublished(dataplane.clone()));
 
     let outcome = tokio::select! {
         why = stopped.wait() => { info!("{why}: detaching"); Ok(()) }
@@ -384,14 +379,16 @@ async fn publish_and_wait(
 fn start(dataplane: &mut Dataplane, config: &Config, desired: &DesiredState) -> Result<()> {
     let node = node_addresses().context("reading the node's addresses")?;
     dataplane.set_node_addrs(&node)?;
-    let report = dataplane.apply(desired)?;
-    if !report.is_complete() {
-        let failed: Vec<String> = report
-            .failed
+    // What fits is published, the rest reported and retried; only what the
+    // user typed (-p) is worth refusing to start for.
+    let published = dataplane.publish(desired)?;
+    if !published.typed.is_empty() {
+        let failed: Vec<String> = published
+            .typed
             .iter()
             .map(|(key, why)| format!("{key}: {why}"))
             .collect();
-        anyhow::bail!("could not publish everything:\n  {}", failed.join("\n  "));
+        anyhow::bail!("could not publish:\n  {}", failed.join("\n  "));
     }
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
@@ -406,6 +403,37 @@ fn start(dataplane: &mut Dataplane, config: &Config, desired: &DesiredState) -> 
         }
     }
     attach_sockets(dataplane, &config.socket_lb)
+}
+
+/// Says what is published, one line per frontend for the first few.
+fn log_published(desired: &DesiredState, unpublished: &BTreeMap<String, NotPublished>) {
+    const EACH: usize = 20;
+    let published = desired
+        .services
+        .iter()
+        .filter(|s| !unpublished.contains_key(&s.key));
+    let frontends = published.flat_map(|s| s.frontends.iter().map(move |fe| (s, fe)));
+    let mut count = 0usize;
+    for (svc, fe) in frontends {
+        if count < EACH {
+            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
+            let container = match svc.container.as_str() {
+                "" => String::new(),
+                name => format!(" (container {name})"),
+            };
+            match backends.as_slice() {
+                [] => info!("published {fe}, refusing new flows{container}"),
+                _ => info!("published {fe} -> {}{container}", backends.join(", ")),
+            }
+        }
+        count += 1;
+    }
+    if count > EACH {
+        info!(
+            "... and {} more frontends published (`portmap list` shows all)",
+            count - EACH
+        );
+    }
 }
 
 /// Socket-level load balancing on `--cgroup` (or off, `--no-socket-lb`).

@@ -131,31 +131,25 @@ impl Reloader {
         result
     }
 
-    /// Applies the last loaded state with the containers' ports; says what
-    /// the containers now publish, and which are refused. Returns how many
-    /// services were applied.
+    /// Publishes the last loaded state with the containers' ports; says
+    /// what the containers now publish, and which are refused. What does not
+    /// fit the maps is reported per object and retried (see
+    /// `Dataplane::publish`); the reload itself succeeded. Returns how many
+    /// services are published.
     fn apply(&mut self, dataplane: &Mutex<Dataplane>) -> Result<usize> {
         let composed = compose(&self.base, &self.containers);
-        let report = portmap_testkit::lock(dataplane).apply(&composed.desired)?;
-        let failed: Vec<&str> = report.failed.iter().map(|(key, _)| key.as_str()).collect();
+        let mut dp = portmap_testkit::lock(dataplane);
+        let outcome = dp.publish(&composed.desired)?;
+        let failed: Vec<String> = dp.unpublished().keys().cloned().collect();
+        drop(dp);
+        let failed: Vec<&str> = failed.iter().map(String::as_str).collect();
         let published = published(&composed, &failed);
         for line in self.published.changes(&published) {
             info!("{line}");
         }
         self.published = published;
         self.say_refused(&composed);
-        if !report.is_complete() {
-            // The rest is applied; each of these keeps what it had.
-            for (key, why) in &report.failed {
-                warn!("{key}: not applied: {why}");
-            }
-            anyhow::bail!(
-                "{} of {} services could not be applied",
-                report.failed.len(),
-                composed.desired.services.len()
-            );
-        }
-        Ok(composed.desired.services.len())
+        Ok(outcome.services - outcome.not_published)
     }
 
     /// Says, once, each container newly refused (or refused for another

@@ -32,7 +32,14 @@ impl Portmap {
     /// it serves metrics. Started again in the same namespace, it finds the
     /// same pin directory (a restart).
     pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
-        Self::launch(ns, args, ns.command_net_only(bin_path("portmap"))?, true)
+        Self::start_within(ns, args, Duration::from_secs(15))
+    }
+
+    /// [`Portmap::start`], waiting up to `within` for it to serve (a start
+    /// that reads a large cluster's manifests, in a debug build).
+    pub fn start_within(ns: &Netns, args: &[&str], within: Duration) -> Result<Self> {
+        let cmd = ns.command_net_only(bin_path("portmap"))?;
+        Self::launch(ns, args, cmd, true, within)
     }
 
     /// Starts `portmap run ARGS` as a user would with `ip netns exec NS`:
@@ -40,7 +47,8 @@ impl Portmap {
     /// (so pins end with the process), and without `--no-socket-lb`, so
     /// portmap finds out by itself that there is no cgroup to attach to.
     pub fn start_under_ip_netns_exec(ns: &Netns, args: &[&str]) -> Result<Self> {
-        Self::launch(ns, args, ns.command(bin_path("portmap")), false)
+        let within = Duration::from_secs(15);
+        Self::launch(ns, args, ns.command(bin_path("portmap")), false, within)
     }
 
     fn launch(
@@ -48,6 +56,7 @@ impl Portmap {
         args: &[&str],
         mut cmd: std::process::Command,
         no_socket_lb: bool,
+        within: Duration,
     ) -> Result<Self> {
         let socket = PathBuf::from(format!("/run/portmap-tests/{}.sock", ns.name()));
         let pins = pin_dir(ns);
@@ -88,7 +97,7 @@ impl Portmap {
             metrics_addr,
             logs,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = pm.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 // Pins it did not make (a dataplane it refused to adopt) are not ours to remove.
@@ -101,7 +110,7 @@ impl Portmap {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "portmap run did not serve metrics within 15 s:\n{}",
+                    "portmap run did not serve metrics within {within:?}:\n{}",
                     pm.logs()
                 );
             }

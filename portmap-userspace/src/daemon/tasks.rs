@@ -30,6 +30,9 @@ const NODE_ADDR_INTERVAL: Duration = Duration::from_secs(2);
 const GC_INTERVAL: Duration = Duration::from_secs(10);
 /// How often watched manifest files are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often objects left unpublished for want of room are tried again
+/// (room that other changes free comes back after a grace period of 2 s).
+const RETRY_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Follows the interfaces on rtnetlink link events: one that goes is
 /// detached, one that comes back (by name) is attached again; each logged.
@@ -196,6 +199,21 @@ fn warn_if_full(usage: &[MapUsage]) {
                 m.entries,
                 m.capacity
             );
+        }
+    }
+}
+
+/// Tries again, while there are any, the objects the last publish left out
+/// (see `Dataplane::publish`): room appears when others go or shrink.
+pub(super) async fn retry_unpublished(dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + RETRY_INTERVAL, RETRY_INTERVAL);
+    loop {
+        tick.tick().await;
+        let dp = dataplane.clone();
+        let retried = tokio::task::spawn_blocking(move || lock(&dp).retry_unpublished()).await?;
+        if let Err(e) = retried {
+            warn!("publishing what was left out: {e:#}");
         }
     }
 }
