@@ -2,7 +2,8 @@
 //! the bytes of the list responses to every Service programmed, and from
 //! the bytes of one watch event (an endpoint of one EndpointSlice replaced)
 //! to its change in the maps, through the daemon's own code (the typed
-//! objects a reflector holds, `Sources::load_with_api`, `Dataplane::apply`).
+//! objects a reflector holds, `Sources::load_with_api` with its SNAT
+//! locality resolution, `Dataplane::publish`).
 //! Left out: the HTTP round trips, and `--min-sync-period`'s batching (a
 //! change after a quiet period is applied at once).
 
@@ -22,6 +23,7 @@ use portmap_userspace::{
     dataplane::{Dataplane, maps::names},
     k8s::{Manifests, NodeConfig},
     kubeapi::Snapshot,
+    locality::Masquerade,
     model::DesiredState,
 };
 
@@ -71,12 +73,12 @@ fn decode_list<T: serde::de::DeserializeOwned>(bytes: &str) -> Result<Vec<Arc<T>
 }
 
 fn apply(dp: &mut Dataplane, desired: &DesiredState, what: &str) -> Result<()> {
-    let report = dp.apply(desired).with_context(|| what.to_string())?;
-    if !report.is_complete() {
+    let published = dp.publish(desired).with_context(|| what.to_string())?;
+    if !published.is_complete() {
         bail!(
             "{what}: {} of {} Services were not published, so the time means nothing",
-            report.failed.len(),
-            desired.services.len()
+            published.not_published,
+            published.services
         );
     }
     Ok(())
@@ -97,6 +99,8 @@ pub fn measure(rep: u32, count: u32) -> Result<KubeSync> {
         allow_from: Vec::new(),
         manifests: Vec::new(),
         node: NodeConfig::default(),
+        docker: None,
+        masquerade: Masquerade::default(),
     };
     let mut dp = Dataplane::load(control::limits(count), DatapathConfig::default())
         .context("loading portmap's dataplane for the API-server timing")?;

@@ -19,6 +19,7 @@ mod args;
 mod bulk;
 mod charts;
 mod control;
+mod footprint;
 mod frames;
 mod host;
 mod http;
@@ -198,6 +199,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         xdp_cost: Vec::new(),
         control: Vec::new(),
         kube_sync: Vec::new(),
+        footprint: Vec::new(),
         complete: false,
         error: None,
         elapsed_s: 0.0,
@@ -205,7 +207,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let cells_per_rep = (args.services.len() * args.modes.len()) as u64;
     let portmap = args.modes.contains(&Mode::Portmap);
     let extra_per_rep = if portmap {
-        1 + args.services.len() as u64
+        1 + 2 * args.services.len() as u64
     } else {
         0
     };
@@ -326,6 +328,21 @@ fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
                     "{tag}: portmap following the API server, {count} Services"
                 ));
                 results.kube_sync.push(kubesync::measure(rep, count)?);
+                ctx.progress.inc(1);
+            }
+            for &count in &counts {
+                signals::check()?;
+                ctx.progress
+                    .set_message(format!("{tag}: portmap footprint, {count} Services"));
+                let name = format!("pm-bench-{}-fp{rep}-{count}", ctx.pid);
+                let f = footprint::measure(&ctx.env, rep, count, &name)
+                    .with_context(|| format!("portmap footprint at {count} Services"))?;
+                ctx.say(format!(
+                    "portmap footprint, {count} Services: started in {:.2} s, {:.0} MiB resident \
+                     ({:.0} MiB at peak), maps {:.0} MiB",
+                    f.start_s, f.rss_mib, f.peak_rss_mib, f.maps_mib
+                ));
+                results.footprint.push(f);
                 ctx.progress.inc(1);
             }
         }

@@ -173,6 +173,7 @@ pub fn render(r: &Results) -> String {
     tcpreport::http(&mut out, r);
     control(&mut out, r);
     kube_sync(&mut out, r);
+    footprint(&mut out, r);
     xdp_cost(&mut out, r);
     let _ = writeln!(
         out,
@@ -374,6 +375,61 @@ fn kube_sync(out: &mut String, r: &Results) {
         let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
     }
     out.push('\n');
+}
+
+fn footprint(out: &mut String, r: &Results) {
+    if r.footprint.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## Start-up and memory\n\n`portmap run --manifests` with S Services × 10 endpoints on \
+         default flags (maps sized from the manifests), alone in a namespace: the time until it \
+         serves (manifests read and translated, maps created and programmed, programs attached), \
+         its resident memory then (VmRSS) and at its peak (VmHWM, parsing included), the kernel \
+         memory of its maps (their `memlock`: the Maglev pool, conntrack, per-CPU counters; \
+         not part of the resident memory), and one `/metrics` scrape, which reads and prints a \
+         series per frontend and per backend. Medians over the repetitions.\n"
+    );
+    let cols: Vec<String> = [
+        "backends",
+        "start-up",
+        "resident",
+        "peak resident",
+        "maps (kernel)",
+        "one scrape",
+        "resident after it",
+    ]
+    .map(String::from)
+    .to_vec();
+    table_head(out, "Services", &cols);
+    let mut counts: Vec<u32> = r.footprint.iter().map(|f| f.services).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    for s in counts {
+        let of = |f: fn(&super::footprint::Footprint) -> f64| {
+            Stat::of(r.footprint.iter().filter(|x| x.services == s).map(f))
+        };
+        let mib = |f: fn(&super::footprint::Footprint) -> f64| {
+            of(f).map_or("–".to_string(), |st| format!("{:.0} MiB", st.median))
+        };
+        let backends = r
+            .footprint
+            .iter()
+            .find(|x| x.services == s)
+            .map_or(0, |x| x.backends);
+        let row = [
+            backends.to_string(),
+            fmt_secs_stat(of(|f| f.start_s)),
+            mib(|f| f.rss_mib),
+            mib(|f| f.peak_rss_mib),
+            mib(|f| f.maps_mib),
+            fmt_secs_stat(of(|f| f.scrape_s)),
+            mib(|f| f.rss_after_scrape_mib),
+        ];
+        let _ = writeln!(out, "| {s} | {} |", row.join(" | "));
+    }
+    let _ = writeln!(out);
 }
 
 fn control(out: &mut String, r: &Results) {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     bulk::Bulk,
     control::PortmapControl,
+    footprint::Footprint,
     http::HttpLoad,
     kubesync::KubeSync,
     latency::Latency,
@@ -96,6 +97,10 @@ pub struct Results {
     /// Following the API server (absent from results of older runs).
     #[serde(default)]
     pub kube_sync: Vec<KubeSync>,
+    /// `portmap run` on default flags: start-up time and memory (none in
+    /// runs made before it was measured).
+    #[serde(default)]
+    pub footprint: Vec<Footprint>,
     pub complete: bool,
     pub error: Option<String>,
     pub elapsed_s: f64,

@@ -314,6 +314,7 @@ mod tests {
             xdp_cost: Vec::new(),
             control: Vec::new(),
             kube_sync: Vec::new(),
+            footprint: Vec::new(),
             complete: true,
             error: None,
             elapsed_s: 1.0,

@@ -19,7 +19,7 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Version of the map layout below. A daemon that finds pinned maps of another
 /// version must migrate or refuse them, never read them as its own.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 5;
 
 /// High bit of a `FRONTEND_GEN` entry: the id is free. The low bits keep the
 /// last generation, so generations only grow, across restarts too.
@@ -120,6 +120,28 @@ pub const BACKEND_ACTIVE: u8 = 1;
 /// it is in a table because nothing better exists.
 pub const BACKEND_TERMINATING: u8 = 2;
 
+/// [`BackendNat::mode`]: the backend is on this node (or masquerading is
+/// off for it): the client's address reaches it.
+pub const NAT_LOCAL: u8 = 0;
+/// [`BackendNat::mode`]: the backend is on another node; new flows to it are
+/// SNATed to [`BackendNat::snat_addr`] and a port of `--snat-port-range`, so
+/// its replies come back through this node (kube-proxy's masquerade).
+pub const NAT_SNAT: u8 = 1;
+
+/// Value of the `BACKEND_NAT` array, indexed by backend id like `BACKENDS`:
+/// how flows reach the backend. Written with the backend, before any table
+/// lists it; a change of it is a new backend generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendNat {
+    /// With `NAT_SNAT`: this node's address towards the backend (the source
+    /// of the route to it), which SNATed flows come from.
+    pub snat_addr: RawAddr,
+    /// One of `NAT_*`.
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Value of the `BACKENDS` array, indexed by backend id: one per endpoint of
 /// a service in userspace's desired state (`model::Endpoint`). The id is also
 /// the index of the backend's counters in `BACKEND_STATS`.
@@ -167,6 +189,29 @@ pub struct CtKey {
     pub _pad: u8,
 }
 
+/// [`CtValue::flags`]: the flow is SNATed towards a backend on another node.
+/// Its request entry holds the source port; its reply entry is keyed by the
+/// reply as it arrives (backend → this node's address and that port), and
+/// the `SNAT` map holds the client to send it back to.
+pub const CT_F_SNAT: u8 = 1 << 0;
+
+/// Value of the `SNAT` map, keyed by a SNATed flow's reply as it arrives
+/// (a [`CtKey`] with direction `CT_REPLY`: backend → this node's address and
+/// the allocated port). An entry is the port's allocation; it holds who the
+/// flow belongs to, so the reply can go back to the client and a missing
+/// conntrack half can be rebuilt. Not an LRU: a port stays taken until its
+/// flow is gone (garbage collection), never evicted under pressure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatValue {
+    pub client: RawAddr,
+    pub frontend: RawAddr,
+    /// Network byte order.
+    pub client_port: u16,
+    /// Network byte order.
+    pub frontend_port: u16,
+}
+
 /// Flow that has seen no reply yet: a TCP flow after its SYN (or after
 /// whatever packet opened its entry, e.g. one of a connection older than the
 /// entry), a UDP flow before its first reply.
@@ -186,12 +231,17 @@ pub struct CtValue {
     pub nat_port: u16,
     /// One of `CT_STATE_*`.
     pub state: u8,
-    pub _pad: u8,
+    /// `CT_F_*` flags.
+    pub flags: u8,
     pub frontend_id: u32,
     pub frontend_generation: u32,
     pub backend_id: u32,
     pub backend_generation: u32,
-    pub _reserved: u32,
+    /// With `CT_F_SNAT`: the source port the flow was given towards its
+    /// backend (network byte order; the address is the backend's
+    /// `BackendNat::snat_addr`).
+    pub snat_port: u16,
+    pub _reserved: u16,
     /// `bpf_ktime_get_coarse_ns` of the last refresh (refreshed at most once
     /// every [`REFRESH_INTERVAL_NS`] per entry, or at a change of state).
     pub last_seen_ns: u64,
@@ -318,6 +368,11 @@ pub struct DatapathConfig {
     /// programs translate loopback destinations and host-only frontends only
     /// for sockets in it. 0: unknown, no socket is the node's.
     pub host_netns_cookie: u64,
+    /// The source ports SNAT allocates from (`--snat-port-range`), host
+    /// order, inclusive; 0..0 while nothing is SNATed.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _reserved: u32,
 }
 
 const SECOND_NS: u64 = 1_000_000_000;
@@ -332,6 +387,9 @@ impl Default for DatapathConfig {
             tcp_closing_timeout_ns: 10 * SECOND_NS,
             udp_timeout_ns: 60 * SECOND_NS,
             host_netns_cookie: 0,
+            snat_port_min: 0,
+            snat_port_max: 0,
+            _reserved: 0,
         }
     }
 }
@@ -404,6 +462,9 @@ pub enum DatapathEvent {
     ChecksumCompleted = 22,
     /// Fast path fallback to the kernel: a multi-buffer frame (jumbo MTU).
     FastPathMultiBuffer = 23,
+    /// A new flow to a backend on another node found no free SNAT port
+    /// (`--snat-port-range`) and was dropped.
+    SnatExhausted = 24,
 }
 
 /// Slots of the `EVENTS` map: more than there are events, so that adding one
@@ -411,7 +472,7 @@ pub enum DatapathEvent {
 pub const EVENT_SLOTS: u32 = 64;
 
 impl DatapathEvent {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -437,6 +498,7 @@ impl DatapathEvent {
         Self::ChecksumDeferred,
         Self::ChecksumCompleted,
         Self::FastPathMultiBuffer,
+        Self::SnatExhausted,
     ];
 
     /// The `event` label of the metric.
@@ -466,6 +528,7 @@ impl DatapathEvent {
             Self::ChecksumDeferred => "checksum_deferred_to_tc",
             Self::ChecksumCompleted => "checksum_completed",
             Self::FastPathMultiBuffer => "fast_path_fallback_multi_buffer",
+            Self::SnatExhausted => "snat_exhausted",
         }
     }
 }
@@ -481,7 +544,9 @@ const _: () = {
     assert!(size_of::<CtValue>() == 48);
     assert!(size_of::<TrafficCounters>() == 32);
     assert!(size_of::<NodeAddrKey>() == 20);
-    assert!(size_of::<DatapathConfig>() == 48);
+    assert!(size_of::<DatapathConfig>() == 56);
+    assert!(size_of::<BackendNat>() == 20);
+    assert!(size_of::<SnatValue>() == 36);
     assert!(size_of::<AffinityKey>() == 24);
     assert!(size_of::<AffinityValue>() == 16);
     assert!(size_of::<SourceRangeKey>() == 24);

@@ -57,5 +57,7 @@ mod pod {
         SourceRangeKey,
         SockRevKey,
         SockRevValue,
+        BackendNat,
+        SnatValue,
     );
 }

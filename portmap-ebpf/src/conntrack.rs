@@ -7,17 +7,22 @@
 //! direction keeps the flow alive. Entries are never trusted blindly: the frontend's and
 //! backend's generations must still match, so a removed frontend or backend
 //! stops being used at once, before any garbage collection runs.
+//!
+//! A flow SNATed towards a backend on another node (`CT_F_SNAT`) has the same
+//! two entries, but its reply entry is keyed by the reply as it arrives
+//! (backend → this node's address and the flow's SNAT port), and its client
+//! is in the `SNAT` map under that same key (see `snat`).
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use portmap_common::abi::{
-    BACKEND_UNUSED, Backend, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
-    CT_STATE_NEW, CtKey, CtValue, DatapathConfig, DatapathEvent, FrontendValue, PROTO_TCP,
-    REFRESH_INTERVAL_NS,
+    BACKEND_UNUSED, Backend, CT_F_SNAT, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING,
+    CT_STATE_ESTABLISHED, CT_STATE_NEW, CtKey, CtValue, DatapathConfig, DatapathEvent,
+    FrontendValue, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
 };
 
 use crate::{
     counters::count_event,
-    maps::{BACKENDS, CONFIG, CONNTRACK, FRONTEND_GEN},
+    maps::{BACKENDS, CONFIG, CONNTRACK, CT_SCRATCH, FRONTEND_GEN},
     parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -47,9 +52,11 @@ pub fn key_of(flow: &Flow, direction: u8) -> CtKey {
     }
 }
 
-/// The key of the other entry of the flow that `key` and `entry` belong to.
+/// The key of the other entry of the flow that `key` and `entry` belong to,
+/// for a flow that is not SNATed (a SNATed one's twin is found through SNAT
+/// state: see `snat`).
 #[inline(always)]
-fn twin_key(key: &CtKey, entry: &CtValue) -> CtKey {
+fn plain_twin_key(key: &CtKey, entry: &CtValue) -> CtKey {
     if key.direction == CT_REQUEST {
         // backend → client
         CtKey {
@@ -176,8 +183,29 @@ fn next_state(state: u8, flow: &Flow, from_reply: bool) -> u8 {
 /// window completely but costs ~36 ns a packet (a third of a conntrack hit);
 /// at each write it costs nothing extra, and a flow is repaired at its next
 /// state change or within a second.
+///
+/// This is the touch of an entry the caller checked is not a SNATed flow's;
+/// [`touch_twin`] is the one for SNATed flows.
 #[inline(always)]
-pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
+pub fn touch_unsnated(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
+    touch_with(key, entry, flow, now, |k, e| Some(plain_twin_key(k, e)));
+}
+
+/// [`touch_unsnated`] with the twin's key known to the caller: a SNATed
+/// flow's, found through the SNAT state the caller looked up already.
+#[inline(always)]
+pub fn touch_twin(key: &CtKey, entry: *mut CtValue, twin: CtKey, flow: &Flow, now: u64) {
+    touch_with(key, entry, flow, now, |_, _| Some(twin));
+}
+
+#[inline(always)]
+fn touch_with(
+    key: &CtKey,
+    entry: *mut CtValue,
+    flow: &Flow,
+    now: u64,
+    twin_of: impl FnOnce(&CtKey, &CtValue) -> Option<CtKey>,
+) {
     // SAFETY: `entry` points at a live map value (RCU keeps it valid for the
     // program's run); racing writers on other CPUs can only interleave whole
     // field stores of the same kind of update, which is harmless here.
@@ -188,7 +216,9 @@ pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
     }
     e.state = state;
     e.last_seen_ns = now;
-    let twin = twin_key(key, e);
+    let Some(twin) = twin_of(key, e) else {
+        return;
+    };
     if let Some(t) = CONNTRACK.get_ptr_mut(twin) {
         // SAFETY: as for `entry`.
         let t = unsafe { &mut *t };
@@ -198,20 +228,34 @@ pub fn touch(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
     }
     // The twin translates towards this packet's sender: its NAT address is
     // what this packet was sent to (request: the frontend) or from (reply:
-    // the backend).
-    let (nat_addr, nat_port) = if key.direction == CT_REQUEST {
-        (flow.dst, flow.dport)
+    // the backend). A SNATed request entry also needs its port back: the
+    // reply was sent to it.
+    let (nat_addr, nat_port, snat_port) = if key.direction == CT_REQUEST {
+        (flow.dst, flow.dport, e.snat_port)
     } else {
-        (flow.src, flow.sport)
+        (flow.src, flow.sport, flow.dport)
     };
     let restored = CtValue {
         nat_addr,
         nat_port,
+        snat_port: if e.flags & CT_F_SNAT != 0 {
+            snat_port
+        } else {
+            0
+        },
         ..*e
     };
     if CONNTRACK.insert(twin, restored, 0).is_ok() {
         count_event(DatapathEvent::ConntrackEntryRestored);
     }
+}
+
+/// How a new flow reaches its backend: directly, or SNATed from this
+/// node's address and a port of the SNAT range.
+#[derive(Clone, Copy)]
+pub enum Reach {
+    Direct,
+    Snat { addr: RawAddr, port: u16 },
 }
 
 /// Creates both entries of a new flow of `flow` from frontend `fe` to
@@ -223,34 +267,50 @@ pub fn create(
     fe: &FrontendValue,
     backend_id: u32,
     backend: &Backend,
+    reach: Reach,
     now: u64,
 ) -> Option<CtValue> {
     let request_key = key_of(flow, CT_REQUEST);
     let state = next_state(CT_STATE_NEW, flow, false);
-    let request = CtValue {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
+    let (flags, snat_port, reply_dst, reply_dport) = match reach {
+        Reach::Direct => (0, 0, flow.src, flow.sport),
+        Reach::Snat { addr, port } => (CT_F_SNAT, port, addr, port),
+    };
+    // The keys and values are built in a per-CPU scratch slot, not on the
+    // program's 512-byte stack.
+    let scratch = CT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a valid map value this run uses alone: the program holds its
+    // CPU (softirq or BH-disabled context) and nothing here yields.
+    let s = unsafe { &mut *scratch };
+    s.value = CtValue {
+        nat_addr: flow.dst,
+        nat_port: flow.dport,
         state,
-        _pad: 0,
+        flags,
         frontend_id: fe.frontend_id,
         frontend_generation: fe.generation,
         backend_id,
         backend_generation: backend.generation,
+        snat_port,
         _reserved: 0,
         last_seen_ns: now,
     };
-    let reply = CtValue {
-        nat_addr: flow.dst,
-        nat_port: flow.dport,
-        ..request
+    s.key = CtKey {
+        src: backend.addr,
+        dst: reply_dst,
+        sport: backend.port,
+        dport: reply_dport,
+        direction: CT_REPLY,
+        ..request_key
     };
-    let reply_key = twin_key(&request_key, &request);
     // Reply entry first: a request entry without its reply would translate
     // requests whose answers then go back untranslated.
-    CONNTRACK.insert(reply_key, reply, 0).ok()?;
-    if CONNTRACK.insert(request_key, request, 0).is_err() {
-        let _ = CONNTRACK.remove(reply_key);
+    CONNTRACK.insert(&s.key, &s.value, 0).ok()?;
+    s.value.nat_addr = backend.addr;
+    s.value.nat_port = backend.port;
+    if CONNTRACK.insert(&request_key, &s.value, 0).is_err() {
+        let _ = CONNTRACK.remove(&s.key);
         return None;
     }
-    Some(request)
+    Some(s.value)
 }

@@ -35,7 +35,7 @@ use portmap_common::{
 
 use crate::{
     counters::count_event,
-    maps::DEVMAP,
+    maps::{DEVMAP, FIB_SCRATCH},
     packet::{PacketBuf, ptr_at},
     parse::Flow,
 };
@@ -120,9 +120,18 @@ fn lookup(
         count_event(DatapathEvent::FastPathOther);
         return None;
     }
-    // SAFETY: an all-zero `bpf_fib_lookup` is a valid value (integers, arrays
-    // and unions of integers); the fields that matter are set below.
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    // The 64-byte parameters live in a per-CPU scratch slot, not on the
+    // 512-byte stack. A program run holds its CPU (softirq or BH-disabled
+    // context) and nothing here yields, so no other run reuses the slot
+    // meanwhile.
+    let p = FIB_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a valid, exclusively used map value (see above); an all-zero
+    // `bpf_fib_lookup` is a valid value (integers, arrays and unions of
+    // integers), and the fields that matter are set below.
+    let p = unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
     p.l4_protocol = flow.proto;
     p.sport = sport;
     p.dport = dport;
@@ -140,7 +149,7 @@ fn lookup(
     }
     // SAFETY: the helper reads and writes `p`, a valid struct of the size
     // given; `raw_ctx` is this program's own context.
-    let rc = unsafe { bpf_fib_lookup(raw_ctx, &mut p, size_of::<FibParams>() as i32, 0) } as u32;
+    let rc = unsafe { bpf_fib_lookup(raw_ctx, p, size_of::<FibParams>() as i32, 0) } as u32;
     let known = match rc {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH if resolve_neighbour => false,

@@ -3,49 +3,50 @@
 //! XDP picks the backend of every new flow and keeps conntrack, but it cannot
 //! always write the result: a packet whose L4 checksum may be partial (see
 //! `checksum`) must be amended by the kernel's helpers, which know the skb's
-//! checksum state. XDP then leaves the packet untouched and puts the
-//! translation in front of it, in the XDP metadata area; the tc ingress
-//! program (`portmap_ingress_tc`, on the same interfaces) finds it there and
-//! rewrites the skb. Translations travel with their packet, so GRO may merge
-//! packets of one flow (they carry equal metadata) but never packets of two.
+//! checksum state. XDP then leaves the packet untouched with a mark in front
+//! of it, in the XDP metadata area; the tc ingress program
+//! (`portmap_ingress_tc`, on the same interfaces) finds the mark, looks the
+//! flow's translation up where XDP just decided it (conntrack) and rewrites
+//! the skb. The same program turns SNATed flows' replies around (`snat`).
+//! Marks travel with their packet, so GRO may merge packets of one flow
+//! (they carry equal marks) but never packets of two.
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_xdp_adjust_meta,
     programs::{TcContext, XdpContext},
 };
-use portmap_common::abi::{DatapathEvent, RawAddr};
+use portmap_common::abi::{CT_F_SNAT, CT_REPLY, CT_REQUEST, CtKey, DatapathEvent};
 
 use crate::{
+    conntrack,
     counters::count_event,
-    nat::{Side, rewrite_tc},
-    packet::PacketBuf,
-    parse::{NotAFlow, parse_skb},
+    maps::CONNTRACK,
+    parse::{Flow, NotAFlow, parse_skb},
+    snat,
 };
 
 /// Marks metadata as portmap's: "pmap".
 const MAGIC: u32 = u32::from_be_bytes(*b"pmap");
 
-/// What XDP asks tc ingress to write.
+/// The mark XDP leaves.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Handoff {
     magic: u32,
-    addr: RawAddr,
-    /// Network byte order.
-    port: u16,
-    /// 0: destination (a request), 1: source.
-    side: u8,
-    _pad: u8,
+    /// 0: a request, written as its conntrack request entry says (the
+    /// backend, and with SNAT this node's address and port as the source).
+    kind: u8,
+    _pad: [u8; 3],
 }
 
 const HANDOFF_LEN: usize = core::mem::size_of::<Handoff>();
 
-/// Leaves the rewrite of `side` to `addr`:`port` to tc ingress. Fails when
-/// the driver keeps no metadata: then the packet came from a NIC, whose
-/// frames never carry partial checksums, and XDP rewrites it itself.
+/// Leaves the rewrite of this packet to tc ingress. Fails when the driver
+/// keeps no metadata: then the packet came from a NIC, whose frames never
+/// carry partial checksums, and XDP rewrites it itself.
 #[inline(always)]
-pub fn defer(ctx: &XdpContext, side: Side, addr: &RawAddr, port: u16) -> Option<()> {
+pub fn defer(ctx: &XdpContext) -> Option<()> {
     // SAFETY: the helper moves the metadata start of this program's own
     // buffer, checking its bounds; no packet pointer is used after it.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(HANDOFF_LEN as i32)) } != 0 {
@@ -57,30 +58,46 @@ pub fn defer(ctx: &XdpContext, side: Side, addr: &RawAddr, port: u16) -> Option<
     }
     let handoff = Handoff {
         magic: MAGIC,
-        addr: *addr,
-        port,
-        side: u8::from(side == Side::Src),
-        _pad: 0,
+        kind: 0,
+        _pad: [0; 3],
     };
     // SAFETY: `meta..meta + HANDOFF_LEN` lies before `data`, as checked just
     // above; metadata is 4-byte aligned, and the write is unaligned anyway.
     unsafe { (meta as *mut Handoff).write_unaligned(handoff) };
-    count_event(DatapathEvent::ChecksumDeferred);
     Some(())
 }
 
-/// tc ingress: carries out a rewrite XDP left in the packet's metadata.
-/// Packets without one pass at the cost of two loads and a compare.
+/// tc ingress: carries out a rewrite XDP left marked in the packet's
+/// metadata. Packets without a mark pass at the cost of two loads and a
+/// compare.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    if let Some(handoff) = take(ctx) {
-        apply(ctx, &handoff);
+    if take(ctx).is_none() {
+        return TC_ACT_UNSPEC;
     }
+    // XDP parsed the same bytes; GRO may have merged packets of the flow
+    // since, which changes lengths, not the headers' layout.
+    let flow = match parse_skb(ctx) {
+        Ok(flow) => flow,
+        Err(NotAFlow::Short(_)) => {
+            count_event(DatapathEvent::HeadersNotLinear);
+            return TC_ACT_UNSPEC;
+        }
+        Err(_) => {
+            count_event(DatapathEvent::RewriteFailed);
+            return TC_ACT_UNSPEC;
+        }
+    };
+    let Some(found) = request_ends(&flow) else {
+        count_event(DatapathEvent::RewriteFailed);
+        return TC_ACT_UNSPEC;
+    };
+    snat::write_found(ctx, &flow, &found);
     TC_ACT_UNSPEC
 }
 
 #[inline(always)]
-fn take(ctx: &TcContext) -> Option<Handoff> {
+fn take(ctx: &TcContext) -> Option<u8> {
     // SAFETY: `skb` is the kernel's valid `__sk_buff` for this run.
     let meta = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).data_meta) } as usize;
     if meta + HANDOFF_LEN > ctx.data() {
@@ -89,34 +106,37 @@ fn take(ctx: &TcContext) -> Option<Handoff> {
     // SAFETY: the metadata reaches up to `data`, so all HANDOFF_LEN bytes at
     // `meta` are inside it (checked just above).
     let handoff = unsafe { (meta as *const Handoff).read_unaligned() };
-    (handoff.magic == MAGIC).then_some(handoff)
+    (handoff.magic == MAGIC).then_some(handoff.kind)
 }
 
+/// The ends of a request XDP left: as its conntrack request entry says. A
+/// SNATed one's entries are touched here (XDP leaves them to this program).
 #[inline(always)]
-fn apply(ctx: &TcContext, handoff: &Handoff) {
-    // XDP parsed the same bytes; GRO may have merged packets of the flow
-    // since, which changes lengths, not the headers' layout.
-    let flow = match parse_skb(ctx) {
-        Ok(flow) => flow,
-        Err(NotAFlow::Short(_)) => {
-            count_event(DatapathEvent::HeadersNotLinear);
-            return;
-        }
-        Err(_) => {
-            count_event(DatapathEvent::RewriteFailed);
-            return;
-        }
-    };
-    let side = if handoff.side == 0 {
-        Side::Dst
+fn request_ends(flow: &Flow) -> Option<snat::Found> {
+    let key = conntrack::key_of(flow, CT_REQUEST);
+    let entry = CONNTRACK.get_ptr_mut(&key)?;
+    // SAFETY: a live map value, copied at once.
+    let e = unsafe { *entry };
+    let (src, twin) = if e.flags & CT_F_SNAT != 0 {
+        let addr = snat::source_addr(e.backend_id)?;
+        let twin = CtKey {
+            src: e.nat_addr,
+            dst: addr,
+            sport: e.nat_port,
+            dport: e.snat_port,
+            direction: CT_REPLY,
+            ..key
+        };
+        (Some((addr, e.snat_port)), Some(twin))
     } else {
-        Side::Src
+        (None, None)
     };
-    if rewrite_tc(ctx, &flow, side, &handoff.addr, handoff.port).is_none() {
-        count_event(if ctx.is_gso() {
-            DatapathEvent::GsoRewriteFailed
-        } else {
-            DatapathEvent::RewriteFailed
-        });
-    }
+    Some(snat::Found {
+        ends: (src, (e.nat_addr, e.nat_port)),
+        key,
+        entry,
+        twin,
+        frontend_id: e.frontend_id,
+        backend_id: e.backend_id,
+    })
 }

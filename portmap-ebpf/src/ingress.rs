@@ -1,23 +1,26 @@
-//! XDP ingress: DNAT of packets from clients to published frontends.
+//! XDP ingress: DNAT of packets from clients to published frontends, and
+//! SNAT of those whose backend is on another node. (The replies of SNATed
+//! flows are turned around by tc ingress: see `snat`.)
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     programs::XdpContext,
 };
 use portmap_common::abi::{
-    CT_REQUEST, CtValue, DIR_REQUEST, DatapathConfig, DatapathEvent, FE_DROP_NO_BACKENDS,
-    FE_REJECT_NO_BACKENDS, FE_SOURCE_RANGES,
+    CT_F_SNAT, CT_REQUEST, CtValue, DIR_REQUEST, DatapathConfig, DatapathEvent,
+    FE_DROP_NO_BACKENDS, FE_REJECT_NO_BACKENDS, FE_SOURCE_RANGES,
 };
 
 use crate::{
-    checksum,
     conntrack::{self, Decision},
     counters::{count_event, count_traffic},
-    fastpath, handoff, icmp, lb,
+    icmp, lb,
     maps::{CONNTRACK, program_variant},
-    nat::{L4Check, Side, l4_check_field, rewrite_xdp},
+    nat::Side,
     parse::{Flow, IcmpAt, NotAFlow, parse},
     reject::reject,
+    snat,
+    xlate::{self, Outcome},
 };
 
 /// Packets are translated if they belong to a frontend and passed on either
@@ -71,23 +74,39 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
         let e = unsafe { *entry };
         match conntrack::decide(&e, flow, now, cfg) {
             Decision::Use => {
-                conntrack::touch(&key, entry, flow, now);
+                // A SNATed flow's request goes on to tc ingress, which
+                // touches its entries (their twins are found through SNAT
+                // state, more than fits this program's stack).
+                if e.flags & CT_F_SNAT == 0 {
+                    conntrack::touch_unsnated(&key, entry, flow, now);
+                }
                 return forward(ctx, cfg, flow, &e, false);
             }
             Decision::Reselect => count_event(DatapathEvent::FlowReselected),
             Decision::New => {}
         }
     }
+    match new_flow(ctx, cfg, flow, now) {
+        Ok(e) => forward(ctx, cfg, flow, &e, true),
+        Err(verdict) => verdict,
+    }
+}
 
+/// A packet of a frontend that no current conntrack entry covers: a new
+/// flow, its entries created. `Err` is the verdict for a packet that is not
+/// forwarded (not a frontend's: a SNATed flow's reply among them, which tc
+/// ingress turns around; refused; no backend).
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, now: u64) -> Result<CtValue, u32> {
     let Some(fe) = lb::find_frontend(flow) else {
-        return XDP_PASS;
+        return Err(XDP_PASS);
     };
     if fe.flags & FE_SOURCE_RANGES != 0 && !lb::source_allowed(&fe, flow) {
         count_event(DatapathEvent::DroppedSourceRange);
-        return XDP_DROP;
+        return Err(XDP_DROP);
     }
     let Some((backend_id, backend, sticky)) = lb::pick_backend(&fe, flow, now) else {
-        return if fe.flags & FE_REJECT_NO_BACKENDS != 0 {
+        return Err(if fe.flags & FE_REJECT_NO_BACKENDS != 0 {
             count_event(DatapathEvent::Rejected);
             reject(ctx, flow)
         } else if fe.flags & FE_DROP_NO_BACKENDS != 0 {
@@ -96,73 +115,45 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
         } else {
             count_event(DatapathEvent::NoBackend);
             XDP_PASS
-        };
+        });
     };
     if sticky {
         count_event(DatapathEvent::AffinityHit);
     }
-    let Some(e) = conntrack::create(flow, &fe, backend_id, &backend, now) else {
-        count_event(DatapathEvent::ConntrackInsertFailed);
-        return XDP_PASS;
+    // No port for a SNATed flow: refused (counted), as kube-proxy's
+    // masquerade drops what it cannot map.
+    let Ok(reach) = snat::reach(flow, backend_id, &backend, cfg) else {
+        return Err(XDP_DROP);
     };
-    forward(ctx, cfg, flow, &e, true)
+    let Some(e) = conntrack::create(flow, &fe, backend_id, &backend, reach, now) else {
+        snat::release(flow, &backend, reach);
+        count_event(DatapathEvent::ConntrackInsertFailed);
+        return Err(XDP_PASS);
+    };
+    Ok(e)
 }
 
 /// Translates the packet to the backend of its conntrack entry and sends it
-/// on: by the fast path if XDP can, else to the kernel.
+/// on: by the fast path if XDP can, else to the kernel. A SNATed flow's
+/// request (its source becomes this node's address and the flow's port too)
+/// is handed to tc ingress.
 #[inline(always)]
 fn forward(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, e: &CtValue, created: bool) -> u32 {
-    // The route is looked up for the translated packet before anything is
-    // rewritten, so a fallback leaves nothing half-done.
-    let hop = fastpath::route(
+    let outcome = xlate::write(
         ctx,
         cfg,
         flow,
-        (&flow.src, flow.sport),
         (&e.nat_addr, e.nat_port),
+        e.flags & CT_F_SNAT != 0,
     );
-    let Some(old_check) = l4_check_field(ctx, flow) else {
-        return XDP_PASS;
-    };
-    let (addr, port) = (&e.nat_addr, e.nat_port);
-    let mut deferred = false;
-    let written = if !checksum::looks_partial(flow, old_check) {
-        rewrite_xdp(ctx, flow, Side::Dst, addr, port, L4Check::Incremental)
-    } else if let (Some(_), Some(segment)) = (&hop, checksum::segment_sum(ctx, flow)) {
-        count_event(DatapathEvent::ChecksumCompleted);
-        rewrite_xdp(
-            ctx,
-            flow,
-            Side::Dst,
-            addr,
-            port,
-            L4Check::Complete { segment },
-        )
-    } else if handoff::defer(ctx, Side::Dst, addr, port).is_some() {
-        deferred = true;
-        Some(())
-    } else {
-        // No metadata: a NIC's frame, and those are never partial.
-        rewrite_xdp(ctx, flow, Side::Dst, addr, port, L4Check::Incremental)
-    };
-    if written.is_none() {
-        count_event(DatapathEvent::RewriteFailed);
-        return XDP_PASS;
+    if outcome != Outcome::Failed {
+        count_traffic(e.frontend_id, e.backend_id, DIR_REQUEST, flow);
+        if program_variant() != 0 {
+            count_event(DatapathEvent::VariantTranslated);
+        }
+        if created {
+            count_event(DatapathEvent::FlowCreated);
+        }
     }
-    translated(e.frontend_id, e.backend_id, flow);
-    if created {
-        count_event(DatapathEvent::FlowCreated);
-    }
-    match hop {
-        Some(hop) if !deferred => fastpath::send(ctx, flow, &hop),
-        _ => XDP_PASS,
-    }
-}
-
-#[inline(always)]
-fn translated(frontend_id: u32, backend_id: u32, flow: &Flow) {
-    count_traffic(frontend_id, backend_id, DIR_REQUEST, flow);
-    if program_variant() != 0 {
-        count_event(DatapathEvent::VariantTranslated);
-    }
+    outcome.verdict()
 }

@@ -4,7 +4,10 @@
 //!   packets from the frontend it addressed to a backend (DNAT), creating a
 //!   conntrack entry per flow.
 //! - `portmap_ingress_tc` (tc ingress, same interfaces): writes the
-//!   translations XDP decided but left to the kernel's checksum helpers.
+//!   translations XDP decided but left to the kernel's checksum helpers
+//!   (SNATed requests among them).
+//! - `portmap_snat_reply` (tc ingress, after it): turns the replies of flows
+//!   SNATed towards backends on other nodes back to their clients.
 //! - `portmap_egress` (tc egress, same interfaces): translates the backend's
 //!   replies back so they come from the frontend the client used.
 //! - `portmap_connect4/6`, `portmap_sendmsg4/6`, `portmap_recvmsg4/6`,
@@ -52,7 +55,11 @@ mod reject;
 #[cfg(target_arch = "bpf")]
 mod reply;
 #[cfg(target_arch = "bpf")]
+mod snat;
+#[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod xlate;
 
 #[cfg(target_arch = "bpf")]
 use aya_ebpf::{
@@ -79,6 +86,15 @@ pub fn portmap_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn portmap_ingress_tc(ctx: TcContext) -> i32 {
     handoff::run(&ctx)
+}
+
+/// tc ingress on published interfaces, after `portmap_ingress_tc`: replies
+/// of SNATed flows (see `snat`). A program of its own: with the handoff's
+/// rewrites it would not fit one 512-byte stack frame.
+#[cfg(target_arch = "bpf")]
+#[classifier]
+pub fn portmap_snat_reply(ctx: TcContext) -> i32 {
+    snat::run_reply(&ctx)
 }
 
 /// tc ingress on backend-facing interfaces: replies forwarded by the fast

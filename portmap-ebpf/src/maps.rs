@@ -6,8 +6,10 @@
 //! | `FRONTENDS` | hash | (addr, port, proto) → backend table and ids | userspace |
 //! | `FRONTEND_GEN` | array | frontend id → generation | userspace |
 //! | `BACKENDS` | array | backend id → address, port, state, generation | userspace |
+//! | `BACKEND_NAT` | array | backend id → local, or SNAT from which address | userspace |
 //! | `MAGLEV` | array (mmap) | pool of Maglev tables of backend ids | userspace |
 //! | `CONNTRACK` | LRU hash | flow → translation, state, last seen | dataplane; GC by userspace |
+//! | `SNAT` | hash | SNATed flow's reply → its client (the port's allocation) | dataplane; GC by userspace |
 //! | `NODE_ADDRS` | hash | this node's addresses | userspace |
 //! | `FRONTEND_STATS`, `BACKEND_STATS` | per-CPU array | id → packets, bytes | dataplane |
 //! | `EVENTS` | per-CPU array | `DatapathEvent` → count | dataplane |
@@ -16,16 +18,17 @@
 //! | `SOURCE_RANGES` | LPM trie | (service, source prefix) → allowed | userspace |
 //! | `SOCK_REVNAT` | LRU hash | (socket, backend) → frontend the socket addressed | socket programs |
 //! | `DEVMAP` | devmap hash | interfaces the fast path redirects into | userspace |
+//! | `FIB_SCRATCH`, `SNAT_SCRATCH`, `CT_SCRATCH` | per-CPU array | `bpf_fib_lookup` parameters, SNAT keys tried, new conntrack entries: off the stack | dataplane |
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, bpf_fib_lookup as FibParams},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use portmap_common::abi::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, EVENT_SLOTS, FrontendKey,
-    FrontendValue, MaglevBlock, NodeAddrKey, SockRevKey, SockRevValue, SourceRangeKey,
-    TrafficCounters,
+    AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, EVENT_SLOTS,
+    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SnatValue, SockRevKey, SockRevValue,
+    SourceRangeKey, TrafficCounters,
 };
 
 /// Frontends: where clients send. A frontend on all node addresses has an
@@ -42,6 +45,11 @@ pub static FRONTEND_GEN: Array<u32> = Array::with_max_entries(65536, 0);
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(65536, 0);
 
+/// How flows reach each backend (by backend id, as `BACKENDS`): directly,
+/// or SNATed from this node's address towards it.
+#[map]
+pub static BACKEND_NAT: Array<BackendNat> = Array::with_max_entries(65536, 0);
+
 /// Pool of Maglev lookup tables, each a run of backend ids that a frontend
 /// points into, packed 16 to a value. Memory-mappable, so userspace writes
 /// whole tables at memcpy speed.
@@ -51,6 +59,39 @@ pub static MAGLEV: Array<MaglevBlock> = Array::with_max_entries(1 << 16, BPF_F_M
 /// Connection tracking: two entries per translated flow (see `CtKey`).
 #[map]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(262_144, 0);
+
+/// SNAT port allocations: each SNATed flow's reply as it arrives (backend →
+/// this node's address and port) → the client it goes back to. Inserted with
+/// `BPF_NOEXIST` to take a port; freed by garbage collection once the flow is
+/// gone, never evicted (a port reused while its flow lives would send one
+/// client's replies to another).
+#[map]
+pub static SNAT: HashMap<CtKey, SnatValue> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Scratch space for `bpf_fib_lookup`'s parameters (one slot per CPU), so
+/// the fast path's 64-byte struct stays off the programs' stack.
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);
+
+/// A SNAT key and value being tried, per CPU: off the programs' stack.
+#[repr(C)]
+pub struct SnatScratch {
+    pub key: CtKey,
+    pub value: SnatValue,
+}
+
+#[map]
+pub static SNAT_SCRATCH: PerCpuArray<SnatScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The conntrack entries of a flow being created, per CPU: off the stack.
+#[repr(C)]
+pub struct CtScratch {
+    pub key: CtKey,
+    pub value: CtValue,
+}
+
+#[map]
+pub static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Addresses of this node, for frontends published on all of them.
 #[map]

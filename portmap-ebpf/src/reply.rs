@@ -8,7 +8,7 @@
 //! program on the client interface translates it as on the slow path.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use portmap_common::abi::{CT_REPLY, DIR_REPLY, DatapathEvent};
+use portmap_common::abi::{CT_F_SNAT, CT_REPLY, DIR_REPLY, DatapathEvent};
 
 use crate::{
     conntrack,
@@ -40,7 +40,9 @@ fn translate(ctx: &TcContext, flow: &Flow) -> i32 {
     };
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
-    if !conntrack::reply_allowed(&e, flow.proto, now, cfg) {
+    // A SNATed flow's replies come to this node's address, and tc ingress
+    // turns them around (see `snat`); an entry of one is not for here.
+    if e.flags & CT_F_SNAT != 0 || !conntrack::reply_allowed(&e, flow.proto, now, cfg) {
         return TC_ACT_UNSPEC;
     }
     // Routed before anything is rewritten, so a fallback leaves the packet
@@ -54,7 +56,7 @@ fn translate(ctx: &TcContext, flow: &Flow) -> i32 {
     ) else {
         return TC_ACT_UNSPEC;
     };
-    conntrack::touch(&key, entry, flow, now);
+    conntrack::touch_unsnated(&key, entry, flow, now);
     if rewrite_tc(ctx, flow, Side::Src, &e.nat_addr, e.nat_port).is_none() {
         count_event(if ctx.is_gso() {
             DatapathEvent::GsoRewriteFailed

@@ -1,8 +1,9 @@
 //! What portmap's tests, its benchmark and `cargo xtask` build on the host
 //! and must take down again, also when they fail or are interrupted: network
 //! namespaces ([`netns`]), the client → node → backends topology ([`topo`]),
-//! cgroup v2 directories ([`cgroup`]), Ctrl-C handling ([`signals`]) and
-//! child processes ([`process`]). Every guard deletes what it made on drop.
+//! cgroup v2 directories ([`cgroup`]), Ctrl-C handling ([`signals`]),
+//! child processes ([`process`]) and Docker Engines of their own
+//! ([`docker`]). Every guard deletes what it made on drop.
 //!
 //! It depends on std, libc and anyhow only, so that xtask can use it before
 //! bpf-linker exists. The daemon uses [`cgroup::ensure_mounted`] and [`lock`]
@@ -10,6 +11,7 @@
 //! logic.
 
 pub mod cgroup;
+pub mod docker;
 pub mod netns;
 pub mod process;
 pub mod signals;

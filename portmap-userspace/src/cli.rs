@@ -15,9 +15,11 @@ use crate::{
     control,
     daemon::{self, Input, InvalidInput, Kubernetes, RunError, SocketLb, Timeouts, Until},
     dataplane::{DEFAULT_PIN_DIR, Limits, XdpMode},
+    docker::DockerHost,
     k8s::NodeConfig,
     kubeapi::{self, health::DEFAULT_HEALTHZ_ADDR},
     list,
+    locality::Masquerade,
     model::{Cidr, PublishSpec},
 };
 
@@ -83,6 +85,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
 
+    /// Publish what Docker publishes: the ports of every running container
+    /// (`docker run -p`, `-P`, Compose `ports:`), followed live from the
+    /// Docker Engine at --docker-host, else $DOCKER_HOST, else
+    /// unix:///var/run/docker.sock.
+    #[arg(long)]
+    pub docker: bool,
+
+    /// The Docker Engine to follow (implies --docker): unix:///PATH,
+    /// tcp://HOST:PORT or http://HOST:PORT.
+    #[arg(long, value_name = "URL", value_parser = parse_docker_host)]
+    pub docker_host: Option<DockerHost>,
+
     /// This node's name, for `nodeName` and the `Local` traffic policies.
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
@@ -121,6 +135,18 @@ pub struct RunArgs {
     /// Range nodePorts are assigned from when a Service leaves them out.
     #[arg(long, value_name = "FIRST-LAST", default_value = "30000-32767", value_parser = parse_port_range)]
     pub node_port_range: std::ops::RangeInclusive<u16>,
+
+    /// Source ports of flows SNATed towards backends on other nodes (per
+    /// backend address and port). Keep it clear of the NodePort range and of
+    /// `net.ipv4.ip_local_port_range`.
+    #[arg(long, value_name = "FIRST-LAST", default_value = "61000-65535", value_parser = parse_port_range)]
+    pub snat_port_range: std::ops::RangeInclusive<u16>,
+
+    /// SNAT every new flow, to backends on this node too (kube-proxy's
+    /// `--masquerade-all`); `externalTrafficPolicy: Local` still keeps the
+    /// client's address.
+    #[arg(long)]
+    pub masquerade_all: bool,
 
     /// Range ClusterIPs are assigned from when a Service leaves them out
     /// (repeatable; one per family).
@@ -170,13 +196,17 @@ pub struct RunArgs {
     #[arg(long, hide = true, default_value_t = 0)]
     pub datapath_variant: u32,
 
-    /// Most frontends (published address, port and protocol) at once.
-    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
-    pub max_frontends: u32,
+    /// Most frontends (published address, port and protocol) and services
+    /// at once. Default: what the desired state at start needs and half
+    /// again, at least 16384.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+    pub max_frontends: Option<u32>,
 
-    /// Most backends at once (also sizes the Maglev table pool, 400 slots each).
-    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
-    pub max_backends: u32,
+    /// Most backends at once; given, it also sizes the Maglev table pool (400
+    /// slots each). Default: what the desired state at start needs and half
+    /// again (the pool likewise), at least 16384.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1 << 22))]
+    pub max_backends: Option<u32>,
 
     /// Conntrack entries (two per flow); the least recently used are evicted when full.
     #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(64..=1 << 26))]
@@ -233,6 +263,12 @@ impl RunArgs {
                     service_cidrs: self.service_cidr,
                     pod_cidrs: Vec::new(),
                 },
+                docker: (self.docker || self.docker_host.is_some())
+                    .then(|| DockerHost::choose(self.docker_host)),
+                masquerade: Masquerade {
+                    all: self.masquerade_all,
+                    ports: self.snat_port_range,
+                },
             },
             metrics_addr: self.metrics_addr,
             control_socket: self.control_socket,
@@ -242,8 +278,8 @@ impl RunArgs {
             keep_datapath: self.keep_datapath,
             datapath_variant: self.datapath_variant,
             limits: Limits {
-                frontends: self.max_frontends,
-                backends: self.max_backends,
+                frontends: self.max_frontends.unwrap_or(Limits::AUTO),
+                backends: self.max_backends.unwrap_or(Limits::AUTO),
                 conntrack: self.conntrack_entries,
             },
             timeouts: Timeouts {
@@ -309,6 +345,10 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+}
+
+fn parse_docker_host(s: &str) -> Result<DockerHost, String> {
     s.parse()
 }
 
@@ -464,7 +504,8 @@ mod tests {
             "--control-socket /run/x.sock --bpffs-dir /sys/fs/bpf/x ",
             "--keep-datapath --datapath-variant 1 --max-frontends 10 ",
             "--max-backends 20 --conntrack-entries 100 --tcp-timeout 1h ",
-            "--tcp-syn-timeout 5s --tcp-closing-timeout 2s --udp-timeout 30s",
+            "--tcp-syn-timeout 5s --tcp-closing-timeout 2s --udp-timeout 30s ",
+            "--docker-host unix:///run/pm-docker.sock",
         );
         let cli = Cli::try_parse_from(std::iter::once("portmap").chain(line.split_whitespace()))
             .expect("the command line parses");
@@ -487,6 +528,10 @@ mod tests {
         assert_eq!(
             c.sources.node.service_cidrs,
             ["10.0.0.0/16".parse().unwrap()]
+        );
+        assert_eq!(
+            c.sources.docker.as_ref().map(DockerHost::as_str),
+            Some("unix:///run/pm-docker.sock")
         );
         assert_eq!(c.metrics_addr, "127.0.0.1:9999".parse().unwrap());
         assert_eq!(c.xdp_mode, XdpMode::Generic);
@@ -533,6 +578,18 @@ mod tests {
             args.config().socket_lb
         };
         assert_eq!(socket_lb(&[]), SocketLb::DefaultCgroup);
+        let Command::Run(args) = Cli::try_parse_from(["portmap", "run", "--iface", "eth0"])
+            .unwrap()
+            .command
+        else {
+            panic!("not `run`");
+        };
+        let limits = args.config().limits;
+        assert_eq!(
+            (limits.frontends, limits.backends),
+            (Limits::AUTO, Limits::AUTO),
+            "sized from the desired state unless given"
+        );
         assert_eq!(socket_lb(&["--no-socket-lb"]), SocketLb::Off);
     }
 

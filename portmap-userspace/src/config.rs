@@ -1,5 +1,6 @@
 //! Where the desired state comes from: `-p` specs, Kubernetes manifest
-//! files and the API server (`--kubernetes`), merged and checked as one.
+//! files and the API server (`--kubernetes`), merged and checked as one
+//! (Docker's containers are added to them one by one: `docker::compose`).
 //! Manifest files are watched: a change is read, translated and checked as
 //! a whole before anything is applied, so a bad edit leaves the last good
 //! state in force. The API server's Services are each their own: one that
@@ -16,8 +17,10 @@ use std::{
 use anyhow::Result;
 
 use crate::{
+    docker::DockerHost,
     k8s::{self, Assignments, NodeConfig, Rejected},
     kubeapi::Snapshot,
+    locality::{self, KernelRoutes, Masquerade},
     model::{Cidr, DesiredState, PublishSpec},
 };
 
@@ -29,6 +32,10 @@ pub struct Sources {
     pub allow_from: Vec<Cidr>,
     pub manifests: Vec<PathBuf>,
     pub node: NodeConfig,
+    /// `--docker`: the Docker Engine whose containers' ports are published.
+    pub docker: Option<DockerHost>,
+    /// Which flows are SNATed towards their backends (see `locality`).
+    pub masquerade: Masquerade,
 }
 
 /// A desired state, with what was assigned and what was worth saying.
@@ -128,6 +135,11 @@ impl Sources {
         };
         desired.services.append(&mut loaded.desired.services);
         desired.validate()?;
+        // Every source's backends, the API server's included, are placed
+        // and given their SNAT address here (a Service kept from the last
+        // state is resolved again: routes may have changed since).
+        let masq = locality::resolve(&mut desired, &self.masquerade, &mut KernelRoutes);
+        loaded.warnings.extend(masq);
         loaded.desired = desired;
         Ok(loaded)
     }
@@ -182,6 +194,8 @@ mod tests {
             allow_from: Vec::new(),
             manifests: vec![file.clone()],
             node: NodeConfig::default(),
+            docker: None,
+            masquerade: Masquerade::default(),
         };
         let err = sources.load(None).unwrap_err().to_string();
         assert!(err.contains("*:30080/tcp is published twice"), "{err}");

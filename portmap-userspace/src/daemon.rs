@@ -11,7 +11,7 @@ mod tasks;
 mod validate;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -25,13 +25,19 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use portmap_testkit::lock;
 
-use self::tasks::{follow_interfaces, maintain};
+use self::tasks::{follow_docker, follow_interfaces, maintain, retry_unpublished};
 pub use self::validate::{Input, InvalidInput};
 use crate::{
     config::{Loaded, Sources},
     control,
-    dataplane::{Attached, Dataplane, Limits, PinDir, SockAttached, XdpMode, default_cgroup},
-    kubeapi, metrics,
+    dataplane::{
+        Attached, Dataplane, Limits, NotPublished, PinDir, Sizes, SockAttached, XdpMode,
+        default_cgroup,
+    },
+    docker::Follower,
+    kubeapi,
+    locality::{self, KernelRoutes},
+    metrics,
     model::{DesiredState, HostAddr},
     netlink::LinkWatch,
     node_addrs::node_addresses,
@@ -110,6 +116,8 @@ impl Config {
             } else {
                 DP_FAST_PATH
             },
+            snat_port_min: *self.sources.masquerade.ports.start(),
+            snat_port_max: *self.sources.masquerade.ports.end(),
             ..DatapathConfig::default()
         }
     }
@@ -213,6 +221,20 @@ fn enable_forwarding(desired: &DesiredState, node: &BTreeSet<IpAddr>) -> Result<
     Ok(())
 }
 
+/// SNATed flows' replies come back on the interface towards their backends,
+/// and only programs on an `--iface` turn them around: say so when that
+/// interface is not one.
+fn warn_about_snat_reply_interfaces(desired: &DesiredState, ifaces: &[String]) {
+    for (oif, backend) in locality::snat_reply_interfaces(desired, &mut KernelRoutes) {
+        let name = crate::dataplane::interface_name(oif).unwrap_or_else(|| format!("index {oif}"));
+        if !ifaces.contains(&name) {
+            warn!(
+                "backend {backend} is on another node and reached through {name}, which is not an --iface: its SNATed flows' replies come back there untranslated; add --iface {name}"
+            );
+        }
+    }
+}
+
 /// A `-p` spec's host address is meant to be the node's (as with Docker);
 /// ClusterIPs and load balancer IPs never are, so they are not warned about.
 fn warn_about_foreign_frontends(desired: &DesiredState, node: &BTreeSet<IpAddr>) {
@@ -249,7 +271,13 @@ pub fn run(config: Config, until: Until) -> Result<(), RunError> {
             None
         }
     };
-    Ok(runtime.block_on(serve(config, until, loaded, client))?)
+    // The engine is asked before anything is touched: one that cannot be
+    // reached is an error naming its address.
+    let docker = match &config.sources.docker {
+        Some(host) => Some(runtime.block_on(Follower::connect(host.clone()))?),
+        None => None,
+    };
+    Ok(runtime.block_on(serve(config, until, loaded, client, docker))?)
 }
 
 fn log_loaded(loaded: &Loaded) {
@@ -273,6 +301,7 @@ async fn serve(
     until: Until,
     loaded: Loaded,
     client: Option<::kube::Client>,
+    docker: Option<Follower>,
 ) -> Result<()> {
     // Sockets first: if one cannot be bound, nothing has been attached yet.
     let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
@@ -299,11 +328,11 @@ async fn serve(
         // wait for the API server.
         let mut stopped = until.arm()?;
         let Some(client) = client else {
-            return publish_and_wait(config, stopped, loaded, None, listeners).await;
+            return publish_and_wait(config, stopped, (loaded, None, docker), listeners).await;
         };
         match kube::start(&config, client, &mut stopped, listeners).await? {
             Some((loaded, api, listeners)) => {
-                publish_and_wait(config, stopped, loaded, Some(api), listeners).await
+                publish_and_wait(config, stopped, (loaded, Some(api), docker), listeners).await
             }
             None => Ok(()),
         }
@@ -316,8 +345,7 @@ async fn serve(
 async fn publish_and_wait(
     config: Config,
     mut stopped: Armed,
-    loaded: Loaded,
-    api: Option<kube::Api>,
+    (loaded, api, docker): (Loaded, Option<kube::Api>, Option<Follower>),
     listeners: Listeners,
 ) -> Result<()> {
     // Subscribed before attaching: an interface that goes while the daemon
@@ -325,8 +353,19 @@ async fn publish_and_wait(
     let links = LinkWatch::open().context("subscribing to network interface events")?;
     let pins = PinDir::open(&config.bpffs_dir)
         .with_context(|| format!("--bpffs-dir {}", config.bpffs_dir.display()))?;
-    let mut dataplane = Dataplane::load_pinned(
-        config.limits,
+    // The state of the sources (with the API server's first sync) and
+    // Docker's containers as they are now.
+    let mut reloader = Reloader::new(config.sources.clone(), loaded);
+    let desired = reloader.start_with(
+        docker
+            .as_ref()
+            .map(Follower::containers)
+            .unwrap_or_default(),
+    );
+    let sizes = Sizes::at_start(config.limits, &desired, &pins)?;
+    info!("{sizes}");
+    let mut dataplane = Dataplane::load_sized(
+        sizes,
         config.datapath_config(),
         pins,
         config.datapath_variant,
@@ -338,8 +377,7 @@ async fn publish_and_wait(
             dataplane.adopted()
         );
     }
-    let desired = &loaded.desired;
-    let dataplane = match start(&mut dataplane, &config, desired) {
+    let dataplane = match start(&mut dataplane, &config, &desired) {
         Ok(()) => dataplane,
         Err(e) => {
             // A dataplane this process created goes; an adopted one stays as
@@ -351,7 +389,8 @@ async fn publish_and_wait(
             return Err(e);
         }
     };
-    log_published(desired);
+    log_published(&desired, dataplane.unpublished());
+    drop(desired);
     info!(
         "metrics on http://{}/metrics, control socket {}",
         config.metrics_addr,
@@ -368,8 +407,7 @@ async fn publish_and_wait(
         }
         None => (None, None, None),
     };
-    let mut reloader = Reloader::new(config.sources.clone(), loaded, source);
-    reloader.started();
+    reloader.started(source);
     let mut registry = metrics::registry(dataplane.clone(), reloader.status.clone());
     if let Some(status) = kube_status {
         registry.register_collector(Box::new(kubeapi::metrics::Collector(status)));
@@ -383,6 +421,12 @@ async fn publish_and_wait(
     if let Some(follower) = follower {
         tasks.spawn(follower.run(reloader.clone()));
     }
+    if let Some(docker) = docker {
+        let (tx, rx) = tokio::sync::watch::channel(docker.containers());
+        tasks.spawn(docker.run(tx));
+        tasks.spawn(follow_docker(dataplane.clone(), reloader, rx));
+    }
+    tasks.spawn(retry_unpublished(dataplane.clone()));
 
     let outcome = tokio::select! {
         why = stopped.wait() => { info!("{why}: detaching"); Ok(()) }
@@ -406,41 +450,24 @@ async fn publish_and_wait(
     outcome
 }
 
-/// Says what is published: each frontend for a few Services, a count for a
-/// cluster's worth.
-fn log_published(desired: &DesiredState) {
-    const EACH_UP_TO: usize = 100;
-    if desired.services.len() > EACH_UP_TO {
-        let frontends: usize = desired.services.iter().map(|s| s.frontends.len()).sum();
-        info!(
-            "published {} services ({frontends} frontends); `portmap list` shows them",
-            desired.services.len()
-        );
-        return;
-    }
-    for svc in &desired.services {
-        for fe in &svc.frontends {
-            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
-            info!("published {fe} -> {}", backends.join(", "));
-        }
-    }
-}
-
 /// Programs and attaches a loaded dataplane.
 fn start(dataplane: &mut Dataplane, config: &Config, desired: &DesiredState) -> Result<()> {
     let node = node_addresses().context("reading the node's addresses")?;
     dataplane.set_node_addrs(&node)?;
-    let report = dataplane.apply(desired)?;
-    if !report.is_complete() {
-        let failed: Vec<String> = report
-            .failed
+    // What fits is published, the rest reported and retried; only what the
+    // user typed (-p) is worth refusing to start for.
+    let published = dataplane.publish(desired)?;
+    if !published.typed.is_empty() {
+        let failed: Vec<String> = published
+            .typed
             .iter()
             .map(|(key, why)| format!("{key}: {why}"))
             .collect();
-        anyhow::bail!("could not publish everything:\n  {}", failed.join("\n  "));
+        anyhow::bail!("could not publish:\n  {}", failed.join("\n  "));
     }
     warn_about_foreign_frontends(desired, &node);
     enable_forwarding(desired, &node)?;
+    warn_about_snat_reply_interfaces(desired, &config.ifaces);
     let attached = dataplane.attach(&config.ifaces, &config.backend_ifaces, config.xdp_mode)?;
     for (iface, role, how) in attached {
         match how {
@@ -451,6 +478,37 @@ fn start(dataplane: &mut Dataplane, config: &Config, desired: &DesiredState) -> 
         }
     }
     attach_sockets(dataplane, &config.socket_lb)
+}
+
+/// Says what is published, one line per frontend for the first few.
+fn log_published(desired: &DesiredState, unpublished: &BTreeMap<String, NotPublished>) {
+    const EACH: usize = 20;
+    let published = desired
+        .services
+        .iter()
+        .filter(|s| !unpublished.contains_key(&s.key));
+    let frontends = published.flat_map(|s| s.frontends.iter().map(move |fe| (s, fe)));
+    let mut count = 0usize;
+    for (svc, fe) in frontends {
+        if count < EACH {
+            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.label()).collect();
+            let container = match svc.container.as_str() {
+                "" => String::new(),
+                name => format!(" (container {name})"),
+            };
+            match backends.as_slice() {
+                [] => info!("published {fe}, refusing new flows{container}"),
+                _ => info!("published {fe} -> {}{container}", backends.join(", ")),
+            }
+        }
+        count += 1;
+    }
+    if count > EACH {
+        info!(
+            "... and {} more frontends published (`portmap list` shows all)",
+            count - EACH
+        );
+    }
 }
 
 /// Socket-level load balancing on `--cgroup` (or off, `--no-socket-lb`).
@@ -521,6 +579,8 @@ pub(crate) mod tests {
                 allow_from: Vec::new(),
                 manifests: Vec::new(),
                 node: NodeConfig::default(),
+                docker: None,
+                masquerade: Default::default(),
             },
             metrics_addr: "127.0.0.1:9640".parse().unwrap(),
             control_socket: "/run/portmap.sock".into(),

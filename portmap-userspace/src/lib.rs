@@ -6,12 +6,14 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod docker;
 pub mod fuzz_checks;
 pub mod k8s;
 pub mod kubeapi;
 #[cfg(test)]
 mod layers;
 pub mod list;
+pub mod locality;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

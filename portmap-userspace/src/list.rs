@@ -74,24 +74,32 @@ fn both(c: &Counters) -> (String, String) {
 /// One line per frontend → backend. A frontend with one backend shows the
 /// frontend's counters on that line; with several, a line for the frontend's
 /// total, then one per backend with the backend's counters (summed over the
-/// service's frontends, as the per-backend metrics are).
+/// service's frontends, as the per-backend metrics are). A CONTAINER column
+/// names the Docker container of each line when any is published.
 pub fn render(snapshot: &Snapshot) -> String {
-    let mut rows = vec![
+    let with_container = snapshot.services.iter().any(|s| !s.container.is_empty());
+    let mut rows: Vec<Vec<String>> = vec![
         [
             "FRONTEND",
             "BACKEND",
             "STATE",
             "SERVICE",
+            "CONTAINER",
             "PACKETS(req/rep)",
             "BYTES(req/rep)",
         ]
-        .map(String::from),
+        .map(String::from)
+        .to_vec(),
     ];
     for svc in &snapshot.services {
         let service = match (svc.service.as_str(), svc.port_name.as_str()) {
             ("", _) => "-".to_string(),
             (name, "") => name.to_string(),
             (name, port) => format!("{name}:{port}"),
+        };
+        let container = match svc.container.as_str() {
+            "" => "-".to_string(),
+            name => name.to_string(),
         };
         let state = |be: &BackendStats| {
             let state = match be.state {
@@ -104,50 +112,57 @@ pub fn render(snapshot: &Snapshot) -> String {
                 format!("{state},standby")
             }
         };
+        let row = |frontend: String, backend: String, state: String, c: &Counters| {
+            let (p, b) = both(c);
+            vec![
+                frontend,
+                backend,
+                state,
+                service.clone(),
+                container.clone(),
+                p,
+                b,
+            ]
+        };
         for fe in &svc.frontends {
-            let (p, b) = both(&fe.counters);
             match svc.backends.as_slice() {
-                [] => rows.push([
+                [] => rows.push(row(
                     fe.frontend.clone(),
                     "-> (no backend)".into(),
                     "-".into(),
-                    service.clone(),
-                    p,
-                    b,
-                ]),
-                [be] => rows.push([
+                    &fe.counters,
+                )),
+                [be] => rows.push(row(
                     fe.frontend.clone(),
                     format!("-> {}", be.backend),
                     state(be),
-                    service.clone(),
-                    p,
-                    b,
-                ]),
+                    &fe.counters,
+                )),
                 many => {
-                    rows.push([
+                    rows.push(row(
                         fe.frontend.clone(),
                         format!("-> ({} backends)", many.len()),
                         "-".into(),
-                        service.clone(),
-                        p,
-                        b,
-                    ]);
+                        &fe.counters,
+                    ));
                     for be in many {
-                        let (p, b) = both(&be.counters);
-                        rows.push([
+                        rows.push(row(
                             "".into(),
                             format!("   {}", be.backend),
                             state(be),
-                            service.clone(),
-                            p,
-                            b,
-                        ]);
+                            &be.counters,
+                        ));
                     }
                 }
             }
         }
     }
-    let widths: Vec<usize> = (0..6)
+    if !with_container {
+        for row in &mut rows {
+            row.remove(4);
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = header(snapshot);

@@ -33,63 +33,86 @@ impl std::fmt::Debug for DataplaneCollector {
 }
 
 /// Counter families of one scrape, each a sum per label set: two frontends
-/// that reach one backend address add up in its backend series.
+/// that reach one backend address add up in its backend series. The labels
+/// are borrowed from the snapshot (frontend or backend, service, port name),
+/// with both directions under one key: at 100,000 backends, owned label sets
+/// per series made a scrape cost hundreds of MiB.
 #[derive(Default)]
-struct Families {
-    packets: BTreeMap<Labels, u64>,
-    bytes: BTreeMap<Labels, u64>,
-    backend_packets: BTreeMap<Labels, u64>,
-    backend_bytes: BTreeMap<Labels, u64>,
+struct Families<'a> {
+    frontends: BTreeMap<[&'a str; 4], Counters>,
+    backends: BTreeMap<[&'a str; 4], Counters>,
 }
 
-fn add_both_ways(
-    packets: &mut BTreeMap<Labels, u64>,
-    bytes: &mut BTreeMap<Labels, u64>,
-    base: &Labels,
-    c: &Counters,
-) {
-    for (direction, p, b) in [
-        ("request", c.request_packets, c.request_bytes),
-        ("reply", c.reply_packets, c.reply_bytes),
-    ] {
-        let mut labels = base.clone();
-        labels.push(("direction", direction.to_string()));
-        *packets.entry(labels.clone()).or_default() += p;
-        *bytes.entry(labels).or_default() += b;
-    }
+fn add(sum: &mut Counters, c: &Counters) {
+    sum.request_packets += c.request_packets;
+    sum.request_bytes += c.request_bytes;
+    sum.reply_packets += c.reply_packets;
+    sum.reply_bytes += c.reply_bytes;
 }
 
-impl Families {
-    fn from_snapshot(snap: &Snapshot) -> Self {
+impl<'a> Families<'a> {
+    fn from_snapshot(snap: &'a Snapshot) -> Self {
         let mut f = Families::default();
         for svc in &snap.services {
             for fe in &svc.frontends {
-                let base = vec![
-                    ("frontend", fe.frontend.clone()),
-                    ("service", svc.service.clone()),
-                    ("port_name", svc.port_name.clone()),
+                let key = [
+                    fe.frontend.as_str(),
+                    &svc.service,
+                    &svc.port_name,
+                    &svc.container,
                 ];
-                add_both_ways(&mut f.packets, &mut f.bytes, &base, &fe.counters);
+                add(f.frontends.entry(key).or_default(), &fe.counters);
             }
             for be in &svc.backends {
-                let base = vec![
-                    ("backend", be.backend.clone()),
-                    ("service", svc.service.clone()),
-                    ("port_name", svc.port_name.clone()),
+                let key = [
+                    be.backend.as_str(),
+                    &svc.service,
+                    &svc.port_name,
+                    &svc.container,
                 ];
-                add_both_ways(
-                    &mut f.backend_packets,
-                    &mut f.backend_bytes,
-                    &base,
-                    &be.counters,
-                );
+                add(f.backends.entry(key).or_default(), &be.counters);
             }
         }
         f
     }
 }
 
+/// A counter family of one series per (key, direction); `first` names the
+/// key's first label (`frontend` or `backend`).
 fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    first: &'static str,
+    series: &BTreeMap<[&str; 4], Counters>,
+    value: fn(&Counters) -> [u64; 2],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for ([what, service, port_name, container], c) in series {
+        for (direction, v) in ["request", "reply"].into_iter().zip(value(c)) {
+            let labels = [
+                (first, *what),
+                ("service", *service),
+                ("port_name", *port_name),
+                ("container", *container),
+                ("direction", direction),
+            ];
+            ConstCounter::new(v).encode(metric.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn packets(c: &Counters) -> [u64; 2] {
+    [c.request_packets, c.reply_packets]
+}
+
+fn bytes(c: &Counters) -> [u64; 2] {
+    [c.request_bytes, c.reply_bytes]
+}
+
+/// A counter family with one label set per series.
+fn encode_labelled_counters(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -132,25 +155,33 @@ impl Collector for DataplaneCollector {
             &mut encoder,
             "portmap_packets",
             "Packets translated per frontend, per direction (request: client to backend; reply: backend to client). Socket-level load balancing (local processes and pods in --cgroup) counts one request per TCP connect or UDP connect and one per UDP message sent to an address, and no replies.",
-            &f.packets,
+            "frontend",
+            &f.frontends,
+            packets,
         )?;
         encode_counters(
             &mut encoder,
             "portmap_bytes",
             "IP bytes (headers included) translated per frontend, per direction. Socket-level load balancing adds none (it translates addresses, not packets).",
-            &f.bytes,
+            "frontend",
+            &f.frontends,
+            bytes,
         )?;
         encode_counters(
             &mut encoder,
             "portmap_backend_packets",
             "Packets translated per backend, per direction; socket-level load balancing counts per connect or UDP message, as for frontends.",
-            &f.backend_packets,
+            "backend",
+            &f.backends,
+            packets,
         )?;
         encode_counters(
             &mut encoder,
             "portmap_backend_bytes",
             "IP bytes (headers included) translated per backend, per direction; none for socket-level load balancing.",
-            &f.backend_bytes,
+            "backend",
+            &f.backends,
+            bytes,
         )?;
         let events: BTreeMap<Labels, u64> = snapshot
             .events
@@ -170,6 +201,36 @@ impl Collector for DataplaneCollector {
             snapshot.maps.iter().map(|m| (m.map.as_str(), m.capacity)),
         )?;
         let mut metric = encoder.encode_descriptor(
+            "portmap_backend_snat",
+            "1 if new flows to the backend are SNATed (a backend on another node, or --masquerade-all), from the address in snat_from; 0 if they keep the client's address.",
+            None,
+            MetricType::Gauge,
+        )?;
+        // A backend listed by several units of one Service (its ClusterIP and
+        // its nodePorts) is one series.
+        let mut snat: BTreeMap<[String; 4], bool> = BTreeMap::new();
+        for svc in &snapshot.services {
+            for be in &svc.backends {
+                let from = be.snat_from.map(|a| a.to_string()).unwrap_or_default();
+                let key = [
+                    be.backend.clone(),
+                    svc.service.clone(),
+                    svc.port_name.clone(),
+                    from,
+                ];
+                *snat.entry(key).or_default() |= be.snat_from.is_some();
+            }
+        }
+        for ([backend, service, port_name, from], on) in &snat {
+            let labels = [
+                ("backend", backend.as_str()),
+                ("service", service.as_str()),
+                ("port_name", port_name.as_str()),
+                ("snat_from", from.as_str()),
+            ];
+            ConstGauge::new(i64::from(*on)).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
             "portmap_interface_attached",
             "1 while the programs are attached to the interface (--iface, --backend-iface), 0 while it is gone; it is attached again when an interface of that name comes back.",
             None,
@@ -187,7 +248,8 @@ impl Collector for DataplaneCollector {
         )?;
         ConstGauge::new(i64::from(snapshot.socket_lb.enabled))
             .encode(metric.encode_family(&NoLabels)?)?;
-        encode_counters(
+        encode_unpublished(&mut encoder, &self.dataplane)?;
+        encode_labelled_counters(
             &mut encoder,
             "portmap_datapath_events",
             "Things the dataplane did or declined to do (flows created or moved, malformed packets and fragments passed untouched, ...).",
@@ -195,6 +257,30 @@ impl Collector for DataplaneCollector {
         )?;
         Ok(())
     }
+}
+
+/// One series per object of the desired state that is not published (its
+/// key, and the map that is full or `error`); none when all are.
+fn encode_unpublished(
+    encoder: &mut DescriptorEncoder,
+    dataplane: &Mutex<Dataplane>,
+) -> Result<(), std::fmt::Error> {
+    let objects: Vec<(String, &'static str)> = portmap_testkit::lock(dataplane)
+        .unpublished()
+        .iter()
+        .map(|(key, n)| (key.clone(), n.reason))
+        .collect();
+    let mut metric = encoder.encode_descriptor(
+        "portmap_objects_not_published",
+        "1 for each object (service port) of the desired state that is not published as desired, with the map that has no room for it (reason): a new one is not published, an edited one keeps what it had; retried as room appears. Their sum is how many are left out.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (object, reason) in &objects {
+        let labels = [("object", object.as_str()), ("reason", reason)];
+        ConstGauge::new(1).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// Reload outcomes (see [`ReloadStatus`]).
@@ -210,7 +296,7 @@ impl Collector for ReloadCollector {
         .into_iter()
         .map(|(result, n)| (vec![("result", result.to_string())], n))
         .collect();
-        encode_counters(
+        encode_labelled_counters(
             &mut encoder,
             "portmap_config_reloads",
             "Reloads of changed manifests (or on SIGHUP), by result; a failed one leaves the last good state in force.",
@@ -251,7 +337,10 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     // Reading the maps is a burst of syscalls: keep it off the async workers.
     let body = tokio::task::spawn_blocking(move || {
         let mut body = String::new();
-        encode(&mut body, &registry).map(|()| body)
+        let encoded = encode(&mut body, &registry);
+        // What the scrape read and sorted is free now; glibc would keep it.
+        crate::dataplane::trim_heap();
+        encoded.map(|()| body)
     })
     .await;
     match body {

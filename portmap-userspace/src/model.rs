@@ -122,6 +122,29 @@ pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
     pub state: EndpointState,
+    /// Where the endpoint runs, as its source knows it.
+    pub placement: Placement,
+    /// Set by the control plane before applying (see `locality`): this
+    /// node's address towards the endpoint when new flows to it are SNATed,
+    /// `None` when they keep the client's address.
+    pub snat_from: Option<IpAddr>,
+}
+
+/// Where an endpoint runs, as the source of desired state knows it; the
+/// control plane turns it into SNAT or not (`locality`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Placement {
+    /// Not said (a `-p` backend, an endpoint without `nodeName`): the route
+    /// to it decides.
+    #[default]
+    Unknown,
+    /// On this node (`nodeName` is `--node-name`).
+    Local,
+    /// On another node.
+    Remote,
+    /// Whatever node: flows keep the client's address, even under
+    /// `--masquerade-all` (`externalTrafficPolicy: Local`).
+    KeepClient,
 }
 
 impl Endpoint {
@@ -230,6 +253,9 @@ pub struct Service {
     pub name: String,
     /// The `port_name` label.
     pub port_name: String,
+    /// The `container` label: the Docker container that publishes it
+    /// (empty for `-p` mappings and Kubernetes Services).
+    pub container: String,
     pub frontends: Vec<Frontend>,
     pub endpoints: Vec<Endpoint>,
     /// `sessionAffinity: ClientIP` timeout in seconds.
@@ -277,11 +303,14 @@ impl DesiredState {
                     key: format!("-p {text} ({frontend})"),
                     name: String::new(),
                     port_name: String::new(),
+                    container: String::new(),
                     frontends: vec![frontend],
                     endpoints: vec![Endpoint {
                         addr: spec.backend,
                         port: backend_port,
                         state: EndpointState::Ready,
+                        placement: Placement::Unknown,
+                        snat_from: None,
                     }],
                     affinity_timeout_s: None,
                     when_empty: WhenEmpty::Pass,

@@ -8,6 +8,10 @@
 //! extra dependency tree for them, and aya (which speaks netlink the same way
 //! internally) exposes no API for either.
 
+mod route;
+
+pub use route::{Route, route_to};
+
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
@@ -25,6 +29,7 @@ const NLM_F_REQUEST: u16 = 1;
 const RTMGRP_LINK: u32 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_XDP: u16 = 43;
+const IFLA_MASTER: u16 = 10;
 const IFLA_XDP_PROG_ID: u16 = 4;
 /// Attribute types carry flag bits above these.
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -205,6 +210,30 @@ pub fn parse_links(buf: &[u8]) -> Vec<LinkEvent> {
 /// The id of the XDP program attached to interface `ifindex` of this
 /// namespace (`None`: no program, or no such interface).
 pub fn xdp_prog_id(ifindex: u32) -> io::Result<Option<u32>> {
+    link_attribute(ifindex, |attrs| {
+        attributes(attrs)
+            .find(|(t, _)| *t == IFLA_XDP)
+            .and_then(|(_, xdp)| attributes(xdp).find(|(t, _)| *t == IFLA_XDP_PROG_ID))
+            .and_then(|(_, v)| u32_at(v, 0))
+            .filter(|id| *id != 0)
+    })
+}
+
+/// The index of the device interface `ifindex` is enslaved to (a bridge,
+/// a bond), if any. Read through rtnetlink: /sys may show another
+/// namespace's interfaces.
+pub fn master_of(ifindex: u32) -> io::Result<Option<u32>> {
+    link_attribute(ifindex, |attrs| {
+        attributes(attrs)
+            .find(|(t, _)| *t == IFLA_MASTER)
+            .and_then(|(_, v)| u32_at(v, 0))
+            .filter(|i| *i != 0)
+    })
+}
+
+/// Asks for interface `ifindex` and reads its attributes with `read`
+/// (`None` if there is no such interface).
+fn link_attribute(ifindex: u32, read: impl Fn(&[u8]) -> Option<u32>) -> io::Result<Option<u32>> {
     let fd = nl_socket(0)?;
     let mut request = [0u8; NLMSG_HDRLEN + IFINFOMSG_LEN];
     let len = request.len() as u32;
@@ -225,15 +254,7 @@ pub fn xdp_prog_id(ifindex: u32) -> io::Result<Option<u32>> {
     let n = recv(&fd, &mut buf)?.ok_or_else(|| io::Error::other("no answer from rtnetlink"))?;
     for (kind, payload) in messages(&buf[..n]) {
         match kind {
-            RTM_NEWLINK => {
-                let attrs = payload.get(IFINFOMSG_LEN..).unwrap_or_default();
-                let prog = attributes(attrs)
-                    .find(|(t, _)| *t == IFLA_XDP)
-                    .and_then(|(_, xdp)| attributes(xdp).find(|(t, _)| *t == IFLA_XDP_PROG_ID))
-                    .and_then(|(_, v)| u32_at(v, 0))
-                    .filter(|id| *id != 0);
-                return Ok(prog);
-            }
+            RTM_NEWLINK => return Ok(read(payload.get(IFINFOMSG_LEN..).unwrap_or_default())),
             NLMSG_ERROR => {
                 let errno = u32_at(payload, 0).map_or(0, |e| -(e as i32));
                 if errno == libc::ENODEV {

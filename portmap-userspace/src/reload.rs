@@ -4,7 +4,10 @@
 //! fails anywhere before the apply, the last good state stays in force and
 //! the error (file, object, field, value) goes to the log and the metrics.
 //! An API Service that cannot be published is reported alone (log and
-//! Event), and keeps what it had.
+//! Event), and keeps what it had. Docker's containers reach the same
+//! publish: whenever they change, they are composed with the last good
+//! state of `-p`, the manifests and the API server, and what each container
+//! now publishes or withdraws is logged.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,15 +18,17 @@ use std::{
 };
 
 use anyhow::Result;
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::{
     config::{Loaded, Sources},
     dataplane::Dataplane,
+    docker::{Composed, Container, Published, compose},
     kubeapi::{
         NodeView, Reporter, SyncStatus, Watch,
         health::{Health, ServiceHealthServers, service_health},
     },
+    model::DesiredState,
 };
 
 /// Outcome counters of reloads, for the metrics.
@@ -69,15 +74,23 @@ impl ApiSource {
 /// What the reloader remembers between reloads.
 pub struct Reloader {
     sources: Sources,
+    /// The state of `-p`, the manifests and the API server, as last
+    /// published (Docker's containers are composed with its `desired`).
     last: Loaded,
     fingerprint: u64,
     pub status: Arc<ReloadStatus>,
     api: Option<ApiSource>,
+    /// Docker's containers as last seen (none without `--docker`).
+    containers: Vec<Container>,
+    /// What the containers publish, as last applied.
+    published: Published,
+    /// Containers refused, as last said.
+    refused: BTreeMap<String, String>,
 }
 
 impl Reloader {
     /// Starts from the state loaded at startup.
-    pub fn new(sources: Sources, loaded: Loaded, api: Option<ApiSource>) -> Self {
+    pub fn new(sources: Sources, loaded: Loaded) -> Self {
         let status = ReloadStatus::default();
         status.last_ok.store(true, Ordering::Relaxed);
         Self {
@@ -85,14 +98,41 @@ impl Reloader {
             sources,
             last: loaded,
             status: Arc::new(status),
-            api,
+            api: None,
+            containers: Vec::new(),
+            published: Published::default(),
+            refused: BTreeMap::new(),
         }
     }
 
-    /// Once the state loaded at startup is programmed: says so to the
-    /// health checks, serves the `healthCheckNodePort`s, reports rejected
-    /// Services. In the async runtime.
-    pub fn started(&mut self) {
+    /// The desired state to start with: the loaded one and `containers`'
+    /// ports (refused containers said in the log).
+    pub fn start_with(&mut self, containers: Vec<Container>) -> DesiredState {
+        self.containers = containers;
+        let composed = compose(&self.last.desired, &self.containers);
+        self.published = published(&composed, &[]);
+        self.say_refused(&composed);
+        composed.desired
+    }
+
+    /// Applies what Docker's containers now ask for.
+    pub fn containers_changed(&mut self, containers: Vec<Container>, dataplane: &Mutex<Dataplane>) {
+        if containers == self.containers {
+            return;
+        }
+        self.containers = containers;
+        let base = self.last.desired.clone();
+        if let Err(e) = self.publish(&base, dataplane) {
+            warn!("applying the containers' ports: {e:#}");
+        }
+    }
+
+    /// Once the state loaded at startup is programmed: takes the API
+    /// server as a source (`--kubernetes`), says so to the health checks,
+    /// serves the `healthCheckNodePort`s, reports rejected Services. In the
+    /// async runtime.
+    pub fn started(&mut self, api: Option<ApiSource>) {
+        self.api = api;
         if let Some(api) = &mut self.api {
             let snapshot = api.watch.snapshot();
             if let Some(node) = &snapshot.node {
@@ -167,34 +207,53 @@ impl Reloader {
         for w in loaded.warnings.iter().filter(|w| !said.contains(w)) {
             warn!("{w}");
         }
-        let mut dp = portmap_testkit::lock(dataplane);
-        let report = dp.apply(&loaded.desired)?;
-        drop(dp);
+        // What does not fit the maps is reported per object and retried
+        // (`Dataplane::publish`), each keeping what it had: the reload
+        // itself succeeded.
+        let services = self.publish(&loaded.desired, dataplane)?;
         let before = self.last.assignments.describe();
         for line in loaded.assignments.describe() {
             if !before.contains(&line) {
                 info!("{line}");
             }
         }
-        let services = loaded.desired.services.len();
         self.last = loaded;
         if let (Some(api), Some(checks)) = (&mut self.api, health_checks) {
             // Runs on a blocking thread of the runtime, which can spawn.
             api.service_health.update(checks);
         }
         self.after_api_sync();
-        if !report.is_complete() {
-            // The rest is applied; each of these keeps what it had.
-            for (key, why) in &report.failed {
-                warn!("{key}: not applied: {why}");
-            }
-            anyhow::bail!(
-                "{} of {} services could not be applied",
-                report.failed.len(),
-                services
-            );
-        }
         Ok(services)
+    }
+
+    /// Publishes `base` with the containers' ports; says what the
+    /// containers now publish, and which are refused. Returns how many
+    /// services are published.
+    fn publish(&mut self, base: &DesiredState, dataplane: &Mutex<Dataplane>) -> Result<usize> {
+        let composed = compose(base, &self.containers);
+        let mut dp = portmap_testkit::lock(dataplane);
+        let outcome = dp.publish(&composed.desired)?;
+        let failed: Vec<String> = dp.unpublished().keys().cloned().collect();
+        drop(dp);
+        let failed: Vec<&str> = failed.iter().map(String::as_str).collect();
+        let published = published(&composed, &failed);
+        for line in self.published.changes(&published) {
+            info!("{line}");
+        }
+        self.published = published;
+        self.say_refused(&composed);
+        Ok(outcome.services - outcome.not_published)
+    }
+
+    /// Says, once, each container newly refused (or refused for another
+    /// reason).
+    fn say_refused(&mut self, composed: &Composed) {
+        for (label, why) in &composed.refused {
+            if self.refused.get(label) != Some(why) {
+                error!("container {label}: {why}");
+            }
+        }
+        self.refused.clone_from(&composed.refused);
     }
 
     /// After the state from the API is programmed: reports rejected
@@ -223,4 +282,18 @@ impl Reloader {
             .store(self.last.rejected.len() as u64, Ordering::Relaxed);
         api.health.updated();
     }
+}
+
+/// What each container publishes in `composed`, but for the services that
+/// `failed` to apply.
+fn published(composed: &Composed, failed: &[&str]) -> Published {
+    let mut published = Published::default();
+    for svc in &composed.desired.services {
+        if let Some(label) = composed.container_of.get(&svc.key)
+            && !failed.contains(&svc.key.as_str())
+        {
+            published.insert(label, std::slice::from_ref(svc));
+        }
+    }
+    published
 }

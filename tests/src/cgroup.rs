@@ -24,6 +24,14 @@ impl Cgroup {
         portmap_testkit::cgroup::Cgroup::create(&name).map(Self)
     }
 
+    /// A cgroup inside this one (drop it first: a cgroup with children
+    /// cannot be removed).
+    pub fn child(&self, name: &str) -> Result<Self> {
+        let mount = portmap_testkit::cgroup::mount_point().context("cgroup2 is not mounted")?;
+        let inner = self.path().strip_prefix(&mount)?.join(name);
+        portmap_testkit::cgroup::Cgroup::create(inner.to_str().context("a UTF-8 name")?).map(Self)
+    }
+
     pub fn path(&self) -> &Path {
         self.0.path()
     }

@@ -32,7 +32,14 @@ impl Portmap {
     /// it serves metrics. Started again in the same namespace, it finds the
     /// same pin directory (a restart).
     pub fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
-        Self::launch(ns, args, ns.command_net_only(bin_path("portmap"))?, true)
+        Self::start_within(ns, args, Duration::from_secs(15))
+    }
+
+    /// [`Portmap::start`], waiting up to `within` for it to serve (a start
+    /// that reads a large cluster's manifests, in a debug build).
+    pub fn start_within(ns: &Netns, args: &[&str], within: Duration) -> Result<Self> {
+        let cmd = ns.command_net_only(bin_path("portmap"))?;
+        Self::launch(ns, args, cmd, true, within)
     }
 
     /// As [`Portmap::start`], but waits only until something listens on
@@ -40,7 +47,7 @@ impl Portmap {
     /// publishes anything, and metrics after).
     pub fn start_listening(ns: &Netns, args: &[&str], port: u16) -> Result<Self> {
         let cmd = ns.command_net_only(bin_path("portmap"))?;
-        Self::launch_until(ns, args, cmd, true, Some(port))
+        Self::launch_until(ns, args, cmd, true, Some(port), Duration::from_secs(15))
     }
 
     /// Starts `portmap run ARGS` as a user would with `ip netns exec NS`:
@@ -48,7 +55,8 @@ impl Portmap {
     /// (so pins end with the process), and without `--no-socket-lb`, so
     /// portmap finds out by itself that there is no cgroup to attach to.
     pub fn start_under_ip_netns_exec(ns: &Netns, args: &[&str]) -> Result<Self> {
-        Self::launch(ns, args, ns.command(bin_path("portmap")), false)
+        let within = Duration::from_secs(15);
+        Self::launch(ns, args, ns.command(bin_path("portmap")), false, within)
     }
 
     fn launch(
@@ -56,8 +64,9 @@ impl Portmap {
         args: &[&str],
         cmd: std::process::Command,
         no_socket_lb: bool,
+        within: Duration,
     ) -> Result<Self> {
-        Self::launch_until(ns, args, cmd, no_socket_lb, None)
+        Self::launch_until(ns, args, cmd, no_socket_lb, None, within)
     }
 
     fn launch_until(
@@ -66,6 +75,7 @@ impl Portmap {
         mut cmd: std::process::Command,
         no_socket_lb: bool,
         listening: Option<u16>,
+        within: Duration,
     ) -> Result<Self> {
         let socket = PathBuf::from(format!("/run/portmap-tests/{}.sock", ns.name()));
         let pins = pin_dir(ns);
@@ -106,7 +116,7 @@ impl Portmap {
             metrics_addr,
             logs,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = pm.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 // Pins it did not make (a dataplane it refused to adopt) are not ours to remove.
@@ -122,8 +132,12 @@ impl Portmap {
                 return Ok(pm);
             }
             if Instant::now() > deadline {
+                let what = match listening {
+                    Some(port) => format!("listen on TCP port {port}"),
+                    None => "serve metrics".to_string(),
+                };
                 bail!(
-                    "portmap run did not serve metrics within 15 s:\n{}",
+                    "portmap run did not {what} within {within:?}:\n{}",
                     pm.logs()
                 );
             }

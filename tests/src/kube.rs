@@ -127,3 +127,46 @@ pub fn reloads(pm: &Portmap, node: &Netns, result: &str) -> Result<f64> {
         .metrics(node)?
         .sum("portmap_config_reloads_total", &[("result", result)]))
 }
+
+/// The ClusterIP of Service `i` of [`cluster`]: 198.18.64.0 + `i`
+/// (198.18.64.0/18, so up to 16,384 Services).
+pub fn cluster_ip(i: u32) -> IpAddr {
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 64, 0)) + i).into()
+}
+
+/// A cluster of `count` ClusterIP Services in namespace `default`, named
+/// `svc-00000`... (TCP port 80, "http", to 3000), each with an EndpointSlice
+/// of `endpoints` ready endpoints at addresses nothing answers on
+/// (198.19.128.0/17), except the Services `real` lists, whose endpoints are
+/// given. One multi-document YAML text, as `kubectl get -o yaml` would give
+/// it object by object.
+pub fn cluster(count: u32, endpoints: u32, real: &[(u32, Vec<IpAddr>)]) -> String {
+    use std::fmt::Write as _;
+    let mut y = String::with_capacity(count as usize * (500 + 60 * endpoints as usize));
+    for i in 0..count {
+        let name = format!("svc-{i:05}");
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: 80, targetPort: 3000, protocol: TCP}}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-0\n  \
+             namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: 3000, protocol: TCP}}]\nendpoints:\n",
+            ip = cluster_ip(i),
+        );
+        let fake = (0..endpoints).map(|e| {
+            let n = (i * endpoints + e) % 32_768;
+            IpAddr::from(std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::new(198, 19, 128, 0)) + n,
+            ))
+        });
+        let addrs: Vec<IpAddr> = match real.iter().find(|(j, _)| *j == i) {
+            Some((_, given)) => given.clone(),
+            None => fake.collect(),
+        };
+        for ip in addrs {
+            let _ = writeln!(y, "- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}");
+        }
+    }
+    y
+}

@@ -7,10 +7,11 @@ use anyhow::{Context as _, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use portmap_common::abi::DatapathConfig;
 use portmap_userspace::{
-    dataplane::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, Limits, Snapshot},
+    dataplane::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, Limits, SNAT_REPLY_PROGRAM, Snapshot},
     model::DesiredState,
 };
 
+pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 /// `TC_ACT_UNSPEC` as the program returns it.
 pub const TC_NEXT: i32 = -1;
@@ -89,6 +90,12 @@ impl Lab {
     /// Runs the tc egress program; returns its verdict and the packet after it.
     pub fn tc(&self, packet: &[u8]) -> Result<(i32, Vec<u8>)> {
         let prog: &SchedClassifier = self.program(EGRESS_PROGRAM)?.try_into()?;
+        run(prog, packet).map(|(verdict, out)| (verdict as i32, out))
+    }
+
+    /// Runs the tc ingress program that turns SNATed flows' replies around.
+    pub fn tc_snat_reply(&self, packet: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let prog: &SchedClassifier = self.program(SNAT_REPLY_PROGRAM)?.try_into()?;
         run(prog, packet).map(|(verdict, out)| (verdict as i32, out))
     }
 

@@ -20,7 +20,7 @@ use anyhow::Result;
 use portmap_testkit::topo::Options;
 pub use portmap_testkit::topo::{
     CLIENT_V4, CLIENT_V6, LinkOptions, NODE_IFACE, NODE_V4, NODE_V4_ALT, NODE_V6, NODE_V6_ALT,
-    Offloads, addr, backend_v4, backend_v6, link,
+    Offloads, addr, backend_v4, backend_v6, link, node_backend_if,
 };
 
 use crate::unique_name;

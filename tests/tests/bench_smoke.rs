@@ -108,6 +108,15 @@ fn bench_measures_every_mode_and_writes_its_report() {
     }
     assert!(!results["xdp_cost"].as_array().unwrap().is_empty());
     assert_eq!(results["control"].as_array().unwrap().len(), 2);
+    let footprint = results["footprint"].as_array().expect("footprint");
+    assert_eq!(footprint.len(), 2, "one per Service count");
+    for f in footprint {
+        for key in ["start_s", "rss_mib", "peak_rss_mib", "maps_mib", "scrape_s"] {
+            let v = f[key].as_f64().unwrap_or(0.0);
+            assert!(v > 0.0, "footprint {key} is {v}: {f}");
+        }
+        assert!(f["peak_rss_mib"].as_f64() >= f["rss_mib"].as_f64(), "{f}");
+    }
 
     let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     for section in [
@@ -116,6 +125,7 @@ fn bench_measures_every_mode_and_writes_its_report() {
         "## TCP bulk throughput",
         "## Short HTTP requests",
         "## Control plane",
+        "## Start-up and memory",
     ] {
         assert!(report.contains(section), "report.md lacks {section}");
     }

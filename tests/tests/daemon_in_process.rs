@@ -88,6 +88,8 @@ fn config(ns: &Netns, control_socket: PathBuf) -> Config {
             allow_from: Vec::new(),
             manifests: Vec::new(),
             node: NodeConfig::default(),
+            docker: None,
+            masquerade: Default::default(),
         },
         metrics_addr: "127.0.0.1:9640".parse().unwrap(),
         control_socket,

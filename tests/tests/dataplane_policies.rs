@@ -9,7 +9,8 @@ use portmap_tests::{
     testrun::{Lab, XDP_PASS, desired},
 };
 use portmap_userspace::model::{
-    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service, WhenEmpty,
+    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Service,
+    WhenEmpty,
 };
 
 const XDP_DROP: u32 = 1;
@@ -26,6 +27,7 @@ fn service(key: &str, frontends: &[(&str, u16, Protocol)], endpoints: &[&str]) -
         key: key.into(),
         name: format!("default/{key}"),
         port_name: String::new(),
+        container: String::new(),
         frontends: frontends
             .iter()
             .map(|(addr, port, proto)| Frontend {
@@ -46,6 +48,8 @@ fn service(key: &str, frontends: &[(&str, u16, Protocol)], endpoints: &[&str]) -
                     addr: a.ip(),
                     port: a.port(),
                     state: EndpointState::Ready,
+                    placement: Placement::Unknown,
+                    snat_from: None,
                 }
             })
             .collect(),
@@ -180,6 +184,8 @@ fn source_ranges_allow_only_their_prefixes() {
         addr: "198.19.0.2".parse().unwrap(),
         port: 8443,
         state: EndpointState::Ready,
+        placement: Placement::Unknown,
+        snat_from: None,
     }];
     let mut lb6 = lb;
     lb6.key = "lb6".into();
@@ -188,6 +194,8 @@ fn source_ranges_allow_only_their_prefixes() {
         addr: "2001:db8:1::2".parse().unwrap(),
         port: 8443,
         state: EndpointState::Ready,
+        placement: Placement::Unknown,
+        snat_from: None,
     }];
     let lab = lab(vec![lb4, lb6]);
 

@@ -15,7 +15,7 @@ use portmap_tests::{
     kube::{Ep, ManifestDir, reloads, slice, wait_reloaded},
     load::Load,
     server::Server,
-    topo::{NODE_IFACE, NODE_V4, NODE_V4_ALT, Topology, backend_v4},
+    topo::{NODE_IFACE, NODE_V4, NODE_V4_ALT, Topology, backend_v4, node_backend_if},
 };
 
 const SERVICE_CIDR: &str = "198.18.128.0/20";
@@ -284,7 +284,10 @@ fn traffic_policy_local_and_services_without_endpoints() {
     );
     let empty = format!("---\n{}", service("empty", "198.18.128.82", ""));
     dir.write("svc.yaml", &(yaml + &remote + &empty)).unwrap();
-    let pm = run(&topo, &dir, &[]);
+    // b1 stands for a pod of another node: its flows are SNATed, and its
+    // replies come back on the interface towards it, which must be an
+    // --iface for them to be turned around.
+    let pm = run(&topo, &dir, &["--iface", &node_backend_if(1)]);
 
     // NodePort with eTP Local: only the local endpoint.
     for _ in 0..20 {

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: `docker run -p 8080:3000` through the XDP dataplane, in
 //! throwaway network namespaces on this machine, then `curl localhost:8080` on
-//! the node itself (socket-level load balancing, in a throwaway cgroup):
+//! the node itself (socket-level load balancing, in a throwaway cgroup); then,
+//! if Docker is installed, the same through a real engine (`demo_docker`):
 //!
 //! ```text
 //!  client ns                node ns                          app ns ("container")
@@ -186,6 +187,8 @@ pub fn run_demo() -> Result<()> {
     drop(server);
     let (removed, failed) = sandbox.teardown();
     drop(sandbox);
+    // The seed's Docker example through a real engine, if there is one.
+    let docker = crate::demo_docker::run(&portmap, &testserver);
 
     println!("== summary");
     let ok4 = verdict("IPv4", "198.18.0.1:8080", &v4);
@@ -201,7 +204,15 @@ pub fn run_demo() -> Result<()> {
     for f in &failed {
         println!("  warning: not removed: {f}");
     }
-    if !(ok4 && ok6 && ok_local && ok_node_port && ok_cluster_ip) {
+    let ok_docker = match docker {
+        Ok(Some(ok)) => ok,
+        Ok(None) => true,
+        Err(e) => {
+            println!("  Docker: FAILED: {e:#}");
+            false
+        }
+    };
+    if !(ok4 && ok6 && ok_local && ok_node_port && ok_cluster_ip && ok_docker) {
         bail!("the demo failed: a request did not reach the app through portmap");
     }
     Ok(())
@@ -245,7 +256,7 @@ fn topology(sandbox: &mut Sandbox, ns: &Names) -> Result<()> {
 }
 
 /// Waits until portmap serves metrics (it is then attached and programmed).
-fn wait_for_metrics(node: &str, url: &str, daemon: &mut Proc) -> Result<()> {
+pub(crate) fn wait_for_metrics(node: &str, url: &str, daemon: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
         signals::check()?;
@@ -266,7 +277,7 @@ fn wait_for_metrics(node: &str, url: &str, daemon: &mut Proc) -> Result<()> {
 }
 
 /// `curl` from the client namespace; prints the command and the reply.
-fn request(client: &str, url: &str) -> Result<String> {
+pub(crate) fn request(client: &str, url: &str) -> Result<String> {
     let mut c = netns_exec(client, "curl");
     c.args(["-sS", "-g", "--max-time", "5", url]);
     println!("== client$ curl {url}");
@@ -280,7 +291,7 @@ fn request(client: &str, url: &str) -> Result<String> {
 
 /// `curl` on the node, from a process in `cgroup`; prints the command and
 /// the reply.
-fn request_on_node(node: &str, cgroup: &std::path::Path, url: &str) -> Result<String> {
+pub(crate) fn request_on_node(node: &str, cgroup: &std::path::Path, url: &str) -> Result<String> {
     let mut c = netns_exec(node, "curl");
     c.args(["-sS", "--max-time", "5", url]);
     portmap_testkit::cgroup::enter(&mut c, cgroup)?;
@@ -294,7 +305,7 @@ fn request_on_node(node: &str, cgroup: &std::path::Path, url: &str) -> Result<St
 }
 
 /// One summary line; true if the app answered.
-fn verdict(family: &str, frontend: &str, reply: &Result<String>) -> bool {
+pub(crate) fn verdict(family: &str, frontend: &str, reply: &Result<String>) -> bool {
     match reply {
         Ok(body) if body.starts_with("app ") => {
             let peer = body

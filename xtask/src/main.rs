@@ -1,6 +1,7 @@
 //! Developer tasks for portmap, run as `cargo xtask <command>`.
 
 mod demo;
+mod demo_docker;
 mod fuzz;
 mod sandbox;
 mod setup;

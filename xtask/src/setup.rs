@@ -31,6 +31,14 @@ const TOOLS: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
 ];
 
+/// Debian packages checked by name, not by a command on PATH: another
+/// `docker` client may come first on PATH, and a container's root filesystem
+/// needs the static busybox. The Docker tests and demo start their own
+/// `dockerd` (Debian's `docker.io` starts none itself), run Compose files with
+/// `docker-compose` (Debian's, 1.29 on bookworm), and make their image from
+/// `busybox-static`.
+const PACKAGES: &[&str] = &["docker.io", "docker-compose", "busybox-static"];
+
 /// Debian's hook that tells maintainer scripts whether they may start a
 /// service: while it exits 101, none is started.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -77,6 +85,17 @@ fn packages() -> Result<()> {
             None => missing.push((command, package)),
         }
     }
+    let mut missing_packages: Vec<&str> = Vec::new();
+    for &package in PACKAGES {
+        if is_installed(package) {
+            println!("ok: package {package}");
+        } else {
+            missing_packages.push(package);
+        }
+    }
+    if !missing_packages.is_empty() {
+        packages_by_name(&missing_packages)?;
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -107,6 +126,41 @@ fn packages() -> Result<()> {
             Some(path) => println!("ok: {command} ({}, installed)", path.display()),
             None => bail!("{command} is still missing after installing {package}"),
         }
+    }
+    Ok(())
+}
+
+/// Whether dpkg has `package` installed.
+fn is_installed(package: &str) -> bool {
+    output(cmd("dpkg-query").args(["-W", "-f", "${Status}", package]))
+        .is_ok_and(|status| status.trim() == "install ok installed")
+}
+
+/// Installs [`PACKAGES`] that dpkg lacks.
+fn packages_by_name(packages: &[&str]) -> Result<()> {
+    let list = packages.join(" ");
+    if !is_root() {
+        bail!(
+            "packages {list} missing: run `sudo apt-get install {list}` or rerun `cargo xtask setup` as root"
+        );
+    }
+    if find_in_path("apt-get").is_none() {
+        bail!("packages {list} missing and there is no apt-get: install them");
+    }
+    println!("installing: {list} (apt-get install {list})");
+    if apt_install(&list).is_err() {
+        println!("installing: package lists are stale, running apt-get update and retrying");
+        run(cmd("apt-get").args(["update", "-q"]))
+            .with_context(|| format!("{list} missing: `apt-get update` failed"))?;
+        apt_install(&list).with_context(|| {
+            format!("{list} missing: run `apt-get install {list}` and see why it fails")
+        })?;
+    }
+    for &package in packages {
+        if !is_installed(package) {
+            bail!("package {package} is still missing after apt-get install");
+        }
+        println!("ok: package {package} (installed)");
     }
     Ok(())
 }

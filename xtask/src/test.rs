@@ -92,8 +92,9 @@ pub fn run_tests(extra: &[String], fuzz_seconds: u64) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// Network namespaces named `pm-*`, `/sys/fs/bpf/portmap*` entries and
-/// `portmap-test-*` / `portmap-demo-*` cgroups.
+/// Network namespaces named `pm-*`, `/sys/fs/bpf/portmap*` entries,
+/// `portmap-test-*` / `portmap-demo-*` cgroups and the Docker tests'
+/// `/tmp/pm-dk-*` directories.
 pub fn leftovers() -> Result<Vec<String>> {
     let mut found: Vec<String> = output(cmd("ip").args(["netns", "list"]))?
         .lines()
@@ -116,6 +117,15 @@ pub fn leftovers() -> Result<Vec<String>> {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if CGROUP_PREFIXES.iter().any(|p| name.starts_with(p)) {
                 found.push(format!("cgroup {}", mount.join(name).display()));
+            }
+        }
+    }
+    // The Docker tests' engines keep their files in /tmp/pm-dk-*.
+    if let Ok(entries) = fs::read_dir("/tmp") {
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with("pm-dk-") {
+                found.push(format!("/tmp/{name}"));
             }
         }
     }

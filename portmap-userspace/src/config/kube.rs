@@ -151,6 +151,8 @@ mod tests {
                 node_name: Some("node-a".into()),
                 ..crate::k8s::NodeConfig::default()
             },
+            docker: None,
+            masquerade: crate::locality::Masquerade::default(),
         }
     }
 
@@ -262,5 +264,64 @@ mod tests {
         );
         assert!(names(&loaded).contains(&"default/fine"));
         assert!(names(&loaded).iter().all(|n| *n != "default/clash"));
+    }
+
+    /// The API server's endpoints are placed for SNAT as the manifests'
+    /// are: by `nodeName` against this node's, else by the Node object's
+    /// pod CIDRs; `Sources::load_with_api` then resolves their SNAT address.
+    #[test]
+    fn api_endpoints_are_placed_by_node_name_else_the_nodes_pod_cidrs() {
+        use crate::model::Placement;
+        let s = sources(&[]);
+        let node = serde_json::from_value(json!({
+            "metadata": {"name": "node-a"},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}
+        }))
+        .unwrap();
+        let endpoint = |addr: &str, node: Option<&str>| {
+            let mut ep = json!({"addresses": [addr], "conditions": {"ready": true}});
+            if let Some(node) = node {
+                ep["nodeName"] = json!(node);
+            }
+            ep
+        };
+        let slice = serde_json::from_value(json!({
+            "metadata": {
+                "name": "web-1", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"}
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 3000}],
+            "endpoints": [
+                endpoint("10.244.1.5", Some("node-a")),
+                endpoint("10.244.2.5", Some("node-b")),
+                endpoint("10.244.1.6", None),
+                endpoint("10.244.3.7", None),
+            ]
+        }))
+        .unwrap();
+        let api = Snapshot {
+            services: vec![service("web", "10.96.0.11", 80, json!({}))],
+            slices: vec![Arc::new(slice)],
+            node: Some(Arc::new(node)),
+        };
+        let loaded = s.load_with_api(None, &api).unwrap();
+        let mut placed: Vec<(String, Placement)> = loaded
+            .desired
+            .services
+            .iter()
+            .flat_map(|u| &u.endpoints)
+            .map(|e| (e.addr.to_string(), e.placement))
+            .collect();
+        placed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            placed,
+            [
+                ("10.244.1.5".to_string(), Placement::Local),
+                ("10.244.1.6".to_string(), Placement::Local),
+                ("10.244.2.5".to_string(), Placement::Remote),
+                ("10.244.3.7".to_string(), Placement::Remote),
+            ]
+        );
     }
 }

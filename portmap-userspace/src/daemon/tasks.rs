@@ -1,6 +1,6 @@
 //! What runs beside the servers while the daemon is up: following the
-//! interfaces, and periodic upkeep (node addresses, manifest reloads,
-//! conntrack garbage collection).
+//! interfaces and Docker's containers, and periodic upkeep (node addresses,
+//! manifest reloads, conntrack garbage collection).
 
 use std::{
     sync::{Arc, Mutex},
@@ -9,11 +9,16 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use log::{info, warn};
+use portmap_common::abi::DatapathEvent;
 use portmap_testkit::lock;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 use crate::{
     dataplane::{Dataplane, InterfaceChange, MapUsage},
+    docker::Container,
     netlink::LinkWatch,
     node_addrs::node_addresses,
     reload::Reloader,
@@ -25,6 +30,9 @@ const NODE_ADDR_INTERVAL: Duration = Duration::from_secs(2);
 const GC_INTERVAL: Duration = Duration::from_secs(10);
 /// How often watched manifest files are checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often objects left unpublished for want of room are tried again
+/// (room that other changes free comes back after a grace period of 2 s).
+const RETRY_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Follows the interfaces on rtnetlink link events: one that goes is
 /// detached, one that comes back (by name) is attached again; each logged.
@@ -81,6 +89,24 @@ fn log_change(change: InterfaceChange) {
     }
 }
 
+/// Applies the ports of Docker's containers each time the follower sees
+/// them change (a burst of changes is applied once, as it stands at the end).
+pub(super) async fn follow_docker(
+    dataplane: Arc<Mutex<Dataplane>>,
+    reloader: Arc<Mutex<Reloader>>,
+    mut containers: watch::Receiver<Vec<Container>>,
+) -> Result<()> {
+    loop {
+        containers
+            .changed()
+            .await
+            .context("the Docker follower stopped")?;
+        let now = containers.borrow_and_update().clone();
+        let (dp, reloader) = (dataplane.clone(), reloader.clone());
+        tokio::task::spawn_blocking(move || lock(&reloader).containers_changed(now, &dp)).await?;
+    }
+}
+
 /// Keeps node addresses current, reloads changed manifests (and on SIGHUP),
 /// and collects conntrack garbage, warning when a map runs full.
 pub(super) async fn maintain(
@@ -94,6 +120,8 @@ pub(super) async fn maintain(
     // has been measured, not as a 0 taken before any traffic.
     let mut gc_tick =
         tokio::time::interval_at(tokio::time::Instant::now() + GC_INTERVAL, GC_INTERVAL);
+    // New flows refused for want of a SNAT port, as last seen.
+    let mut snat_refused = 0u64;
     loop {
         let dp = dataplane.clone();
         tokio::select! {
@@ -130,13 +158,25 @@ pub(super) async fn maintain(
                 let r = tokio::task::spawn_blocking(move || {
                     let mut dp = lock(&dp);
                     let report = dp.collect_garbage()?;
-                    Ok::<_, anyhow::Error>((report, dp.map_usage()))
+                    let refused = dp.event_total(DatapathEvent::SnatExhausted)?;
+                    Ok::<_, anyhow::Error>((report, dp.map_usage(), refused))
                 })
                 .await?;
                 match r {
-                    Ok((report, usage)) => {
+                    Ok((report, usage, refused)) => {
+                        if refused > snat_refused {
+                            warn!(
+                                "{} new flows to backends on other nodes refused since the last check: no free SNAT port (--snat-port-range; {} ports in use); counted as event=\"snat_exhausted\" in portmap_datapath_events_total",
+                                refused - snat_refused,
+                                report.snat_scanned - report.snat_removed
+                            );
+                        }
+                        snat_refused = refused;
                         if report.removed > 0 {
                             log::debug!("conntrack: removed {} of {} entries", report.removed, report.scanned);
+                        }
+                        if report.snat_removed > 0 {
+                            log::debug!("SNAT: freed {} of {} ports", report.snat_removed, report.snat_scanned);
                         }
                         warn_if_full(&usage);
                     }
@@ -159,6 +199,21 @@ fn warn_if_full(usage: &[MapUsage]) {
                 m.entries,
                 m.capacity
             );
+        }
+    }
+}
+
+/// Tries again, while there are any, the objects the last publish left out
+/// (see `Dataplane::publish`): room appears when others go or shrink.
+pub(super) async fn retry_unpublished(dataplane: Arc<Mutex<Dataplane>>) -> Result<()> {
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + RETRY_INTERVAL, RETRY_INTERVAL);
+    loop {
+        tick.tick().await;
+        let dp = dataplane.clone();
+        let retried = tokio::task::spawn_blocking(move || lock(&dp).retry_unpublished()).await?;
+        if let Err(e) = retried {
+            warn!("publishing what was left out: {e:#}");
         }
     }
 }

@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
-    BACKEND_ACTIVE, BACKEND_UNUSED, Backend, FAMILY_V4, FRONTEND_GEN_FREE, FrontendKey,
-    FrontendValue, PROTO_TCP, SOURCE_RANGE_KEY_BITS,
+    BACKEND_ACTIVE, BACKEND_UNUSED, Backend, BackendNat, FAMILY_V4, FRONTEND_GEN_FREE, FrontendKey,
+    FrontendValue, NAT_SNAT, PROTO_TCP, SOURCE_RANGE_KEY_BITS,
 };
 
 use super::{
@@ -57,6 +57,8 @@ pub(crate) struct Pinned {
     pub frontends: Vec<(FrontendKey, FrontendValue)>,
     /// `BACKENDS`, by id.
     pub backends: Vec<Backend>,
+    /// `BACKEND_NAT`, by id.
+    pub backend_nat: Vec<BackendNat>,
     /// `FRONTEND_GEN`, by id.
     pub frontend_gen: Vec<u32>,
     /// `SOURCE_RANGES`: (service id, prefix).
@@ -76,6 +78,11 @@ impl Pinned {
             .iter()
             .collect::<Result<_, _>>()
             .context("reading BACKENDS")?;
+        let backend_nat = maps
+            .backend_nat
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading BACKEND_NAT")?;
         let frontend_gen = maps
             .frontend_gen
             .iter()
@@ -97,6 +104,7 @@ impl Pinned {
         Ok(Self {
             frontends,
             backends,
+            backend_nat,
             frontend_gen,
             source_ranges,
             node_addrs,
@@ -156,6 +164,7 @@ impl Applied {
                     state: BACKEND_UNUSED,
                     generation: b.generation,
                     service_id: b.service_id,
+                    snat_from: None,
                 };
                 orphans.push(MapOp::WriteBackend { id, backend });
                 continue;
@@ -165,10 +174,16 @@ impl Applied {
             } else {
                 EndpointState::Terminating
             };
+            let snat_from = pinned
+                .backend_nat
+                .get(id as usize)
+                .filter(|nat| nat.mode == NAT_SNAT)
+                .map(|nat| ip_of(&nat.snat_addr, b.family));
             let slot = BackendSlot {
                 id,
                 generation: b.generation,
                 state,
+                snat_from,
             };
             svc.backends.insert(addr, slot);
             backends_in_use.insert(id);

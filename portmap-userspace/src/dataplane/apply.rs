@@ -6,7 +6,7 @@
 //! (`plan::tests`, `apply::tests`) run it against maps held in memory.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     time::Instant,
 };
@@ -43,6 +43,9 @@ pub enum CapacityError {
 pub struct ApplyReport {
     /// (service key, why), e.g. a map that is full.
     pub failed: Vec<(String, String)>,
+    /// The failed services refused for lack of room, with what is full
+    /// (`backends`, `Maglev table slots`, ...).
+    pub full: BTreeMap<String, &'static str>,
 }
 
 impl ApplyReport {
@@ -86,6 +89,9 @@ impl Applied {
                 .check_capacity(svc, now)
                 .and_then(|()| self.update(svc, &owners, maps, now));
             if let Err(e) = result {
+                if let Some(CapacityError::Full { what, .. }) = e.downcast_ref() {
+                    report.full.insert(svc.key.clone(), what);
+                }
                 report.failed.push((svc.key.clone(), format!("{e:#}")));
             }
         }

@@ -23,8 +23,9 @@ use aya::{
 use log::{info, warn};
 
 use super::{
-    Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM, bpf_sys,
-    ifaces::{Followed, Role, if_index},
+    Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM,
+    SNAT_REPLY_PROGRAM, bpf_sys,
+    ifaces::{Followed, Role, if_index, if_name},
 };
 
 /// How the XDP program is attached (`--xdp-mode`).
@@ -39,10 +40,12 @@ pub enum XdpMode {
     Auto,
 }
 
-/// Link pin names: `xdp-IFACE`, `tc-ingress-IFACE`, `tc-egress-IFACE`,
-/// `tc-reply-IFACE` (no name is a prefix of another followed by `-`).
+/// Link pin names: `xdp-IFACE`, `tc-ingress-IFACE`, `tc-snat-IFACE`,
+/// `tc-egress-IFACE`, `tc-reply-IFACE` (no name is a prefix of another
+/// followed by `-`).
 pub(super) const XDP_LINK: &str = "xdp";
 pub(super) const TC_INGRESS_LINK: &str = "tc-ingress";
+pub(super) const TC_SNAT_LINK: &str = "tc-snat";
 pub(super) const TC_LINK: &str = "tc-egress";
 pub(super) const REPLY_LINK: &str = "tc-reply";
 /// Where replies were translated in XDP before they moved to tc (an XDP
@@ -65,6 +68,14 @@ pub(super) const TC_INGRESS: TcHook = TcHook {
     link: TC_INGRESS_LINK,
     attach: TcAttachType::Ingress,
 };
+/// Replies of flows SNATed towards backends on other nodes, back to their
+/// clients (see the eBPF `snat` module). Attached after `TC_INGRESS`, before
+/// XDP.
+pub(super) const TC_SNAT: TcHook = TcHook {
+    program: SNAT_REPLY_PROGRAM,
+    link: TC_SNAT_LINK,
+    attach: TcAttachType::Ingress,
+};
 /// Reverse translation of replies.
 pub(super) const TC_EGRESS: TcHook = TcHook {
     program: EGRESS_PROGRAM,
@@ -80,7 +91,7 @@ pub(super) const TC_REPLY: TcHook = TcHook {
 
 /// The tc hook a link pin name belongs to (`None`: the XDP link).
 fn tc_hook(kind: &str) -> Option<&'static TcHook> {
-    [&TC_INGRESS, &TC_EGRESS, &TC_REPLY]
+    [&TC_INGRESS, &TC_SNAT, &TC_EGRESS, &TC_REPLY]
         .into_iter()
         .find(|h| h.link == kind)
 }
@@ -150,6 +161,7 @@ impl Dataplane {
             for (kind, wanted) in [
                 (XDP_LINK, ifaces),
                 (TC_INGRESS_LINK, ifaces),
+                (TC_SNAT_LINK, ifaces),
                 (TC_LINK, ifaces),
                 (REPLY_LINK, backend_ifaces),
                 (OLD_REPLY_LINK, &Vec::new()),
@@ -175,7 +187,9 @@ impl Dataplane {
         let mode = self.attachments.xdp_mode;
         let how = match role {
             Role::Published => {
+                accept_local(name, ifindex)?;
                 self.attach_tc(&TC_INGRESS, name)?;
+                self.attach_tc(&TC_SNAT, name)?;
                 let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, name, mode)?;
                 self.attach_tc(&TC_EGRESS, name)?;
                 how
@@ -383,6 +397,29 @@ fn leads_to(kind: &str, iface: &str, info: &bpf_sys::LinkInfo) -> Result<(), Str
         return Err(format!(
             "{iface} here does not run its program: it is an interface of another network namespace"
         ));
+    }
+    Ok(())
+}
+
+/// Lets `iface` take IPv4 packets whose source is one of this node's
+/// addresses. A request SNATed towards a backend on another node carries
+/// this node's address as its source, and when it goes on to the kernel the
+/// kernel would otherwise drop it as a martian. For a bridge port the check
+/// is made on the bridge (where the kernel routes what the port receives),
+/// so the bridge gets it too. IPv6 has no such check.
+fn accept_local(iface: &str, ifindex: u32) -> Result<()> {
+    let master = crate::netlink::master_of(ifindex)
+        .with_context(|| format!("reading {iface}'s master"))?
+        .and_then(if_name);
+    for dev in std::iter::once(iface.to_string()).chain(master) {
+        let path = format!("/proc/sys/net/ipv4/conf/{dev}/accept_local");
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => std::fs::write(&path, "1").with_context(|| format!("setting {path} = 1"))?,
+            // No IPv4 on the interface: nothing to accept.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+        }
     }
     Ok(())
 }

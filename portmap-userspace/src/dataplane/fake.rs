@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use portmap_common::abi::{BACKEND_UNUSED, Backend, FE_SOURCE_RANGES, FrontendValue};
+use portmap_common::abi::{BACKEND_UNUSED, Backend, BackendNat, FE_SOURCE_RANGES, FrontendValue};
 
 use super::{
     Limits,
@@ -34,7 +34,8 @@ use super::{
     writer::MapWriter,
 };
 use crate::model::{
-    DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service, WhenEmpty,
+    DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Service,
+    WhenEmpty,
 };
 
 /// A pool slot never written.
@@ -62,6 +63,7 @@ pub(crate) struct FakeMaps {
     pub frontends: BTreeMap<Frontend, FrontendValue>,
     pub frontend_gen: Vec<u32>,
     pub backends: Vec<Backend>,
+    pub backend_nat: Vec<BackendNat>,
     pub pool: Vec<u32>,
     /// (service id, prefix).
     pub source_ranges: BTreeSet<(u32, crate::model::Cidr)>,
@@ -88,6 +90,7 @@ impl FakeMaps {
             frontends: BTreeMap::new(),
             frontend_gen: vec![0; limits.frontends as usize],
             backends: vec![Backend::default(); limits.backends as usize],
+            backend_nat: vec![BackendNat::default(); limits.backends as usize],
             pool: vec![UNWRITTEN; limits.maglev_slots() as usize],
             source_ranges: BTreeSet::new(),
             node_addrs: BTreeSet::new(),
@@ -139,6 +142,7 @@ impl FakeMaps {
                 .map(|(fe, v)| (frontend_key(fe), *v))
                 .collect(),
             backends: self.backends.clone(),
+            backend_nat: self.backend_nat.clone(),
             frontend_gen: self.frontend_gen.clone(),
             source_ranges: self.source_ranges.iter().copied().collect(),
             node_addrs: self.node_addrs.iter().copied().collect(),
@@ -233,7 +237,10 @@ impl MapWriter for FakeMaps {
             MapOp::ZeroBackendStats { id } | MapOp::ZeroFrontendStats { id } => {
                 self.zeroed.push((op.map(), *id));
             }
-            MapOp::WriteBackend { id, backend } => self.backends[*id as usize] = backend.raw(),
+            MapOp::WriteBackend { id, backend } => {
+                self.backend_nat[*id as usize] = backend.raw_nat();
+                self.backends[*id as usize] = backend.raw();
+            }
             MapOp::WriteTable { region, slots } => {
                 let end = region.offset + region.len;
                 let mut read = self.frontends.iter().filter(|_| self.checked);
@@ -406,6 +413,8 @@ pub(crate) fn endpoint(addr: &str, state: EndpointState) -> Endpoint {
         addr: ip(addr),
         port: 3000,
         state,
+        placement: Placement::Unknown,
+        snat_from: None,
     }
 }
 
@@ -419,6 +428,7 @@ pub(crate) fn service(key: &str, frontends: &[Frontend], endpoints: &[Endpoint])
         key: key.into(),
         name: "default/web".into(),
         port_name: "http".into(),
+        container: String::new(),
         frontends: frontends.to_vec(),
         endpoints: endpoints.to_vec(),
         affinity_timeout_s: None,

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
-    CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, DatapathConfig, PROTO_TCP,
+    CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, DatapathConfig, PROTO_TCP,
+    SnatValue,
 };
 
 use super::{Dataplane, state::Applied};
@@ -15,6 +16,9 @@ use super::{Dataplane, state::Applied};
 pub struct GcReport {
     pub scanned: u64,
     pub removed: u64,
+    /// SNAT port allocations seen, and freed (their flow gone).
+    pub snat_scanned: u64,
+    pub snat_removed: u64,
 }
 
 /// Monotonic nanoseconds, the clock of `bpf_ktime_get_coarse_ns`.
@@ -148,7 +152,61 @@ impl Dataplane {
             }
         }
         self.conntrack_entries = Some(report.scanned - report.removed);
+        self.collect_snat_ports(&rule, &mut report)?;
         Ok(report)
+    }
+
+    /// Frees the SNAT ports of flows that are gone: neither half of the flow
+    /// is in conntrack, or what is there is stale. The request half is found
+    /// through the client the allocation records, so a flow whose reply
+    /// entry alone was evicted keeps its port (the dataplane rebuilds that
+    /// entry from the request's).
+    fn collect_snat_ports(&mut self, rule: &Staleness, report: &mut GcReport) -> Result<()> {
+        let alive = |maps: &super::maps::Maps, key: &CtKey, v: &SnatValue| -> Result<bool> {
+            let request = CtKey {
+                src: v.client,
+                dst: v.frontend,
+                sport: v.client_port,
+                dport: v.frontend_port,
+                direction: CT_REQUEST,
+                ..*key
+            };
+            for k in [*key, request] {
+                match maps.conntrack.get(&k, 0) {
+                    Ok(value) if !rule.is_stale(&k, &value) => return Ok(true),
+                    Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(e).context("reading CONNTRACK"),
+                }
+            }
+            Ok(false)
+        };
+        let mut doomed = Vec::new();
+        for item in self.maps.snat.iter() {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("walking SNAT"),
+            };
+            report.snat_scanned += 1;
+            if !alive(&self.maps, &key, &value)? {
+                doomed.push(key);
+            }
+        }
+        for key in doomed {
+            // As above: the port may have been taken again since the walk.
+            match self.maps.snat.get(&key, 0) {
+                Ok(value) if !alive(&self.maps, &key, &value)? => {}
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("reading SNAT"),
+            }
+            match self.maps.snat.remove(&key) {
+                Ok(()) => report.snat_removed += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("removing from SNAT"),
+            }
+        }
+        self.snat_entries = Some(report.snat_scanned - report.snat_removed);
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Dataplane,
-    attach::{Attached, REPLY_LINK, TC_INGRESS_LINK, TC_LINK, XDP_LINK},
+    attach::{Attached, REPLY_LINK, TC_INGRESS_LINK, TC_LINK, TC_SNAT_LINK, XDP_LINK},
 };
 
 /// What an interface is for.
@@ -26,7 +26,7 @@ pub enum Role {
 impl Role {
     pub(super) fn link_kinds(self) -> &'static [&'static str] {
         match self {
-            Role::Published => &[XDP_LINK, TC_INGRESS_LINK, TC_LINK],
+            Role::Published => &[XDP_LINK, TC_INGRESS_LINK, TC_SNAT_LINK, TC_LINK],
             Role::Backend => &[REPLY_LINK],
         }
     }
@@ -85,6 +85,19 @@ pub(super) fn if_index(name: &str) -> Result<u32> {
         0 => Err(std::io::Error::last_os_error()).with_context(|| format!("interface {name}")),
         index => Ok(index),
     }
+}
+
+/// The name of interface `ifindex` in this namespace, if there is one.
+pub fn if_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has room for IF_NAMESIZE bytes, as the call requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success the call wrote a NUL-terminated name into `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 impl Dataplane {

@@ -4,7 +4,6 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -14,8 +13,8 @@ use aya::{
     util::nr_cpus,
 };
 use portmap_common::abi::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, DatapathConfig, FAMILY_V4, FAMILY_V6,
-    FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, MaglevBlock, NodeAddrKey, RawAddr,
+    AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, FAMILY_V4,
+    FAMILY_V6, FrontendKey, FrontendValue, MAGLEV_BLOCK_SLOTS, NodeAddrKey, RawAddr, SnatValue,
     SourceRangeKey, TrafficCounters,
 };
 
@@ -26,6 +25,8 @@ pub mod names {
     pub const FRONTENDS: &str = "FRONTENDS";
     pub const FRONTEND_GEN: &str = "FRONTEND_GEN";
     pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_NAT: &str = "BACKEND_NAT";
+    pub const SNAT: &str = "SNAT";
     pub const MAGLEV: &str = "MAGLEV";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
@@ -43,6 +44,8 @@ pub mod names {
         FRONTENDS,
         FRONTEND_GEN,
         BACKENDS,
+        BACKEND_NAT,
+        SNAT,
         MAGLEV,
         CONNTRACK,
         NODE_ADDRS,
@@ -61,6 +64,8 @@ pub struct Maps {
     pub frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     pub frontend_gen: Array<MapData, u32>,
     pub backends: Array<MapData, Backend>,
+    pub backend_nat: Array<MapData, BackendNat>,
+    pub snat: HashMap<MapData, CtKey, SnatValue>,
     pub maglev: MaglevPool,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub node_addrs: HashMap<MapData, NodeAddrKey, u32>,
@@ -97,6 +102,8 @@ impl Maps {
             frontends: typed!(ebpf, names::FRONTENDS),
             frontend_gen: typed!(ebpf, names::FRONTEND_GEN),
             backends: typed!(ebpf, names::BACKENDS),
+            backend_nat: typed!(ebpf, names::BACKEND_NAT),
+            snat: typed!(ebpf, names::SNAT),
             maglev,
             conntrack: typed!(ebpf, names::CONNTRACK),
             node_addrs: typed!(ebpf, names::NODE_ADDRS),
@@ -133,94 +140,93 @@ pub fn zero_counters(map: &mut PerCpuArray<MapData, TrafficCounters>, id: u32) -
         .with_context(|| format!("zeroing counters of id {id}"))
 }
 
-/// The `MAGLEV` array seen as one flat run of `u32` slots, written through a
-/// shared memory mapping.
+/// The `MAGLEV` array seen as one flat run of `u32` slots, written through
+/// shared memory mappings of the pages a table lies on, made for the write
+/// and undone after it: a mapping of the whole pool would count every page
+/// ever written in this process's resident memory (tens of MiB at 10,000
+/// services), though the kernel holds the pool either way.
 pub struct MaglevPool {
-    _map: MapData,
-    base: NonNull<u32>,
+    map: MapData,
     slots: usize,
-    mapped_len: usize,
 }
-
-// SAFETY: the mapping is owned by this value and only written through `&mut self`.
-unsafe impl Send for MaglevPool {}
 
 impl MaglevPool {
     fn new(map: MapData) -> Result<Self> {
         let info = map.info().context("reading MAGLEV map info")?;
         let blocks = info.max_entries() as usize;
-        let bytes = blocks * size_of::<MaglevBlock>();
-        // SAFETY: maps `bytes` of the array's values (a multiple of the page
-        // size rounded up by the kernel) shared with the kernel; the fd is valid
-        // for the call, and the mapping outlives it until `Drop` unmaps it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .context("mmap of the MAGLEV map (needs BPF_F_MMAPABLE)");
-        }
-        Ok(Self {
-            _map: map,
-            base: NonNull::new(ptr.cast()).context("mmap returned null")?,
+        let pool = Self {
+            map,
             slots: blocks * MAGLEV_BLOCK_SLOTS as usize,
-            mapped_len: bytes,
-        })
+        };
+        // Fails now rather than at the first table if it cannot be mapped.
+        pool.with_slots(0, 1, |_| ())?;
+        Ok(pool)
     }
 
     pub fn slots(&self) -> u32 {
         u32::try_from(self.slots).unwrap_or(u32::MAX)
     }
 
-    /// Writes `table` at slot `offset`. The region must not be referenced by
-    /// any frontend yet (it is built aside, then swapped in).
-    pub fn write(&mut self, offset: u32, table: &[u32]) -> Result<()> {
-        let start = offset as usize;
-        if start + table.len() > self.slots {
+    /// Maps the pages that hold slots `start..start + len` (checked to lie in
+    /// the pool), and calls `f` with a pointer to slot `start`.
+    fn with_slots<R>(&self, start: usize, len: usize, f: impl FnOnce(*mut u32) -> R) -> Result<R> {
+        if start + len > self.slots {
             bail!(
-                "Maglev table of {} slots at {start} overruns the pool of {}",
-                table.len(),
+                "{len} Maglev slots at {start} overrun the pool of {}",
                 self.slots
             );
         }
-        // SAFETY: the range was checked to lie inside the mapping just above.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                table.as_ptr(),
-                self.base.as_ptr().add(start),
-                table.len(),
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let first_byte = start * size_of::<u32>();
+        let map_start = first_byte / page * page;
+        let map_len =
+            (first_byte + len.max(1) * size_of::<u32>() - map_start).div_ceil(page) * page;
+        let offset = libc::off_t::try_from(map_start).context("Maglev pool offset")?;
+        // SAFETY: maps `map_len` bytes of the array's values from page
+        // `map_start` (the kernel refuses a range past the array's pages);
+        // the fd is valid for the call, and the mapping is undone below,
+        // after `f`, which gets a pointer inside it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.map.fd().as_fd().as_raw_fd(),
+                offset,
             )
         };
-        Ok(())
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .context("mmap of the MAGLEV map (needs BPF_F_MMAPABLE)");
+        }
+        // SAFETY: `first_byte - map_start` is less than `map_len`: the slots
+        // start inside the mapping.
+        let slot = unsafe { ptr.cast::<u8>().add(first_byte - map_start) }.cast::<u32>();
+        let result = f(slot);
+        // SAFETY: unmaps exactly the mapping made above; `f` has returned
+        // and kept no pointer into it (the closures below copy in or out).
+        unsafe { libc::munmap(ptr, map_len) };
+        Ok(result)
+    }
+
+    /// Writes `table` at slot `offset`. The region must not be referenced by
+    /// any frontend yet (it is built aside, then swapped in).
+    pub fn write(&mut self, offset: u32, table: &[u32]) -> Result<()> {
+        self.with_slots(offset as usize, table.len(), |dst| {
+            // SAFETY: `with_slots` mapped `table.len()` slots at `dst`.
+            unsafe { std::ptr::copy_nonoverlapping(table.as_ptr(), dst, table.len()) }
+        })
     }
 
     /// Reads `len` slots at `offset` (for checks and state adoption).
     pub fn read(&self, offset: u32, len: u32) -> Result<Vec<u32>> {
-        let start = offset as usize;
         let len = len as usize;
-        if start + len > self.slots {
-            bail!(
-                "read of {len} slots at {start} overruns the pool of {}",
-                self.slots
-            );
-        }
-        // SAFETY: the range was checked to lie inside the mapping just above.
-        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(start), len) }.to_vec())
-    }
-}
-
-impl Drop for MaglevPool {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`, which nothing
-        // references after this value is gone.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped_len) };
+        self.with_slots(offset as usize, len, |src| {
+            // SAFETY: `with_slots` mapped `len` slots at `src`.
+            unsafe { std::slice::from_raw_parts(src, len) }.to_vec()
+        })
     }
 }
 

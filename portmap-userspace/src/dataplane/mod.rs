@@ -20,6 +20,8 @@ mod ifaces;
 pub mod maps;
 mod pin;
 mod plan;
+mod publish;
+mod sizing;
 mod sock;
 mod state;
 mod stats;
@@ -39,8 +41,10 @@ pub use self::{
     apply::{ApplyReport, CapacityError},
     attach::{Attached, XdpMode},
     gc::GcReport,
-    ifaces::{InterfaceChange, InterfaceStatus, Role},
+    ifaces::{InterfaceChange, InterfaceStatus, Role, if_name as interface_name},
     pin::{DEFAULT_DIR as DEFAULT_PIN_DIR, PinDir},
+    publish::{NotPublished, Published, trim_heap},
+    sizing::{Needs, Origin as SizeOrigin, Sizes},
     sock::{SockAttached, SocketLbStatus, default_cgroup, is_cgroup2},
     stats::{BackendStats, Counters, FrontendStats, MapUsage, ServiceStats, Snapshot},
 };
@@ -52,10 +56,13 @@ use self::{
 
 /// Capacity of `NODE_ADDRS`, as declared in the eBPF object.
 const NODE_ADDRS_CAPACITY: u64 = 1024;
+/// Entries of the `SNAT` map, as declared in `portmap-ebpf/src/maps.rs`.
+const SNAT_CAPACITY: u64 = 65_536;
 
 /// Names of the programs in the eBPF object.
 pub const INGRESS_PROGRAM: &str = "portmap_ingress";
 pub const INGRESS_TC_PROGRAM: &str = "portmap_ingress_tc";
+pub const SNAT_REPLY_PROGRAM: &str = "portmap_snat_reply";
 pub const EGRESS_PROGRAM: &str = "portmap_egress";
 pub const REPLY_PROGRAM: &str = "portmap_reply";
 
@@ -78,6 +85,10 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// A size not chosen by a flag: `portmap run` sizes the map from the
+    /// first desired state (see [`Sizes::resolve`]).
+    pub const AUTO: u32 = 0;
+
     /// Maglev pool slots: tables hold 100 to 300 slots per backend, and a
     /// changed table is built beside the one it replaces.
     pub fn maglev_slots(&self) -> u32 {
@@ -100,15 +111,19 @@ pub struct Dataplane {
     attachments: Attachments,
     /// Entries seen by the last conntrack walk (the map has no cheap count).
     conntrack_entries: Option<u64>,
+    /// SNAT ports taken, as of the last garbage collection.
+    snat_entries: Option<u64>,
     /// Services found pinned at load, from a previous daemon.
     adopted: usize,
+    /// What the last publish left out, to report and retry.
+    publishing: publish::Publishing,
 }
 
 impl Dataplane {
     /// Loads and verifies the programs and creates the maps, attaching
     /// nothing and pinning nothing (for tests and tools).
     pub fn load(limits: Limits, config: DatapathConfig) -> Result<Self> {
-        Self::load_with(limits, config, None, 0)
+        Self::load_with(limits, limits.maglev_slots(), config, None, 0)
     }
 
     /// Loads the programs with their maps pinned in `pins`. Maps a previous
@@ -121,11 +136,24 @@ impl Dataplane {
         pins: PinDir,
         variant: u32,
     ) -> Result<Self> {
-        Self::load_with(limits, config, Some(pins), variant)
+        Self::load_with(limits, limits.maglev_slots(), config, Some(pins), variant)
+    }
+
+    /// [`Dataplane::load_pinned`] with the maps sized by `sizes` (the Maglev
+    /// pool too, which [`Limits`] alone sizes by its backends).
+    pub fn load_sized(
+        sizes: Sizes,
+        config: DatapathConfig,
+        pins: PinDir,
+        variant: u32,
+    ) -> Result<Self> {
+        let limits = sizes.limits;
+        Self::load_with(limits, sizes.maglev_slots, config, Some(pins), variant)
     }
 
     fn load_with(
         limits: Limits,
+        maglev_slots: u32,
         config: DatapathConfig,
         pins: Option<PinDir>,
         variant: u32,
@@ -135,12 +163,13 @@ impl Dataplane {
             "this portmap was built without its eBPF programs (AYA_BUILD_SKIP); build it again without"
         );
         let config = sock::with_host_netns(config);
-        let maglev_blocks = limits.maglev_slots().div_ceil(MAGLEV_BLOCK_SLOTS);
+        let maglev_blocks = maglev_slots.div_ceil(MAGLEV_BLOCK_SLOTS);
         let sizes = [
             (names::FRONTENDS, limits.frontends),
             (names::FRONTEND_GEN, limits.frontends),
             (names::FRONTEND_STATS, limits.frontends),
             (names::BACKENDS, limits.backends),
+            (names::BACKEND_NAT, limits.backends),
             (names::BACKEND_STATS, limits.backends),
             (names::MAGLEV, maglev_blocks),
             (names::CONNTRACK, limits.conntrack),
@@ -187,7 +216,9 @@ impl Dataplane {
             applied,
             attachments: Attachments::new(pins),
             conntrack_entries: None,
+            snat_entries: None,
             adopted: 0,
+            publishing: publish::Publishing::default(),
         };
         if adopting {
             dataplane.adopted = dataplane.adopt().context("adopting the pinned dataplane")?;

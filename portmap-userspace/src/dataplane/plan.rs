@@ -56,6 +56,8 @@ pub(crate) struct BackendEntry {
     pub state: u8,
     pub generation: u32,
     pub service_id: u32,
+    /// `BACKEND_NAT`: new flows SNATed from this address, or not.
+    pub snat_from: Option<IpAddr>,
 }
 
 /// One operation on one map entry, carried out as is by a writer.
@@ -63,7 +65,7 @@ pub(crate) struct BackendEntry {
 pub(crate) enum MapOp {
     /// `BACKEND_STATS[id]` = 0 on every CPU: a reused id starts from zero.
     ZeroBackendStats { id: u32 },
-    /// `BACKENDS[id]` = `backend`.
+    /// `BACKEND_NAT[id]`, then `BACKENDS[id]` = `backend`.
     WriteBackend { id: u32, backend: BackendEntry },
     /// `MAGLEV[region]` = `slots` (backend ids).
     WriteTable { region: Region, slots: Vec<u32> },
@@ -283,6 +285,7 @@ impl Applied {
         // Labels only: no map holds them.
         applied.name.clone_from(&svc.name);
         applied.port_name.clone_from(&svc.port_name);
+        applied.container.clone_from(&svc.container);
         let service_id = applied.service_id;
 
         // 1. Backends, as this plan leaves them (an endpoint listed twice is
@@ -296,15 +299,17 @@ impl Applied {
                 .or_else(|| applied.backends.get(&addr))
                 .copied();
             let (slot, commit) = match current {
-                Some(slot) if slot.state == ep.state => continue,
+                Some(slot) if slot.state == ep.state && slot.snat_from == ep.snat_from => continue,
                 Some(slot) => {
                     let slot = BackendSlot {
                         state: ep.state,
+                        snat_from: ep.snat_from,
                         ..slot
                     };
                     let commit = Commit::BackendState {
                         addr,
                         state: ep.state,
+                        snat_from: ep.snat_from,
                     };
                     (slot, commit)
                 }
@@ -315,6 +320,7 @@ impl Applied {
                         id,
                         generation,
                         state: ep.state,
+                        snat_from: ep.snat_from,
                     };
                     (slot, Commit::BackendAdded { addr, slot })
                 }
@@ -324,6 +330,7 @@ impl Applied {
                 state: backend_state(ep.state),
                 generation: slot.generation,
                 service_id,
+                snat_from: ep.snat_from,
             };
             plan.push(
                 MapOp::WriteBackend {
@@ -538,6 +545,7 @@ fn retire_backend(plan: &mut Plan, addr: SocketAddr, slot: &BackendSlot) {
                 state: BACKEND_UNUSED,
                 generation: slot.generation,
                 service_id: 0,
+                snat_from: None,
             },
         },
         Commit::BackendRetired(addr),

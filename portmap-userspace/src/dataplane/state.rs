@@ -55,9 +55,14 @@ impl Applied {
         };
         match commit {
             Commit::Nothing => {}
-            Commit::BackendState { addr, state } => {
+            Commit::BackendState {
+                addr,
+                state,
+                snat_from,
+            } => {
                 if let Some(slot) = svc.backends.get_mut(&addr) {
                     slot.state = state;
+                    slot.snat_from = snat_from;
                 }
             }
             Commit::BackendAdded { addr, slot } => {
@@ -124,6 +129,7 @@ pub(crate) struct AppliedService {
     pub service_id: u32,
     pub name: String,
     pub port_name: String,
+    pub container: String,
     /// The frontends holding an id: published with this value, or, when a
     /// retirement was cut short by a failed write, unpublished already (the
     /// next apply finishes it).
@@ -148,6 +154,7 @@ impl AppliedService {
             service_id,
             name: name.to_string(),
             port_name: port_name.to_string(),
+            container: String::new(),
             frontends: BTreeMap::new(),
             backends: BTreeMap::new(),
             table: None,
@@ -168,6 +175,8 @@ pub(crate) struct BackendSlot {
     pub id: u32,
     pub generation: u32,
     pub state: EndpointState,
+    /// SNAT from this address (`BACKEND_NAT`), or the client's address kept.
+    pub snat_from: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,10 +191,11 @@ pub(crate) struct AppliedTable {
 pub(crate) enum Commit {
     /// Nothing: the step prepares one that follows.
     Nothing,
-    /// A backend's new state is written.
+    /// A backend's new state (readiness, SNAT) is written.
     BackendState {
         addr: SocketAddr,
         state: EndpointState,
+        snat_from: Option<IpAddr>,
     },
     /// A backend is written under an id this plan allocated.
     BackendAdded {

@@ -1,12 +1,14 @@
 //! Reading the counters: a snapshot of every service, frontend and backend.
 
+use std::net::IpAddr;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, PerCpuArray};
 use portmap_common::abi::{DIR_REPLY, DIR_REQUEST, DatapathEvent, TrafficCounters};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Dataplane, InterfaceStatus, NODE_ADDRS_CAPACITY, SocketLbStatus,
+    Dataplane, InterfaceStatus, NODE_ADDRS_CAPACITY, SNAT_CAPACITY, SocketLbStatus,
     maps::{names, sum_counters},
     state::Applied,
 };
@@ -46,6 +48,10 @@ pub struct BackendStats {
     pub state: EndpointState,
     /// Whether the backend is in the table that picks backends for new flows.
     pub in_table: bool,
+    /// New flows to it are SNATed from this address (a backend on another
+    /// node), or keep the client's (`None`).
+    #[serde(default)]
+    pub snat_from: Option<IpAddr>,
     pub counters: Counters,
 }
 
@@ -54,6 +60,9 @@ pub struct ServiceStats {
     pub key: String,
     pub service: String,
     pub port_name: String,
+    /// The Docker container publishing it (empty for others).
+    #[serde(default)]
+    pub container: String,
     pub frontends: Vec<FrontendStats>,
     pub backends: Vec<BackendStats>,
 }
@@ -114,6 +123,7 @@ impl Applied {
                     backend: addr.to_string(),
                     state: slot.state,
                     in_table: svc.table.as_ref().is_some_and(|t| t.members.contains(addr)),
+                    snat_from: slot.snat_from,
                     counters,
                 });
             }
@@ -121,6 +131,7 @@ impl Applied {
                 key: key.clone(),
                 service: svc.name.clone(),
                 port_name: svc.port_name.clone(),
+                container: svc.container.clone(),
                 frontends,
                 backends,
             });
@@ -130,7 +141,11 @@ impl Applied {
 
     /// How full each sized map is; conntrack's count from the last garbage
     /// collection, if any ran.
-    pub fn map_usage(&self, conntrack_entries: Option<u64>) -> Vec<MapUsage> {
+    pub fn map_usage(
+        &self,
+        conntrack_entries: Option<u64>,
+        snat_entries: Option<u64>,
+    ) -> Vec<MapUsage> {
         let frontends: usize = self.services.values().map(|s| s.frontends.len()).sum();
         let mut usage = vec![
             MapUsage::new(
@@ -160,6 +175,9 @@ impl Applied {
                 entries,
                 self.limits.conntrack.into(),
             ));
+        }
+        if let Some(entries) = snat_entries {
+            usage.push(MapUsage::new(names::SNAT, entries, SNAT_CAPACITY));
         }
         usage
     }
@@ -192,9 +210,20 @@ impl Dataplane {
         })
     }
 
+    /// A datapath event's count, summed over CPUs.
+    pub fn event_total(&self, event: DatapathEvent) -> Result<u64> {
+        let values = self
+            .maps
+            .events
+            .get(&(event as u32), 0)
+            .context("reading datapath events")?;
+        Ok(values.iter().sum())
+    }
+
     /// How full each sized map is.
     pub fn map_usage(&self) -> Vec<MapUsage> {
-        self.applied.map_usage(self.conntrack_entries)
+        self.applied
+            .map_usage(self.conntrack_entries, self.snat_entries)
     }
 }
 

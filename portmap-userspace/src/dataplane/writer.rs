@@ -4,7 +4,9 @@
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapError, lpm_trie::Key};
-use portmap_common::abi::{Backend, SOURCE_RANGE_KEY_BITS, SourceRangeKey};
+use portmap_common::abi::{
+    Backend, BackendNat, NAT_LOCAL, NAT_SNAT, SOURCE_RANGE_KEY_BITS, SourceRangeKey,
+};
 
 use super::{
     maps::{Maps, family_of, frontend_key, node_addr_key, raw_addr, zero_counters},
@@ -28,6 +30,21 @@ impl BackendEntry {
             state: self.state,
             generation: self.generation,
             service_id: self.service_id,
+        }
+    }
+
+    /// Its `BACKEND_NAT` entry.
+    pub fn raw_nat(&self) -> BackendNat {
+        match self.snat_from {
+            Some(addr) => BackendNat {
+                snat_addr: raw_addr(addr),
+                mode: NAT_SNAT,
+                _pad: [0; 3],
+            },
+            None => BackendNat {
+                mode: NAT_LOCAL,
+                ..BackendNat::default()
+            },
         }
     }
 }
@@ -57,10 +74,16 @@ impl MapWriter for Maps {
     fn execute(&mut self, op: &MapOp) -> Result<()> {
         match op {
             MapOp::ZeroBackendStats { id } => zero_counters(&mut self.backend_stats, *id),
-            MapOp::WriteBackend { id, backend } => self
-                .backends
-                .set(*id, backend.raw(), 0)
-                .with_context(|| format!("writing backend {id} ({})", backend.addr)),
+            MapOp::WriteBackend { id, backend } => {
+                // How flows reach the backend is in place before the entry
+                // that makes it usable.
+                self.backend_nat
+                    .set(*id, backend.raw_nat(), 0)
+                    .with_context(|| format!("writing backend {id}'s NAT ({})", backend.addr))?;
+                self.backends
+                    .set(*id, backend.raw(), 0)
+                    .with_context(|| format!("writing backend {id} ({})", backend.addr))
+            }
             MapOp::WriteTable { region, slots } => self.maglev.write(region.offset, slots),
             MapOp::AllowSource { service_id, cidr } => self
                 .source_ranges

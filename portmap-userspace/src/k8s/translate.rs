@@ -10,7 +10,7 @@ use super::{
     error::{ManifestError, Source},
     plan::{self, Plan, PortPlan},
 };
-use crate::model::{self, DesiredState, Endpoint, Frontend, HostAddr, WhenEmpty};
+use crate::model::{self, DesiredState, Endpoint, Frontend, HostAddr, Placement, WhenEmpty};
 
 /// Which frontends of a Service port a unit holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,6 +290,8 @@ impl<'a> Units<'a> {
                     addr: b.addr,
                     port: b.port,
                     state: b.state,
+                    placement: placement(local, b.locality),
+                    snat_from: None,
                 })
                 .collect();
             // kube-proxy drops when only the Local policy left nothing, and
@@ -303,6 +305,7 @@ impl<'a> Units<'a> {
                 key: unit_key(plan, port, family, scope),
                 name: plan.id.clone(),
                 port_name: port.name.clone(),
+                container: String::new(),
                 frontends: list,
                 endpoints,
                 affinity_timeout_s: plan.affinity_timeout_s,
@@ -315,6 +318,19 @@ impl<'a> Units<'a> {
             });
         }
         Ok(())
+    }
+}
+
+/// Where an endpoint runs: a Local traffic policy keeps the client's
+/// address wherever it is; else what its source says (its `nodeName`
+/// against `--node-name`, or without one this node's pod CIDRs and
+/// addresses, as the Node object gives them with `--kubernetes`).
+fn placement(policy_local: bool, locality: Locality) -> Placement {
+    match locality {
+        _ if policy_local => Placement::KeepClient,
+        Locality::Local => Placement::Local,
+        Locality::Remote => Placement::Remote,
+        Locality::Unknown => Placement::Unknown,
     }
 }
 

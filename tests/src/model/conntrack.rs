@@ -455,11 +455,12 @@ pub fn create(
         nat_addr: backend.addr,
         nat_port: backend.port,
         state: state.abi(),
-        _pad: 0,
+        flags: 0,
         frontend_id: fe.frontend_id,
         frontend_generation: fe.generation,
         backend_id,
         backend_generation: backend.generation,
+        snat_port: 0,
         _reserved: 0,
         last_seen_ns: now,
     };

@@ -551,7 +551,7 @@ impl Harness {
             if icmp::checksums_ok(frame).is_some() {
                 self.stats.icmp_translated += 1;
             }
-            if out.deferred {
+            if out.deferred.is_some() {
                 // The frame is untouched; tc ingress writes the translation.
                 self.stats.deferred += 1;
             } else if let Some(true) = icmp::checksums_ok(frame) {

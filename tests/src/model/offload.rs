@@ -5,11 +5,11 @@
 //! of the pseudo-header in the checksum field; on a veth, XDP gets the packet
 //! that way. A request whose field equals that sum (offloaded, or a complete
 //! checksum that happens to be the same value) is not rewritten in XDP: XDP
-//! passes it unchanged with the translation in front of it, in the metadata
-//! area, for the tc ingress program to write with the kernel's checksum
-//! helpers. Its flow is tracked and counted as any other.
+//! passes it unchanged with a mark in front of it, in the metadata area, for
+//! the tc ingress program to write the translation its conntrack entry says
+//! with the kernel's checksum helpers. Its flow is tracked and counted as any other.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use super::{
     checksum::{fold, sum_words},
@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Bytes of the metadata XDP puts before a deferred packet.
-pub const HANDOFF_LEN: usize = 24;
+pub const HANDOFF_LEN: usize = 8;
 
 /// The sum (folded, not complemented) of the pseudo-header of `flow`'s
 /// segment as it is in `frame`: what an offloading sender leaves in the
@@ -55,38 +55,25 @@ pub fn deferred(frame: &[u8], flow: &Flow) -> bool {
 }
 
 /// The metadata before a deferred packet: "pmap" (as a little-endian
-/// 32-bit word), the address to write (16 bytes, an IPv4 one in the first
-/// 4), the port (network order), the side (0: destination) and a pad byte.
-pub fn handoff(addr: IpAddr, port: u16) -> Vec<u8> {
+/// 32-bit word), the kind (0: a request, written as its conntrack entry
+/// says) and three pad bytes. tc ingress looks the translation up itself.
+pub fn handoff() -> Vec<u8> {
     let mut meta = u32::from_be_bytes(*b"pmap").to_le_bytes().to_vec();
-    let mut a = [0u8; 16];
-    match addr {
-        IpAddr::V4(v4) => a[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => a.copy_from_slice(&v6.octets()),
-    }
-    meta.extend_from_slice(&a);
-    meta.extend_from_slice(&port.to_be_bytes());
-    meta.extend_from_slice(&[0, 0]);
+    meta.extend_from_slice(&[0, 0, 0, 0]);
     assert_eq!(meta.len(), HANDOFF_LEN);
     meta
 }
 
 /// The frame as tc ingress writes it, from XDP's output for a deferred
-/// packet (metadata, then the frame): the destination rewritten as the
-/// metadata says, checksums updated as the kernel's helpers do for an skb
-/// whose checksum is complete. `None` if `bytes` do not hold a handoff.
-pub fn written_by_tc(bytes: &[u8]) -> Option<Vec<u8>> {
+/// packet (metadata, then the frame): the destination rewritten to `to`, as
+/// the flow's conntrack entry says, checksums updated as the kernel's
+/// helpers do for an skb whose checksum is complete. `None` if `bytes` do
+/// not hold a handoff.
+pub fn written_by_tc(bytes: &[u8], (addr, port): (IpAddr, u16)) -> Option<Vec<u8>> {
     let (meta, frame) = bytes.split_at_checked(HANDOFF_LEN)?;
-    if meta[..4] != u32::from_be_bytes(*b"pmap").to_le_bytes() {
+    if meta[..4] != u32::from_be_bytes(*b"pmap").to_le_bytes() || meta[4] != 0 {
         return None;
     }
     let flow = parse::parse(frame).ok()?;
-    let a: [u8; 16] = meta[4..20].try_into().ok()?;
-    let addr = if flow.v6 {
-        IpAddr::V6(Ipv6Addr::from(a))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    };
-    let port = u16::from_be_bytes([meta[20], meta[21]]);
     Some(nat::rewrite(frame, &flow, Side::Dst, addr, port))
 }

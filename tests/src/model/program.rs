@@ -15,6 +15,8 @@
 //!
 //! ICMP errors about translated flows go through [`icmp`] both ways.
 
+use std::net::IpAddr;
+
 use portmap_common::abi::{
     CtValue, FE_AFFINITY_CLIENT_IP, FE_DROP_NO_BACKENDS, FE_REJECT_NO_BACKENDS, FE_SOURCE_RANGES,
 };
@@ -62,8 +64,9 @@ pub struct Outcome {
     /// have changed).
     pub affinity_of: Option<u32>,
     /// A translation XDP left to tc ingress (see `offload`): `bytes` are
-    /// the handoff metadata followed by the untouched frame.
-    pub deferred: bool,
+    /// the handoff metadata followed by the untouched frame, and this is the
+    /// destination tc ingress writes (it finds it in conntrack).
+    pub deferred: Option<(IpAddr, u16)>,
 }
 
 impl Outcome {
@@ -74,7 +77,7 @@ impl Outcome {
             translated: false,
             why: why.into(),
             affinity_of: None,
-            deferred: false,
+            deferred: None,
         }
     }
 
@@ -92,7 +95,7 @@ impl Outcome {
             translated: true,
             why,
             affinity_of: None,
-            deferred: false,
+            deferred: None,
         }
     }
 
@@ -110,10 +113,10 @@ impl Outcome {
 fn translate_to(frame: &[u8], flow: &Flow, e: &CtValue, why: String) -> Outcome {
     let to = ip(&e.nat_addr, family(flow.src));
     if offload::deferred(frame, flow) {
-        let mut bytes = offload::handoff(to, port(e.nat_port));
+        let mut bytes = offload::handoff();
         bytes.extend_from_slice(frame);
         return Outcome {
-            deferred: true,
+            deferred: Some((to, port(e.nat_port))),
             ..Outcome::translated(
                 bytes,
                 format!("{why}; checksum field holds the pseudo-header sum: left to tc ingress"),

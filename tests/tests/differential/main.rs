@@ -46,7 +46,8 @@ use portmap_tests::model::{
     state::{family, ip, port, raw, raw_port},
 };
 use portmap_userspace::model::{
-    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Protocol, Service, WhenEmpty,
+    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Service,
+    WhenEmpty,
 };
 use proptest::{
     collection::vec,
@@ -176,10 +177,11 @@ fn single_packet(
 /// A translated packet as it leaves the node: a translation XDP deferred is
 /// written by tc ingress.
 fn as_sent(out: Outcome) -> Result<Outcome, String> {
-    if !out.deferred {
+    let Some(to) = out.deferred else {
         return Ok(out);
-    }
-    let bytes = offload::written_by_tc(&out.bytes).ok_or("a deferred packet without a handoff")?;
+    };
+    let bytes =
+        offload::written_by_tc(&out.bytes, to).ok_or("a deferred packet without a handoff")?;
     Ok(Outcome { bytes, ..out })
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn service(
         key: key.into(),
         name: String::new(),
         port_name: String::new(),
+        container: String::new(),
         frontends: frontends
             .iter()
             .map(|(addr, port, proto)| Frontend {
@@ -38,6 +39,8 @@ pub(crate) fn service(
                 addr: *addr,
                 port: *port,
                 state: *state,
+                placement: Placement::Unknown,
+                snat_from: None,
             })
             .collect(),
         affinity_timeout_s: None,
@@ -257,6 +260,8 @@ impl World {
                         } else {
                             EndpointState::Terminating
                         },
+                        placement: Placement::Unknown,
+                        snat_from: None,
                     })
                 })
                 .collect();
@@ -269,6 +274,7 @@ impl World {
                 key: format!("svc{i}"),
                 name: String::new(),
                 port_name: String::new(),
+                container: String::new(),
                 frontends,
                 endpoints,
                 affinity_timeout_s: s.affinity,

@@ -29,9 +29,13 @@ fn web(backends: &[&str]) -> Service {
 }
 
 fn desired() -> DesiredState {
+    // A backend on another node: how it is reached (SNAT from this node's
+    // address) is adopted with it, and not rewritten.
+    let mut remote = ready("198.19.0.9");
+    remote.snat_from = Some(ip("198.18.9.1"));
     state(vec![
         web(&["198.19.0.2", "198.19.0.3"]),
-        service("dns", &[frontend("10.96.0.10", 53)], &[ready("198.19.0.9")]),
+        service("dns", &[frontend("10.96.0.10", 53)], &[remote]),
     ])
 }
 
@@ -119,6 +123,7 @@ fn orphaned_backends_are_freed() {
         state: BACKEND_ACTIVE,
         generation: 3,
         service_id: 40,
+        snat_from: None,
     };
     let id = 60;
     lab.maps

@@ -113,7 +113,7 @@ fn map_usage_counts_what_the_record_holds() {
     let pool = lab.applied.regions.capacity();
     let usage = |map: &str, entries: u64, capacity: u64| MapUsage::new(map, entries, capacity);
     assert_eq!(
-        lab.applied.map_usage(None),
+        lab.applied.map_usage(None, None),
         [
             usage(names::FRONTENDS, 2, LIMITS.frontends.into()),
             usage(names::BACKENDS, 2, LIMITS.backends.into()),
@@ -121,7 +121,7 @@ fn map_usage_counts_what_the_record_holds() {
             usage(names::NODE_ADDRS, 1, NODE_ADDRS_CAPACITY),
         ]
     );
-    let with_gc = lab.applied.map_usage(Some(7));
+    let with_gc = lab.applied.map_usage(Some(7), None);
     assert_eq!(
         with_gc.last(),
         Some(&usage(names::CONNTRACK, 7, LIMITS.conntrack.into()))

@@ -128,6 +128,34 @@ fn a_backend_port_change_is_make_before_break() {
     assert_before(&ops, publish(&ops, fe()), old);
 }
 
+/// A backend that turns out to be on another node (or back) keeps its id
+/// and generation, its flows their entries: only how new flows reach it
+/// (`BACKEND_NAT`) is written again, and the table stays.
+#[test]
+fn a_backend_whose_way_changes_is_written_again_in_place() {
+    let remote = Endpoint {
+        snat_from: Some("198.18.9.1".parse().unwrap()),
+        ..ready("198.19.0.2")
+    };
+    let ops = ops_between(&web(&[ready("198.19.0.2")], &[]), &web(&[remote], &[]));
+    let writes: Vec<_> = ops
+        .iter()
+        .filter_map(|o| match o {
+            MapOp::WriteBackend { id, backend } => Some((*id, *backend)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{ops:?}");
+    let (_, written) = writes[0];
+    assert_eq!(written.snat_from, remote.snat_from);
+    assert_eq!(written.state, BACKEND_ACTIVE);
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, MapOp::WriteTable { .. } | MapOp::ZeroBackendStats { .. })),
+        "no new table, no new counters: {ops:?}"
+    );
+}
+
 // Maglev tables.
 
 /// A table whose size changes (the backend count crosses a power of two) is

@@ -1,0 +1,241 @@
+//! Which backends are on this node, and which new flows are SNATed.
+//!
+//! A backend on another node answers the client straight from its own
+//! address, and the client drops what it never talked to. So flows to such
+//! a backend leave with this node's address and a port of
+//! `--snat-port-range` as their source (kube-proxy's masquerade), and come
+//! back here to be turned around. Flows to backends on this node keep the
+//! client's address: unlike kube-proxy, which masquerades NodePort traffic to
+//! local pods too, portmap has no reason to hide the client from them.
+//!
+//! Where a backend runs is its source's word when it has one (an
+//! EndpointSlice's `nodeName` against `--node-name`); otherwise the route to
+//! it decides: through a gateway is another node, on a link of this node is
+//! here. The route also gives the address SNAT uses (its preferred source).
+
+use std::{collections::HashMap, io, net::IpAddr, ops::RangeInclusive};
+
+use crate::{
+    model::{DesiredState, Placement},
+    netlink::{Route, route_to},
+};
+
+/// `--snat-port-range` by default: above the NodePort range and the usual
+/// ephemeral ports (`net.ipv4.ip_local_port_range` is 32768-60999).
+pub const DEFAULT_SNAT_PORTS: RangeInclusive<u16> = 61000..=65535;
+
+/// The node's masquerading policy (`--masquerade-all`, `--snat-port-range`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Masquerade {
+    /// SNAT every new flow, to local backends too, except where a Local
+    /// traffic policy keeps the client's address.
+    pub all: bool,
+    pub ports: RangeInclusive<u16>,
+}
+
+impl Default for Masquerade {
+    fn default() -> Self {
+        Self {
+            all: false,
+            ports: DEFAULT_SNAT_PORTS,
+        }
+    }
+}
+
+/// Something that knows routes: the kernel's, or a table in tests.
+pub trait Routes {
+    fn route(&mut self, dst: IpAddr) -> io::Result<Option<Route>>;
+}
+
+/// The routes of this process's network namespace.
+pub struct KernelRoutes;
+
+impl Routes for KernelRoutes {
+    fn route(&mut self, dst: IpAddr) -> io::Result<Option<Route>> {
+        route_to(dst)
+    }
+}
+
+/// Sets every endpoint's `snat_from` in `desired`. Returns what is worth a
+/// warning: backends said to be remote with no route or source address
+/// towards them (their flows keep the client's address, and their replies
+/// are unlikely to come back).
+pub fn resolve(
+    desired: &mut DesiredState,
+    policy: &Masquerade,
+    routes: &mut impl Routes,
+) -> Vec<String> {
+    let mut cache: HashMap<IpAddr, Option<Route>> = HashMap::new();
+    let mut warnings = Vec::new();
+    for svc in &mut desired.services {
+        for ep in &mut svc.endpoints {
+            ep.snat_from = None;
+            if ep.placement == Placement::KeepClient {
+                continue;
+            }
+            let route = *cache.entry(ep.addr).or_insert_with(|| {
+                routes.route(ep.addr).unwrap_or_else(|e| {
+                    warnings.push(format!("route to backend {}: {e}", ep.addr));
+                    None
+                })
+            });
+            let remote = match ep.placement {
+                Placement::Local | Placement::KeepClient => false,
+                Placement::Remote => true,
+                Placement::Unknown => route.is_some_and(|r| r.gateway.is_some() && !r.local),
+            };
+            if !(remote || policy.all) || route.is_some_and(|r| r.local) {
+                continue;
+            }
+            match route.and_then(|r| r.source) {
+                Some(source) => ep.snat_from = Some(source),
+                None if remote => warnings.push(format!(
+                    "backend {} of {} is on another node but this node has no route or source address towards it: its flows are not SNATed",
+                    ep.label(),
+                    svc.key
+                )),
+                None => {}
+            }
+        }
+    }
+    warnings.sort();
+    warnings.dedup();
+    warnings
+}
+
+/// The interfaces the replies of SNATed flows come back on (the routes'
+/// towards their backends), each with a backend that uses it. Those replies
+/// are turned around by portmap's programs on `--iface` only.
+pub fn snat_reply_interfaces(
+    desired: &DesiredState,
+    routes: &mut impl Routes,
+) -> std::collections::BTreeMap<u32, String> {
+    let mut oifs = std::collections::BTreeMap::new();
+    for ep in desired.services.iter().flat_map(|s| &s.endpoints) {
+        if ep.snat_from.is_none() {
+            continue;
+        }
+        if let Ok(Some(Route { oif: Some(oif), .. })) = routes.route(ep.addr) {
+            oifs.entry(oif).or_insert_with(|| ep.label());
+        }
+    }
+    oifs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Endpoint, EndpointState, Service, WhenEmpty};
+
+    /// 198.18.1.0/24 is on a link; 10.244.0.0/16 is behind a gateway;
+    /// 198.18.1.1 is the node's own; anything else is unreachable.
+    struct Table;
+
+    impl Routes for Table {
+        fn route(&mut self, dst: IpAddr) -> io::Result<Option<Route>> {
+            let s = dst.to_string();
+            let source = Some("198.18.1.1".parse().unwrap());
+            Ok(if s == "198.18.1.1" {
+                Some(Route {
+                    gateway: None,
+                    source,
+                    local: true,
+                    oif: Some(1),
+                })
+            } else if s.starts_with("198.18.1.") {
+                Some(Route {
+                    gateway: None,
+                    source,
+                    local: false,
+                    oif: Some(2),
+                })
+            } else if s.starts_with("10.244.") {
+                Some(Route {
+                    gateway: Some("198.18.1.254".parse().unwrap()),
+                    source,
+                    local: false,
+                    oif: Some(2),
+                })
+            } else {
+                None
+            })
+        }
+    }
+
+    fn state(endpoints: &[(&str, Placement)]) -> DesiredState {
+        DesiredState {
+            services: vec![Service {
+                key: "svc".into(),
+                name: String::new(),
+                container: String::new(),
+                port_name: String::new(),
+                frontends: Vec::new(),
+                endpoints: endpoints
+                    .iter()
+                    .map(|(addr, placement)| Endpoint {
+                        addr: addr.parse().unwrap(),
+                        port: 80,
+                        state: EndpointState::Ready,
+                        placement: *placement,
+                        snat_from: None,
+                    })
+                    .collect(),
+                affinity_timeout_s: None,
+                when_empty: WhenEmpty::Reject,
+                source_ranges: Vec::new(),
+            }],
+        }
+    }
+
+    fn snat_of(desired: &DesiredState) -> Vec<Option<String>> {
+        desired.services[0]
+            .endpoints
+            .iter()
+            .map(|e| e.snat_from.map(|a| a.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn remote_backends_are_snated_from_the_routes_source() {
+        let mut d = state(&[
+            ("198.18.1.5", Placement::Unknown),
+            ("10.244.2.7", Placement::Unknown),
+            ("198.18.1.6", Placement::Remote),
+            ("10.244.2.8", Placement::Local),
+            ("10.244.2.9", Placement::KeepClient),
+        ]);
+        let warnings = resolve(&mut d, &Masquerade::default(), &mut Table);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let snat = Some("198.18.1.1".to_string());
+        assert_eq!(snat_of(&d), vec![None, snat.clone(), snat, None, None]);
+    }
+
+    #[test]
+    fn masquerade_all_spares_only_local_traffic_policies_and_the_node_itself() {
+        let mut d = state(&[
+            ("198.18.1.5", Placement::Unknown),
+            ("10.244.2.8", Placement::Local),
+            ("10.244.2.9", Placement::KeepClient),
+            ("198.18.1.1", Placement::Unknown),
+        ]);
+        let all = Masquerade {
+            all: true,
+            ..Masquerade::default()
+        };
+        assert!(resolve(&mut d, &all, &mut Table).is_empty());
+        let snat = Some("198.18.1.1".to_string());
+        assert_eq!(snat_of(&d), vec![snat.clone(), snat, None, None]);
+    }
+
+    #[test]
+    fn a_remote_backend_without_a_route_is_named_in_a_warning() {
+        let mut d = state(&[("203.0.113.9", Placement::Remote)]);
+        let warnings = resolve(&mut d, &Masquerade::default(), &mut Table);
+        assert_eq!(snat_of(&d), vec![None]);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("203.0.113.9:80 of svc"),
+            "{warnings:?}"
+        );
+    }
+}
