@@ -47,7 +47,9 @@ pub fn run_tests(extra: &[String], fuzz_seconds: u64) -> Result<ExitCode> {
         .env("RUST_BACKTRACE", "1"))?;
 
     let mut test = cmd("cargo");
-    test.arg("test")
+    // Every test binary runs even when one fails, so a run shows all that
+    // fails, not the first.
+    test.args(["test", "--no-fail-fast"])
         .args(extra)
         .current_dir(&root)
         .env("RUST_BACKTRACE", "1");
