@@ -72,7 +72,7 @@ pub fn defer(ctx: &XdpContext) -> Option<()> {
 /// compare.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    if take(ctx).is_none() {
+    if !marked(ctx) {
         return TC_ACT_UNSPEC;
     }
     // XDP parsed the same bytes; GRO may have merged packets of the flow
@@ -96,17 +96,18 @@ pub fn run(ctx: &TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Whether XDP left its mark (a request) in the packet's metadata.
 #[inline(always)]
-fn take(ctx: &TcContext) -> Option<u8> {
+fn marked(ctx: &TcContext) -> bool {
     // SAFETY: `skb` is the kernel's valid `__sk_buff` for this run.
     let meta = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).data_meta) } as usize;
     if meta + HANDOFF_LEN > ctx.data() {
-        return None;
+        return false;
     }
     // SAFETY: the metadata reaches up to `data`, so all HANDOFF_LEN bytes at
     // `meta` are inside it (checked just above).
     let handoff = unsafe { (meta as *const Handoff).read_unaligned() };
-    (handoff.magic == MAGIC).then_some(handoff.kind)
+    handoff.magic == MAGIC
 }
 
 /// The ends of a request XDP left: as its conntrack request entry says. A

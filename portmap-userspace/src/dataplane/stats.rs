@@ -194,12 +194,7 @@ impl Dataplane {
         )?;
         let mut events = Vec::with_capacity(DatapathEvent::ALL.len());
         for event in DatapathEvent::ALL {
-            let values = self
-                .maps
-                .events
-                .get(&(event as u32), 0)
-                .context("reading datapath events")?;
-            events.push((event.name().to_string(), values.iter().sum()));
+            events.push((event.name().to_string(), self.event_total(event)?));
         }
         Ok(Snapshot {
             services,
