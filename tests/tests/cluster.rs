@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portmap_testkit::topo::LinkOptions;
+use portmap_testkit::topo::{LinkOptions, Offloads};
 use portmap_tests::{
     client::{LineConn, connect, http_get, peer_seen, served_by, udp_ask, udp_socket},
     cluster::{Cluster, NODE_NAMES, UNDERLAY_IF, client_ip, node_ip, pod_ip},
@@ -20,8 +20,8 @@ use portmap_tests::{
     kube::{Ep, ManifestDir, slice},
     server::Server,
     transfer::{
-        content::{Blob, DataDir},
-        curl::{Client, download, url},
+        content::{Blob, DataDir, sha256_file},
+        curl::{Client, download, upload, url},
         nginx::Nginx,
     },
 };
@@ -113,14 +113,29 @@ fn at(node: usize, v6: bool, port: u16) -> SocketAddr {
 
 #[test]
 fn remote_endpoints_are_reached_through_snat_local_ones_keep_the_client() {
-    let cluster = Cluster::build("cls", LinkOptions::default()).expect("cluster");
+    remote_endpoints_through_snat(Offloads::Default);
+}
+
+/// The same with every checksum computed in full before it leaves, so a
+/// checksum the SNAT rewrites got wrong shows.
+#[test]
+fn remote_endpoints_through_snat_with_tx_checksum_offload_off() {
+    remote_endpoints_through_snat(Offloads::TxCsumOff);
+}
+
+fn remote_endpoints_through_snat(offloads: Offloads) {
+    let links = LinkOptions {
+        offloads,
+        ..LinkOptions::default()
+    };
+    let cluster = Cluster::build("cls", links).expect("cluster");
     let _servers = servers(&cluster);
     let data = DataDir::new("cls").unwrap();
     let root = data.sub("root").unwrap();
     let blob = Blob::write(root.join("16m.bin"), 16 << 20, 13).unwrap();
     let work = data.sub("nginx").unwrap();
     let b0 = [pod_ip(1, 0, false), pod_ip(1, 0, true)].map(|ip| SocketAddr::new(ip, BULK));
-    let _nginx = Nginx::start(&cluster.pods[1][0], &b0, &root, &work).expect("nginx");
+    let nginx = Nginx::start(&cluster.pods[1][0], &b0, &root, &work).expect("nginx");
 
     let manifests = ManifestDir::new("cls").unwrap();
     // The only endpoint runs on node b.
@@ -160,6 +175,20 @@ fn remote_endpoints_are_reached_through_snat_local_ones_keep_the_client() {
         assert_eq!(
             fetched.sha256, blob.sha256,
             "content through SNAT (v6 {v6})"
+        );
+        // And 16 MiB the other way: the client's segments are the SNATed
+        // requests tc ingress rewrites.
+        let name = format!("up-{v6}.bin");
+        upload(
+            Client::Remote(&cluster.client),
+            &blob.path,
+            &url(at(0, v6, 30082), &format!("upload/{name}")),
+        )
+        .unwrap_or_else(|e| panic!("upload through node a (v6 {v6}): {e:#}"));
+        assert_eq!(
+            sha256_file(&nginx.uploaded(&name)).unwrap(),
+            blob.sha256,
+            "uploaded content through SNAT (v6 {v6})"
         );
     }
 
