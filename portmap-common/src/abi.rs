@@ -127,6 +127,12 @@ pub const NAT_LOCAL: u8 = 0;
 /// SNATed to [`BackendNat::snat_addr`] and a port of `--snat-port-range`, so
 /// its replies come back through this node (kube-proxy's masquerade).
 pub const NAT_SNAT: u8 = 1;
+/// [`BackendNat::mode`]: the backend is on another node and new flows to it
+/// go there by direct server return (`--lb-mode dsr`, or `hybrid` for TCP):
+/// the client's address is kept, the frontend travels in an IP option (see
+/// `dsr`), and portmap on the backend's node sends the replies straight
+/// to the client, from the frontend.
+pub const NAT_DSR: u8 = 2;
 
 /// Value of the `BACKEND_NAT` array, indexed by backend id like `BACKENDS`:
 /// how flows reach the backend. Written with the backend, before any table
@@ -194,6 +200,18 @@ pub struct CtKey {
 /// reply as it arrives (backend → this node's address and that port), and
 /// the `SNAT` map holds the client to send it back to.
 pub const CT_F_SNAT: u8 = 1 << 0;
+/// [`CtValue::flags`] on the node a client talked to: the flow goes to a
+/// backend on another node by direct server return. Its opening packets
+/// (a TCP SYN, every UDP datagram) carry the frontend in a DSR option; its
+/// replies never come back here.
+pub const CT_F_DSR: u8 = 1 << 1;
+/// [`CtValue::flags`] on the backend's node: a reply entry learned from a
+/// DSR option (backend → client, holding the frontend the client used on
+/// another node). It has no request twin here, and no backend id
+/// ([`NO_BACKEND_ID`]): the backend's counters are the other node's.
+pub const CT_F_DSR_REPLY: u8 = 1 << 2;
+/// [`CtValue::backend_id`] of an entry that has no backend on this node.
+pub const NO_BACKEND_ID: u32 = u32::MAX;
 
 /// Value of the `SNAT` map, keyed by a SNATed flow's reply as it arrives
 /// (a [`CtKey`] with direction `CT_REPLY`: backend → this node's address and
@@ -465,6 +483,18 @@ pub enum DatapathEvent {
     /// A new flow to a backend on another node found no free SNAT port
     /// (`--snat-port-range`) and was dropped.
     SnatExhausted = 24,
+    /// A DSR option (the frontend) was added to a request sent to a backend
+    /// on another node.
+    DsrOptionAdded = 25,
+    /// A DSR request could not carry its option (no room under the MTU, a
+    /// GSO packet, extension headers in the way) and went without it.
+    DsrOptionSkipped = 26,
+    /// A request with a DSR option reached a backend on this node: its reply
+    /// entry was recorded, so the replies go straight to the client.
+    DsrLearned = 27,
+    /// A request carried a DSR option for a frontend this node does not
+    /// publish; nothing was recorded.
+    DsrUnknownFrontend = 28,
 }
 
 /// Slots of the `EVENTS` map: more than there are events, so that adding one
@@ -472,7 +502,7 @@ pub enum DatapathEvent {
 pub const EVENT_SLOTS: u32 = 64;
 
 impl DatapathEvent {
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 29;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -499,6 +529,10 @@ impl DatapathEvent {
         Self::ChecksumCompleted,
         Self::FastPathMultiBuffer,
         Self::SnatExhausted,
+        Self::DsrOptionAdded,
+        Self::DsrOptionSkipped,
+        Self::DsrLearned,
+        Self::DsrUnknownFrontend,
     ];
 
     /// The `event` label of the metric.
@@ -529,6 +563,10 @@ impl DatapathEvent {
             Self::ChecksumCompleted => "checksum_completed",
             Self::FastPathMultiBuffer => "fast_path_fallback_multi_buffer",
             Self::SnatExhausted => "snat_exhausted",
+            Self::DsrOptionAdded => "dsr_option_added",
+            Self::DsrOptionSkipped => "dsr_option_skipped",
+            Self::DsrLearned => "dsr_learned",
+            Self::DsrUnknownFrontend => "dsr_unknown_frontend",
         }
     }
 }

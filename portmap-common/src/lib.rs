@@ -2,12 +2,14 @@
 //!
 //! Everything in [`abi`] is `#[repr(C)]` and is the exact layout of a BPF map key
 //! or value: both sides compile against these definitions, so they cannot drift.
-//! [`csum`] and [`hash`] are pure functions that the dataplane runs on every
+//! [`dsr`] is the format of the option that carries a frontend to another
+//! node. [`csum`] and [`hash`] are pure functions that the dataplane runs on every
 //! packet and that userspace reuses to check and to predict its work.
 #![no_std]
 
 pub mod abi;
 pub mod csum;
+pub mod dsr;
 pub mod hash;
 
 /// What every eBPF object of the workspace (the dataplane's, the

@@ -15,9 +15,9 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use portmap_common::abi::{
-    BACKEND_UNUSED, Backend, CT_F_SNAT, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING,
-    CT_STATE_ESTABLISHED, CT_STATE_NEW, CtKey, CtValue, DatapathConfig, DatapathEvent,
-    FrontendValue, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
+    BACKEND_UNUSED, Backend, CT_F_DSR, CT_F_DSR_REPLY, CT_F_SNAT, CT_REPLY, CT_REQUEST,
+    CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW, CtKey, CtValue, DatapathConfig,
+    DatapathEvent, FrontendValue, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
 };
 
 use crate::{
@@ -188,7 +188,10 @@ fn next_state(state: u8, flow: &Flow, from_reply: bool) -> u8 {
 /// [`touch_twin`] is the one for SNATed flows.
 #[inline(always)]
 pub fn touch_unsnated(key: &CtKey, entry: *mut CtValue, flow: &Flow, now: u64) {
-    touch_with(key, entry, flow, now, |k, e| Some(plain_twin_key(k, e)));
+    // A reply entry learned from a DSR option has no twin on this node.
+    touch_with(key, entry, flow, now, |k, e| {
+        (e.flags & CT_F_DSR_REPLY == 0).then(|| plain_twin_key(k, e))
+    });
 }
 
 /// [`touch_unsnated`] with the twin's key known to the caller: a SNATed
@@ -210,7 +213,11 @@ fn touch_with(
     // program's run); racing writers on other CPUs can only interleave whole
     // field stores of the same kind of update, which is harmless here.
     let e = unsafe { &mut *entry };
-    let state = next_state(e.state, flow, key.direction == CT_REPLY);
+    // A DSR flow's replies never pass here: the client's acknowledgement
+    // of one is what tells that it was answered.
+    let answered = key.direction == CT_REPLY
+        || (e.flags & CT_F_DSR != 0 && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK);
+    let state = next_state(e.state, flow, answered);
     if state == e.state && now.saturating_sub(e.last_seen_ns) < REFRESH_INTERVAL_NS {
         return;
     }
@@ -250,12 +257,20 @@ fn touch_with(
     }
 }
 
-/// How a new flow reaches its backend: directly, or SNATed from this
-/// node's address and a port of the SNAT range.
+/// The state of a flow's first entry, made for `flow`'s packet.
+#[inline(always)]
+pub fn opening_state(flow: &Flow) -> u8 {
+    next_state(CT_STATE_NEW, flow, false)
+}
+
+/// How a new flow reaches its backend: directly, SNATed from this node's
+/// address and a port of the SNAT range, or by direct server return to a
+/// backend on another node (see `dsr`).
 #[derive(Clone, Copy)]
 pub enum Reach {
     Direct,
     Snat { addr: RawAddr, port: u16 },
+    Dsr,
 }
 
 /// Creates both entries of a new flow of `flow` from frontend `fe` to
@@ -274,6 +289,7 @@ pub fn create(
     let state = next_state(CT_STATE_NEW, flow, false);
     let (flags, snat_port, reply_dst, reply_dport) = match reach {
         Reach::Direct => (0, 0, flow.src, flow.sport),
+        Reach::Dsr => (CT_F_DSR, 0, flow.src, flow.sport),
         Reach::Snat { addr, port } => (CT_F_SNAT, port, addr, port),
     };
     // The keys and values are built in a per-CPU scratch slot, not on the

@@ -34,10 +34,23 @@ const MAGIC: u32 = u32::from_be_bytes(*b"pmap");
 #[derive(Clone, Copy)]
 struct Handoff {
     magic: u32,
-    /// 0: a request, written as its conntrack request entry says (the
-    /// backend, and with SNAT this node's address and port as the source).
+    /// A [`Kind`].
     kind: u8,
     _pad: [u8; 3],
+}
+
+/// What tc ingress is to do with a marked packet, and which of its programs
+/// does it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A request, written as its conntrack request entry says (the backend,
+    /// and with SNAT this node's address and port as the source): this
+    /// module's program.
+    Request = 0,
+    /// A DSR request that carries the frontend to the backend's node: the
+    /// `dsr` program.
+    Dsr = 1,
 }
 
 const HANDOFF_LEN: usize = core::mem::size_of::<Handoff>();
@@ -46,7 +59,7 @@ const HANDOFF_LEN: usize = core::mem::size_of::<Handoff>();
 /// keeps no metadata: then the packet came from a NIC, whose frames never
 /// carry partial checksums, and XDP rewrites it itself.
 #[inline(always)]
-pub fn defer(ctx: &XdpContext) -> Option<()> {
+pub fn defer(ctx: &XdpContext, kind: Kind) -> Option<()> {
     // SAFETY: the helper moves the metadata start of this program's own
     // buffer, checking its bounds; no packet pointer is used after it.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(HANDOFF_LEN as i32)) } != 0 {
@@ -58,7 +71,7 @@ pub fn defer(ctx: &XdpContext) -> Option<()> {
     }
     let handoff = Handoff {
         magic: MAGIC,
-        kind: 0,
+        kind: kind as u8,
         _pad: [0; 3],
     };
     // SAFETY: `meta..meta + HANDOFF_LEN` lies before `data`, as checked just
@@ -72,7 +85,7 @@ pub fn defer(ctx: &XdpContext) -> Option<()> {
 /// compare.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    if !marked(ctx) {
+    if marked(ctx) != Some(Kind::Request) {
         return TC_ACT_UNSPEC;
     }
     // XDP parsed the same bytes; GRO may have merged packets of the flow
@@ -96,18 +109,25 @@ pub fn run(ctx: &TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Whether XDP left its mark (a request) in the packet's metadata.
+/// The mark XDP left in the packet's metadata, if any.
 #[inline(always)]
-fn marked(ctx: &TcContext) -> bool {
+pub fn marked(ctx: &TcContext) -> Option<Kind> {
     // SAFETY: `skb` is the kernel's valid `__sk_buff` for this run.
     let meta = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).data_meta) } as usize;
     if meta + HANDOFF_LEN > ctx.data() {
-        return false;
+        return None;
     }
     // SAFETY: the metadata reaches up to `data`, so all HANDOFF_LEN bytes at
     // `meta` are inside it (checked just above).
     let handoff = unsafe { (meta as *const Handoff).read_unaligned() };
-    handoff.magic == MAGIC
+    if handoff.magic != MAGIC {
+        return None;
+    }
+    match handoff.kind {
+        0 => Some(Kind::Request),
+        1 => Some(Kind::Dsr),
+        _ => None,
+    }
 }
 
 /// The ends of a request XDP left: as its conntrack request entry says. A

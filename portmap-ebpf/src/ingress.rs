@@ -139,13 +139,7 @@ fn new_flow(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, now: u64) -> Re
 /// is handed to tc ingress.
 #[inline(always)]
 fn forward(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, e: &CtValue, created: bool) -> u32 {
-    let outcome = xlate::write(
-        ctx,
-        cfg,
-        flow,
-        (&e.nat_addr, e.nat_port),
-        e.flags & CT_F_SNAT != 0,
-    );
+    let outcome = xlate::write(ctx, cfg, flow, (&e.nat_addr, e.nat_port), e.flags);
     if outcome != Outcome::Failed {
         count_traffic(e.frontend_id, e.backend_id, DIR_REQUEST, flow);
         if program_variant() != 0 {

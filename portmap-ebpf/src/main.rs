@@ -8,6 +8,9 @@
 //!   (SNATed requests among them).
 //! - `portmap_snat_reply` (tc ingress, after it): turns the replies of flows
 //!   SNATed towards backends on other nodes back to their clients.
+//! - `portmap_dsr` (tc ingress, after them): requests sent to backends on
+//!   other nodes by direct server return, given the frontend as an option;
+//!   and on the backend's node, requests carrying one, learned (see `dsr`).
 //! - `portmap_egress` (tc egress, same interfaces): translates the backend's
 //!   replies back so they come from the frontend the client used.
 //! - `portmap_connect4/6`, `portmap_sendmsg4/6`, `portmap_recvmsg4/6`,
@@ -30,6 +33,8 @@ mod checksum;
 mod conntrack;
 #[cfg(target_arch = "bpf")]
 mod counters;
+#[cfg(target_arch = "bpf")]
+mod dsr;
 #[cfg(target_arch = "bpf")]
 mod egress;
 #[cfg(target_arch = "bpf")]
@@ -95,6 +100,14 @@ pub fn portmap_ingress_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn portmap_snat_reply(ctx: TcContext) -> i32 {
     snat::run_reply(&ctx)
+}
+
+/// tc ingress on published interfaces, after `portmap_snat_reply`: direct
+/// server return (see `dsr`). A program of its own for the same reason.
+#[cfg(target_arch = "bpf")]
+#[classifier]
+pub fn portmap_dsr(ctx: TcContext) -> i32 {
+    dsr::run(&ctx)
 }
 
 /// tc ingress on backend-facing interfaces: replies forwarded by the fast

@@ -22,7 +22,7 @@ use aya_ebpf::{
 use portmap_common::{
     abi::{
         Backend, CT_F_SNAT, CT_REPLY, CT_REQUEST, CtKey, CtValue, DIR_REPLY, DatapathConfig,
-        DatapathEvent, NAT_SNAT, RawAddr, SnatValue,
+        DatapathEvent, NAT_DSR, NAT_SNAT, RawAddr, SnatValue,
     },
     hash::flow_hash,
 };
@@ -47,8 +47,8 @@ pub fn source_addr(backend_id: u32) -> Option<RawAddr> {
     (nat.mode == NAT_SNAT).then_some(nat.snat_addr)
 }
 
-/// How a new flow of `flow` reaches `backend`: directly, or SNATed with a
-/// port taken for it. `Err` (counted) when the backend needs SNAT and no
+/// How a new flow of `flow` reaches `backend`: directly, SNATed with a
+/// port taken for it, or by DSR. `Err` (counted) when the backend needs SNAT and no
 /// port is free.
 #[inline(always)]
 pub fn reach(
@@ -57,8 +57,13 @@ pub fn reach(
     backend: &Backend,
     cfg: &DatapathConfig,
 ) -> Result<Reach, ()> {
-    let Some(addr) = source_addr(backend_id) else {
+    let Some(nat) = BACKEND_NAT.get(backend_id) else {
         return Ok(Reach::Direct);
+    };
+    let addr = match nat.mode {
+        NAT_SNAT => nat.snat_addr,
+        NAT_DSR => return Ok(Reach::Dsr),
+        _ => return Ok(Reach::Direct),
     };
     match take_port(flow, backend, &addr, cfg) {
         0 => {

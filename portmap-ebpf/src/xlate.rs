@@ -12,12 +12,13 @@
 //! half-done.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
-use portmap_common::abi::{DatapathConfig, DatapathEvent, RawAddr};
+use portmap_common::abi::{CT_F_DSR, CT_F_SNAT, DatapathConfig, DatapathEvent, RawAddr};
 
 use crate::{
     checksum,
     counters::count_event,
-    fastpath, handoff,
+    dsr, fastpath,
+    handoff::{self, Kind},
     nat::{L4Check, Side, l4_check_field, rewrite_xdp},
     parse::Flow,
 };
@@ -46,17 +47,26 @@ impl Outcome {
 
 /// Writes `flow`'s new destination `(addr, port)` into its packet and sends
 /// it: by the fast path if XDP can forward it, else to the kernel. A SNATed
-/// request (`snated`) is marked for tc ingress instead.
+/// request, and a DSR request that must carry its frontend (see `dsr`), are
+/// marked for tc ingress instead (`flags`: the conntrack entry's).
 #[inline(always)]
 pub fn write(
     ctx: &XdpContext,
     cfg: &DatapathConfig,
     flow: &Flow,
     (addr, port): (&RawAddr, u16),
-    snated: bool,
+    flags: u8,
 ) -> Outcome {
-    if snated {
-        if handoff::defer(ctx).is_some() {
+    if flags & CT_F_DSR != 0 && dsr::needs_option(flow) {
+        if handoff::defer(ctx, Kind::Dsr).is_some() {
+            return Outcome::Deferred;
+        }
+        // No metadata: the request goes without its option, as one with
+        // no room for it would.
+        count_event(DatapathEvent::DsrOptionSkipped);
+    }
+    if flags & CT_F_SNAT != 0 {
+        if handoff::defer(ctx, Kind::Request).is_some() {
             return Outcome::Deferred;
         }
         // A driver that keeps no XDP metadata: the request cannot be handed
@@ -81,7 +91,7 @@ pub fn write(
             port,
             L4Check::Complete { segment },
         )
-    } else if handoff::defer(ctx).is_some() {
+    } else if handoff::defer(ctx, Kind::Request).is_some() {
         count_event(DatapathEvent::ChecksumDeferred);
         return Outcome::Deferred;
     } else {

@@ -19,7 +19,7 @@ use crate::{
     k8s::NodeConfig,
     kubeapi::{self, health::DEFAULT_HEALTHZ_ADDR},
     list,
-    locality::Masquerade,
+    locality::{LbMode, Masquerade},
     model::{Cidr, PublishSpec},
 };
 
@@ -148,6 +148,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub masquerade_all: bool,
 
+    /// How new flows reach backends on other nodes: `snat` (from this
+    /// node's address; replies come back through here), `dsr` (direct
+    /// server return: the client's address kept, the frontend carried in
+    /// an IP option, replies sent straight to the client by the backend's
+    /// node, which must run portmap too) or `hybrid` (DSR for TCP, SNAT for
+    /// UDP).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = LbMode::Snat)]
+    pub lb_mode: LbMode,
+
     /// Range ClusterIPs are assigned from when a Service leaves them out
     /// (repeatable; one per family).
     #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12", value_parser = parse_cidr)]
@@ -268,6 +277,7 @@ impl RunArgs {
                 masquerade: Masquerade {
                     all: self.masquerade_all,
                     ports: self.snat_port_range,
+                    lb_mode: self.lb_mode,
                 },
             },
             metrics_addr: self.metrics_addr,

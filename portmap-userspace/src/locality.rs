@@ -1,10 +1,13 @@
-//! Which backends are on this node, and which new flows are SNATed.
+//! Which backends are on this node, and how new flows reach the others.
 //!
 //! A backend on another node answers the client straight from its own
 //! address, and the client drops what it never talked to. So flows to such
 //! a backend leave with this node's address and a port of
 //! `--snat-port-range` as their source (kube-proxy's masquerade), and come
-//! back here to be turned around. Flows to backends on this node keep the
+//! back here to be turned around; or, under `--lb-mode dsr` (`hybrid`: for
+//! TCP), they keep the client's address and carry the frontend along, and
+//! the backend's node sends the replies straight to the client (direct
+//! server return, see the eBPF `dsr` module). Flows to backends on this node keep the
 //! client's address: unlike kube-proxy, which masquerades NodePort traffic to
 //! local pods too, portmap has no reason to hide the client from them.
 //!
@@ -16,7 +19,7 @@
 use std::{collections::HashMap, io, net::IpAddr, ops::RangeInclusive};
 
 use crate::{
-    model::{DesiredState, Placement},
+    model::{DesiredState, Placement, Protocol, Reach},
     netlink::{Route, route_to},
 };
 
@@ -24,13 +27,42 @@ use crate::{
 /// ephemeral ports (`net.ipv4.ip_local_port_range` is 32768-60999).
 pub const DEFAULT_SNAT_PORTS: RangeInclusive<u16> = 61000..=65535;
 
-/// The node's masquerading policy (`--masquerade-all`, `--snat-port-range`).
+/// How new flows reach backends on other nodes (`--lb-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbMode {
+    /// SNAT: from this node's address, the replies back through here
+    /// (kube-proxy's masquerade).
+    #[default]
+    Snat,
+    /// Direct server return: the client's address kept, the frontend
+    /// carried in an IP option, the replies sent to the client by the
+    /// backend's node (which must run portmap too).
+    Dsr,
+    /// DSR for TCP, SNAT for UDP (whose every datagram would carry the
+    /// option).
+    Hybrid,
+}
+
+impl LbMode {
+    /// Whether flows of `proto` to backends on other nodes go by DSR.
+    pub fn dsr_for(self, proto: Protocol) -> bool {
+        match self {
+            LbMode::Snat => false,
+            LbMode::Dsr => true,
+            LbMode::Hybrid => proto == Protocol::Tcp,
+        }
+    }
+}
+
+/// The node's masquerading policy (`--masquerade-all`, `--snat-port-range`,
+/// `--lb-mode`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Masquerade {
     /// SNAT every new flow, to local backends too, except where a Local
-    /// traffic policy keeps the client's address.
+    /// traffic policy keeps the client's address. Overrides DSR.
     pub all: bool,
     pub ports: RangeInclusive<u16>,
+    pub lb_mode: LbMode,
 }
 
 impl Default for Masquerade {
@@ -38,6 +70,7 @@ impl Default for Masquerade {
         Self {
             all: false,
             ports: DEFAULT_SNAT_PORTS,
+            lb_mode: LbMode::default(),
         }
     }
 }
@@ -56,7 +89,7 @@ impl Routes for KernelRoutes {
     }
 }
 
-/// Sets every endpoint's `snat_from` in `desired`. Returns what is worth a
+/// Sets every endpoint's `reach` in `desired`. Returns what is worth a
 /// warning: backends said to be remote with no route or source address
 /// towards them (their flows keep the client's address, and their replies
 /// are unlikely to come back).
@@ -68,8 +101,12 @@ pub fn resolve(
     let mut cache: HashMap<IpAddr, Option<Route>> = HashMap::new();
     let mut warnings = Vec::new();
     for svc in &mut desired.services {
+        let dsr = svc
+            .frontends
+            .first()
+            .is_some_and(|f| policy.lb_mode.dsr_for(f.proto));
         for ep in &mut svc.endpoints {
-            ep.snat_from = None;
+            ep.reach = Reach::Direct;
             if ep.placement == Placement::KeepClient {
                 continue;
             }
@@ -87,8 +124,12 @@ pub fn resolve(
             if !(remote || policy.all) || route.is_some_and(|r| r.local) {
                 continue;
             }
+            if remote && dsr && !policy.all {
+                ep.reach = Reach::Dsr;
+                continue;
+            }
             match route.and_then(|r| r.source) {
-                Some(source) => ep.snat_from = Some(source),
+                Some(source) => ep.reach = Reach::Snat(source),
                 None if remote => warnings.push(format!(
                     "backend {} of {} is on another node but this node has no route or source address towards it: its flows are not SNATed",
                     ep.label(),
@@ -112,7 +153,7 @@ pub fn snat_reply_interfaces(
 ) -> std::collections::BTreeMap<u32, String> {
     let mut oifs = std::collections::BTreeMap::new();
     for ep in desired.services.iter().flat_map(|s| &s.endpoints) {
-        if ep.snat_from.is_none() {
+        if ep.reach.snat_from().is_none() {
             continue;
         }
         if let Ok(Some(Route { oif: Some(oif), .. })) = routes.route(ep.addr) {
@@ -177,7 +218,7 @@ mod tests {
                         port: 80,
                         state: EndpointState::Ready,
                         placement: *placement,
-                        snat_from: None,
+                        reach: Reach::Direct,
                     })
                     .collect(),
                 affinity_timeout_s: None,
@@ -191,7 +232,7 @@ mod tests {
         desired.services[0]
             .endpoints
             .iter()
-            .map(|e| e.snat_from.map(|a| a.to_string()))
+            .map(|e| e.reach.snat_from().map(|a| a.to_string()))
             .collect()
     }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics at `/metrics`, read from the maps at each scrape.
 
+use crate::model::Reach;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, atomic::Ordering},
@@ -211,14 +212,18 @@ impl Collector for DataplaneCollector {
         let mut snat: BTreeMap<[String; 4], bool> = BTreeMap::new();
         for svc in &snapshot.services {
             for be in &svc.backends {
-                let from = be.snat_from.map(|a| a.to_string()).unwrap_or_default();
+                let from = be
+                    .reach
+                    .snat_from()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
                 let key = [
                     be.backend.clone(),
                     svc.service.clone(),
                     svc.port_name.clone(),
                     from,
                 ];
-                *snat.entry(key).or_default() |= be.snat_from.is_some();
+                *snat.entry(key).or_default() |= be.reach.snat_from().is_some();
             }
         }
         for ([backend, service, port_name, from], on) in &snat {
@@ -227,6 +232,31 @@ impl Collector for DataplaneCollector {
                 ("service", service.as_str()),
                 ("port_name", port_name.as_str()),
                 ("snat_from", from.as_str()),
+            ];
+            ConstGauge::new(i64::from(*on)).encode(metric.encode_family(&labels)?)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "portmap_backend_dsr",
+            "1 if new flows to the backend go there by direct server return (a backend on another node under --lb-mode dsr, or hybrid for TCP): the client's address kept, the replies sent straight to the client by the backend's node.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut dsr: BTreeMap<[String; 3], bool> = BTreeMap::new();
+        for svc in &snapshot.services {
+            for be in &svc.backends {
+                let key = [
+                    be.backend.clone(),
+                    svc.service.clone(),
+                    svc.port_name.clone(),
+                ];
+                *dsr.entry(key).or_default() |= be.reach == Reach::Dsr;
+            }
+        }
+        for ([backend, service, port_name], on) in &dsr {
+            let labels = [
+                ("backend", backend.as_str()),
+                ("service", service.as_str()),
+                ("port_name", port_name.as_str()),
             ];
             ConstGauge::new(i64::from(*on)).encode(metric.encode_family(&labels)?)?;
         }

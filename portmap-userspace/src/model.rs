@@ -124,10 +124,40 @@ pub struct Endpoint {
     pub state: EndpointState,
     /// Where the endpoint runs, as its source knows it.
     pub placement: Placement,
-    /// Set by the control plane before applying (see `locality`): this
-    /// node's address towards the endpoint when new flows to it are SNATed,
-    /// `None` when they keep the client's address.
-    pub snat_from: Option<IpAddr>,
+    /// Set by the control plane before applying (see `locality`): how new
+    /// flows reach the endpoint.
+    pub reach: Reach,
+}
+
+/// How new flows reach an endpoint, as the control plane decides it
+/// (`locality`) and the dataplane's `BACKEND_NAT` map holds it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// With the client's address: a backend on this node, or under a Local
+    /// traffic policy.
+    #[default]
+    Direct,
+    /// SNATed from this node's address towards it (a backend on another
+    /// node, or `--masquerade-all`).
+    Snat(IpAddr),
+    /// By direct server return (a backend on another node under
+    /// `--lb-mode dsr`, or `hybrid` for TCP): with the client's address,
+    /// the frontend carried along, the replies sent straight to the client
+    /// by the backend's node.
+    Dsr,
+}
+
+impl Reach {
+    /// The address flows are SNATed from, if they are.
+    pub fn snat_from(self) -> Option<IpAddr> {
+        match self {
+            Reach::Snat(addr) => Some(addr),
+            Reach::Direct | Reach::Dsr => None,
+        }
+    }
 }
 
 /// Where an endpoint runs, as the source of desired state knows it; the
@@ -310,7 +340,7 @@ impl DesiredState {
                         port: backend_port,
                         state: EndpointState::Ready,
                         placement: Placement::Unknown,
-                        snat_from: None,
+                        reach: Reach::Direct,
                     }],
                     affinity_timeout_s: None,
                     when_empty: WhenEmpty::Pass,

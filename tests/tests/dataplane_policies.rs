@@ -9,8 +9,8 @@ use portmap_tests::{
     testrun::{Lab, XDP_PASS, desired},
 };
 use portmap_userspace::model::{
-    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Service,
-    WhenEmpty,
+    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Reach,
+    Service, WhenEmpty,
 };
 
 const XDP_DROP: u32 = 1;
@@ -49,7 +49,7 @@ fn service(key: &str, frontends: &[(&str, u16, Protocol)], endpoints: &[&str]) -
                     port: a.port(),
                     state: EndpointState::Ready,
                     placement: Placement::Unknown,
-                    snat_from: None,
+                    reach: Reach::Direct,
                 }
             })
             .collect(),
@@ -185,7 +185,7 @@ fn source_ranges_allow_only_their_prefixes() {
         port: 8443,
         state: EndpointState::Ready,
         placement: Placement::Unknown,
-        snat_from: None,
+        reach: Reach::Direct,
     }];
     let mut lb6 = lb;
     lb6.key = "lb6".into();
@@ -195,7 +195,7 @@ fn source_ranges_allow_only_their_prefixes() {
         port: 8443,
         state: EndpointState::Ready,
         placement: Placement::Unknown,
-        snat_from: None,
+        reach: Reach::Direct,
     }];
     let lab = lab(vec![lb4, lb6]);
 

@@ -38,7 +38,7 @@ fn remote_state() -> DesiredState {
     .unwrap();
     for ep in d.services.iter_mut().flat_map(|s| &mut s.endpoints) {
         let from = if ep.addr.is_ipv4() { SNAT4 } else { SNAT6 };
-        ep.snat_from = Some(from.parse().unwrap());
+        ep.reach = portmap_userspace::model::Reach::Snat(from.parse().unwrap());
     }
     d
 }
@@ -127,7 +127,7 @@ fn a_remote_backends_flow_is_handed_to_tc_and_its_reply_turned_around() {
     let backends: Vec<_> = snap.services.iter().flat_map(|s| &s.backends).collect();
     let replies: u64 = backends.iter().map(|b| b.counters.reply_packets).sum();
     assert_eq!(replies, 4, "replies counted per backend");
-    assert!(backends.iter().all(|b| b.snat_from.is_some()));
+    assert!(backends.iter().all(|b| b.reach.snat_from().is_some()));
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
     BACKEND_ACTIVE, BACKEND_UNUSED, Backend, BackendNat, FAMILY_V4, FRONTEND_GEN_FREE, FrontendKey,
-    FrontendValue, NAT_SNAT, PROTO_TCP, SOURCE_RANGE_KEY_BITS,
+    FrontendValue, NAT_DSR, NAT_SNAT, PROTO_TCP, SOURCE_RANGE_KEY_BITS,
 };
 
 use super::{
@@ -24,7 +24,7 @@ use super::{
     state::{Applied, AppliedService, AppliedTable, BackendSlot, FrontendSlot},
     writer::MapWriter,
 };
-use crate::model::{Cidr, DesiredState, EndpointState, Frontend, HostAddr, Protocol};
+use crate::model::{Cidr, DesiredState, EndpointState, Frontend, HostAddr, Protocol, Reach};
 
 /// Prefix of the keys adopted services carry until a desired service claims them.
 const ADOPTED: &str = "adopted service ";
@@ -164,7 +164,7 @@ impl Applied {
                     state: BACKEND_UNUSED,
                     generation: b.generation,
                     service_id: b.service_id,
-                    snat_from: None,
+                    reach: Reach::Direct,
                 };
                 orphans.push(MapOp::WriteBackend { id, backend });
                 continue;
@@ -174,16 +174,16 @@ impl Applied {
             } else {
                 EndpointState::Terminating
             };
-            let snat_from = pinned
-                .backend_nat
-                .get(id as usize)
-                .filter(|nat| nat.mode == NAT_SNAT)
-                .map(|nat| ip_of(&nat.snat_addr, b.family));
+            let reach = match pinned.backend_nat.get(id as usize) {
+                Some(nat) if nat.mode == NAT_SNAT => Reach::Snat(ip_of(&nat.snat_addr, b.family)),
+                Some(nat) if nat.mode == NAT_DSR => Reach::Dsr,
+                _ => Reach::Direct,
+            };
             let slot = BackendSlot {
                 id,
                 generation: b.generation,
                 state,
-                snat_from,
+                reach,
             };
             svc.backends.insert(addr, slot);
             backends_in_use.insert(id);

@@ -23,7 +23,7 @@ use aya::{
 use log::{info, warn};
 
 use super::{
-    Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM,
+    DSR_PROGRAM, Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, INGRESS_TC_PROGRAM, REPLY_PROGRAM,
     SNAT_REPLY_PROGRAM, bpf_sys,
     ifaces::{Followed, Role, if_index, if_name},
 };
@@ -41,11 +41,12 @@ pub enum XdpMode {
 }
 
 /// Link pin names: `xdp-IFACE`, `tc-ingress-IFACE`, `tc-snat-IFACE`,
-/// `tc-egress-IFACE`, `tc-reply-IFACE` (no name is a prefix of another
-/// followed by `-`).
+/// `tc-dsr-IFACE`, `tc-egress-IFACE`, `tc-reply-IFACE` (no name is a prefix
+/// of another followed by `-`).
 pub(super) const XDP_LINK: &str = "xdp";
 pub(super) const TC_INGRESS_LINK: &str = "tc-ingress";
 pub(super) const TC_SNAT_LINK: &str = "tc-snat";
+pub(super) const TC_DSR_LINK: &str = "tc-dsr";
 pub(super) const TC_LINK: &str = "tc-egress";
 pub(super) const REPLY_LINK: &str = "tc-reply";
 /// Where replies were translated in XDP before they moved to tc (an XDP
@@ -76,6 +77,14 @@ pub(super) const TC_SNAT: TcHook = TcHook {
     link: TC_SNAT_LINK,
     attach: TcAttachType::Ingress,
 };
+/// Direct server return: requests to backends on other nodes given their
+/// frontend, and requests carrying one learned (see the eBPF `dsr` module).
+/// Attached after `TC_SNAT`, before XDP.
+pub(super) const TC_DSR: TcHook = TcHook {
+    program: DSR_PROGRAM,
+    link: TC_DSR_LINK,
+    attach: TcAttachType::Ingress,
+};
 /// Reverse translation of replies.
 pub(super) const TC_EGRESS: TcHook = TcHook {
     program: EGRESS_PROGRAM,
@@ -91,7 +100,7 @@ pub(super) const TC_REPLY: TcHook = TcHook {
 
 /// The tc hook a link pin name belongs to (`None`: the XDP link).
 fn tc_hook(kind: &str) -> Option<&'static TcHook> {
-    [&TC_INGRESS, &TC_SNAT, &TC_EGRESS, &TC_REPLY]
+    [&TC_INGRESS, &TC_SNAT, &TC_DSR, &TC_EGRESS, &TC_REPLY]
         .into_iter()
         .find(|h| h.link == kind)
 }
@@ -162,6 +171,7 @@ impl Dataplane {
                 (XDP_LINK, ifaces),
                 (TC_INGRESS_LINK, ifaces),
                 (TC_SNAT_LINK, ifaces),
+                (TC_DSR_LINK, ifaces),
                 (TC_LINK, ifaces),
                 (REPLY_LINK, backend_ifaces),
                 (OLD_REPLY_LINK, &Vec::new()),
@@ -190,6 +200,7 @@ impl Dataplane {
                 accept_local(name, ifindex)?;
                 self.attach_tc(&TC_INGRESS, name)?;
                 self.attach_tc(&TC_SNAT, name)?;
+                self.attach_tc(&TC_DSR, name)?;
                 let how = self.attach_xdp(INGRESS_PROGRAM, XDP_LINK, name, mode)?;
                 self.attach_tc(&TC_EGRESS, name)?;
                 how

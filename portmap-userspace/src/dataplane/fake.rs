@@ -14,6 +14,7 @@
 //!
 //! A violation panics with the operations so far.
 
+use crate::model::Reach;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
@@ -414,7 +415,7 @@ pub(crate) fn endpoint(addr: &str, state: EndpointState) -> Endpoint {
         port: 3000,
         state,
         placement: Placement::Unknown,
-        snat_from: None,
+        reach: Reach::Direct,
     }
 }
 

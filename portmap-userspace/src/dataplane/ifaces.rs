@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Dataplane,
-    attach::{Attached, REPLY_LINK, TC_INGRESS_LINK, TC_LINK, TC_SNAT_LINK, XDP_LINK},
+    attach::{Attached, REPLY_LINK, TC_DSR_LINK, TC_INGRESS_LINK, TC_LINK, TC_SNAT_LINK, XDP_LINK},
 };
 
 /// What an interface is for.
@@ -26,7 +26,13 @@ pub enum Role {
 impl Role {
     pub(super) fn link_kinds(self) -> &'static [&'static str] {
         match self {
-            Role::Published => &[XDP_LINK, TC_INGRESS_LINK, TC_SNAT_LINK, TC_LINK],
+            Role::Published => &[
+                XDP_LINK,
+                TC_INGRESS_LINK,
+                TC_SNAT_LINK,
+                TC_DSR_LINK,
+                TC_LINK,
+            ],
             Role::Backend => &[REPLY_LINK],
         }
     }

@@ -63,6 +63,7 @@ const SNAT_CAPACITY: u64 = 65_536;
 pub const INGRESS_PROGRAM: &str = "portmap_ingress";
 pub const INGRESS_TC_PROGRAM: &str = "portmap_ingress_tc";
 pub const SNAT_REPLY_PROGRAM: &str = "portmap_snat_reply";
+pub const DSR_PROGRAM: &str = "portmap_dsr";
 pub const EGRESS_PROGRAM: &str = "portmap_egress";
 pub const REPLY_PROGRAM: &str = "portmap_reply";
 

@@ -24,6 +24,7 @@
 //! A removed service ([`Applied::plan_removal`]) goes the other way:
 //! frontends first, then backends, its table, its prefixes and its id.
 
+use crate::model::Reach;
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
@@ -57,7 +58,7 @@ pub(crate) struct BackendEntry {
     pub generation: u32,
     pub service_id: u32,
     /// `BACKEND_NAT`: new flows SNATed from this address, or not.
-    pub snat_from: Option<IpAddr>,
+    pub reach: Reach,
 }
 
 /// One operation on one map entry, carried out as is by a writer.
@@ -299,17 +300,17 @@ impl Applied {
                 .or_else(|| applied.backends.get(&addr))
                 .copied();
             let (slot, commit) = match current {
-                Some(slot) if slot.state == ep.state && slot.snat_from == ep.snat_from => continue,
+                Some(slot) if slot.state == ep.state && slot.reach == ep.reach => continue,
                 Some(slot) => {
                     let slot = BackendSlot {
                         state: ep.state,
-                        snat_from: ep.snat_from,
+                        reach: ep.reach,
                         ..slot
                     };
                     let commit = Commit::BackendState {
                         addr,
                         state: ep.state,
-                        snat_from: ep.snat_from,
+                        reach: ep.reach,
                     };
                     (slot, commit)
                 }
@@ -320,7 +321,7 @@ impl Applied {
                         id,
                         generation,
                         state: ep.state,
-                        snat_from: ep.snat_from,
+                        reach: ep.reach,
                     };
                     (slot, Commit::BackendAdded { addr, slot })
                 }
@@ -330,7 +331,7 @@ impl Applied {
                 state: backend_state(ep.state),
                 generation: slot.generation,
                 service_id,
-                snat_from: ep.snat_from,
+                reach: ep.reach,
             };
             plan.push(
                 MapOp::WriteBackend {
@@ -545,7 +546,7 @@ fn retire_backend(plan: &mut Plan, addr: SocketAddr, slot: &BackendSlot) {
                 state: BACKEND_UNUSED,
                 generation: slot.generation,
                 service_id: 0,
-                snat_from: None,
+                reach: Reach::Direct,
             },
         },
         Commit::BackendRetired(addr),

@@ -222,7 +222,7 @@ mod tests {
                         port: 8080,
                         state: EndpointState::Ready,
                         placement: Placement::Unknown,
-                        snat_from: None,
+                        reach: crate::model::Reach::Direct,
                     })
                     .collect(),
                 affinity_timeout_s: None,

@@ -17,7 +17,7 @@ use super::{
     alloc::{IdAllocator, Region, RegionAllocator},
     plan::Step,
 };
-use crate::model::{Cidr, EndpointState, Frontend, Service};
+use crate::model::{Cidr, EndpointState, Frontend, Reach, Service};
 
 /// Everything the maps publish, and the allocators of their slots.
 #[derive(Debug)]
@@ -55,14 +55,10 @@ impl Applied {
         };
         match commit {
             Commit::Nothing => {}
-            Commit::BackendState {
-                addr,
-                state,
-                snat_from,
-            } => {
+            Commit::BackendState { addr, state, reach } => {
                 if let Some(slot) = svc.backends.get_mut(&addr) {
                     slot.state = state;
-                    slot.snat_from = snat_from;
+                    slot.reach = reach;
                 }
             }
             Commit::BackendAdded { addr, slot } => {
@@ -175,8 +171,8 @@ pub(crate) struct BackendSlot {
     pub id: u32,
     pub generation: u32,
     pub state: EndpointState,
-    /// SNAT from this address (`BACKEND_NAT`), or the client's address kept.
-    pub snat_from: Option<IpAddr>,
+    /// How flows reach it (`BACKEND_NAT`).
+    pub reach: Reach,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,7 +191,7 @@ pub(crate) enum Commit {
     BackendState {
         addr: SocketAddr,
         state: EndpointState,
-        snat_from: Option<IpAddr>,
+        reach: Reach,
     },
     /// A backend is written under an id this plan allocated.
     BackendAdded {

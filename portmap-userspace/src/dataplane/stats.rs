@@ -1,7 +1,5 @@
 //! Reading the counters: a snapshot of every service, frontend and backend.
 
-use std::net::IpAddr;
-
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, PerCpuArray};
 use portmap_common::abi::{DIR_REPLY, DIR_REQUEST, DatapathEvent, TrafficCounters};
@@ -12,7 +10,7 @@ use super::{
     maps::{names, sum_counters},
     state::Applied,
 };
-use crate::model::EndpointState;
+use crate::model::{EndpointState, Reach};
 
 /// Packets and bytes both ways.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,10 +46,10 @@ pub struct BackendStats {
     pub state: EndpointState,
     /// Whether the backend is in the table that picks backends for new flows.
     pub in_table: bool,
-    /// New flows to it are SNATed from this address (a backend on another
-    /// node), or keep the client's (`None`).
+    /// How new flows reach it: with the client's address, SNATed from an
+    /// address of this node (a backend on another node), or by DSR.
     #[serde(default)]
-    pub snat_from: Option<IpAddr>,
+    pub reach: Reach,
     pub counters: Counters,
 }
 
@@ -123,7 +121,7 @@ impl Applied {
                     backend: addr.to_string(),
                     state: slot.state,
                     in_table: svc.table.as_ref().is_some_and(|t| t.members.contains(addr)),
-                    snat_from: slot.snat_from,
+                    reach: slot.reach,
                     counters,
                 });
             }

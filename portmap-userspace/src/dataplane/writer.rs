@@ -5,14 +5,14 @@
 use anyhow::{Context as _, Result};
 use aya::maps::{MapError, lpm_trie::Key};
 use portmap_common::abi::{
-    Backend, BackendNat, NAT_LOCAL, NAT_SNAT, SOURCE_RANGE_KEY_BITS, SourceRangeKey,
+    Backend, BackendNat, NAT_DSR, NAT_LOCAL, NAT_SNAT, SOURCE_RANGE_KEY_BITS, SourceRangeKey,
 };
 
 use super::{
     maps::{Maps, family_of, frontend_key, node_addr_key, raw_addr, zero_counters},
     plan::{BackendEntry, MapOp},
 };
-use crate::model::Cidr;
+use crate::model::{Cidr, Reach};
 
 /// Something that carries out map operations: the BPF maps, or in unit tests
 /// maps held in memory.
@@ -35,13 +35,17 @@ impl BackendEntry {
 
     /// Its `BACKEND_NAT` entry.
     pub fn raw_nat(&self) -> BackendNat {
-        match self.snat_from {
-            Some(addr) => BackendNat {
+        match self.reach {
+            Reach::Snat(addr) => BackendNat {
                 snat_addr: raw_addr(addr),
                 mode: NAT_SNAT,
                 _pad: [0; 3],
             },
-            None => BackendNat {
+            Reach::Dsr => BackendNat {
+                mode: NAT_DSR,
+                ..BackendNat::default()
+            },
+            Reach::Direct => BackendNat {
                 mode: NAT_LOCAL,
                 ..BackendNat::default()
             },

@@ -99,7 +99,7 @@ mod tests {
                     port: 3000,
                     state: EndpointState::Ready,
                     placement: Placement::Unknown,
-                    snat_from: None,
+                    reach: crate::model::Reach::Direct,
                 })
                 .collect(),
             affinity_timeout_s: None,

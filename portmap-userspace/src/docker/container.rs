@@ -4,6 +4,7 @@
 //! container's port on each of its networks' addresses of that family
 //! (`IPAddress`, `GlobalIPv6Address`).
 
+use crate::model::Reach;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use bollard::models::ContainerInspectResponse;
@@ -181,7 +182,7 @@ impl Container {
                         // bridges (or, with an overlay, wherever the route
                         // says).
                         placement: Placement::Unknown,
-                        snat_from: None,
+                        reach: Reach::Direct,
                     })
                     .collect(),
                 affinity_timeout_s: None,

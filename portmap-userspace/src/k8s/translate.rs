@@ -1,6 +1,7 @@
 //! Service ports to [`model::Service`] units: one per IP family and scope
 //! (ClusterIPs; nodePorts and externalIPs; load-balancer ingress).
 
+use crate::model::Reach;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
@@ -291,7 +292,7 @@ impl<'a> Units<'a> {
                     port: b.port,
                     state: b.state,
                     placement: placement(local, b.locality),
-                    snat_from: None,
+                    reach: Reach::Direct,
                 })
                 .collect();
             // kube-proxy drops when only the Local policy left nothing, and

@@ -46,8 +46,8 @@ use portmap_tests::model::{
     state::{family, ip, port, raw, raw_port},
 };
 use portmap_userspace::model::{
-    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Service,
-    WhenEmpty,
+    Cidr, DesiredState, Endpoint, EndpointState, Frontend, HostAddr, Placement, Protocol, Reach,
+    Service, WhenEmpty,
 };
 use proptest::{
     collection::vec,

@@ -40,7 +40,7 @@ pub(crate) fn service(
                 port: *port,
                 state: *state,
                 placement: Placement::Unknown,
-                snat_from: None,
+                reach: Reach::Direct,
             })
             .collect(),
         affinity_timeout_s: None,
@@ -261,7 +261,7 @@ impl World {
                             EndpointState::Terminating
                         },
                         placement: Placement::Unknown,
-                        snat_from: None,
+                        reach: Reach::Direct,
                     })
                 })
                 .collect();

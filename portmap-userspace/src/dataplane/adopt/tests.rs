@@ -1,6 +1,7 @@
 //! Adoption without a kernel: maps written by applies in memory are read
 //! back into a record, which must be the one they were written from.
 
+use crate::model::Reach;
 use std::collections::BTreeSet;
 
 use portmap_common::abi::{BACKEND_ACTIVE, BACKEND_UNUSED};
@@ -32,7 +33,7 @@ fn desired() -> DesiredState {
     // A backend on another node: how it is reached (SNAT from this node's
     // address) is adopted with it, and not rewritten.
     let mut remote = ready("198.19.0.9");
-    remote.snat_from = Some(ip("198.18.9.1"));
+    remote.reach = Reach::Snat(ip("198.18.9.1"));
     state(vec![
         web(&["198.19.0.2", "198.19.0.3"]),
         service("dns", &[frontend("10.96.0.10", 53)], &[remote]),
@@ -123,7 +124,7 @@ fn orphaned_backends_are_freed() {
         state: BACKEND_ACTIVE,
         generation: 3,
         service_id: 40,
-        snat_from: None,
+        reach: Reach::Direct,
     };
     let id = 60;
     lab.maps

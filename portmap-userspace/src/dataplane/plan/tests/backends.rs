@@ -1,6 +1,7 @@
 //! Backends and their Maglev tables.
 
 use super::*;
+use crate::model::Reach;
 
 // Backends.
 
@@ -134,7 +135,7 @@ fn a_backend_port_change_is_make_before_break() {
 #[test]
 fn a_backend_whose_way_changes_is_written_again_in_place() {
     let remote = Endpoint {
-        snat_from: Some("198.18.9.1".parse().unwrap()),
+        reach: Reach::Snat("198.18.9.1".parse().unwrap()),
         ..ready("198.19.0.2")
     };
     let ops = ops_between(&web(&[ready("198.19.0.2")], &[]), &web(&[remote], &[]));
@@ -147,7 +148,7 @@ fn a_backend_whose_way_changes_is_written_again_in_place() {
         .collect();
     assert_eq!(writes.len(), 1, "{ops:?}");
     let (_, written) = writes[0];
-    assert_eq!(written.snat_from, remote.snat_from);
+    assert_eq!(written.reach, remote.reach);
     assert_eq!(written.state, BACKEND_ACTIVE);
     assert!(
         !ops.iter()
