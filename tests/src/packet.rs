@@ -32,13 +32,16 @@ pub enum Ext {
     },
     /// Authentication header with this many 4-byte words of ICV.
     Auth(usize),
+    /// portmap's DSR option for this frontend (a destination options
+    /// header, `portmap_common::dsr`).
+    Dsr(SocketAddr),
 }
 
 impl Ext {
     fn number(&self) -> u8 {
         match self {
             Ext::HopByHop(_) => 0,
-            Ext::DestOpts(_) => 60,
+            Ext::DestOpts(_) | Ext::Dsr(_) => 60,
             Ext::Routing { .. } => 43,
             Ext::Fragment { .. } => 44,
             Ext::Auth(_) => 51,
@@ -68,6 +71,12 @@ impl Ext {
                 h.extend_from_slice(&field.to_be_bytes());
                 h.extend_from_slice(&0x1234_5678u32.to_be_bytes());
                 h
+            }
+            Ext::Dsr(frontend) => {
+                let IpAddr::V6(addr) = frontend.ip() else {
+                    panic!("an IPv6 frontend: {frontend}");
+                };
+                portmap_common::dsr::ext6(next, addr.octets(), frontend.port().to_be()).to_vec()
             }
             Ext::Auth(words) => {
                 // Payload length is total/4 - 2; 12 fixed bytes plus ICV.

@@ -7,7 +7,10 @@ use anyhow::{Context as _, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use portmap_common::abi::DatapathConfig;
 use portmap_userspace::{
-    dataplane::{Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, Limits, SNAT_REPLY_PROGRAM, Snapshot},
+    dataplane::{
+        DSR_PROGRAM, Dataplane, EGRESS_PROGRAM, INGRESS_PROGRAM, Limits, SNAT_REPLY_PROGRAM,
+        Snapshot,
+    },
     model::DesiredState,
 };
 
@@ -96,6 +99,12 @@ impl Lab {
     /// Runs the tc ingress program that turns SNATed flows' replies around.
     pub fn tc_snat_reply(&self, packet: &[u8]) -> Result<(i32, Vec<u8>)> {
         let prog: &SchedClassifier = self.program(SNAT_REPLY_PROGRAM)?.try_into()?;
+        run(prog, packet).map(|(verdict, out)| (verdict as i32, out))
+    }
+
+    /// Runs the tc ingress program of direct server return.
+    pub fn tc_dsr(&self, packet: &[u8]) -> Result<(i32, Vec<u8>)> {
+        let prog: &SchedClassifier = self.program(DSR_PROGRAM)?.try_into()?;
         run(prog, packet).map(|(verdict, out)| (verdict as i32, out))
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
-    CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, DatapathConfig, PROTO_TCP,
+    CT_F_DSR_REPLY, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, DatapathConfig, PROTO_TCP,
     SnatValue,
 };
 
@@ -80,7 +80,9 @@ impl Staleness {
         };
         self.now_ns.saturating_sub(v.last_seen_ns) > timeout + CLOCK_SLACK_NS
             || self.frontends.get(&v.frontend_id) != Some(&v.frontend_generation)
-            || self.backends.get(&v.backend_id) != Some(&v.backend_generation)
+            // A reply entry learned from a DSR option has no backend here.
+            || (v.flags & CT_F_DSR_REPLY == 0
+                && self.backends.get(&v.backend_id) != Some(&v.backend_generation))
     }
 }
 

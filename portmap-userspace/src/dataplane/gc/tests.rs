@@ -101,3 +101,28 @@ fn entries_of_retired_slots_go_at_once() {
         assert!(rule.is_stale(&key(PROTO_TCP), &stale), "{stale:?}");
     }
 }
+
+#[test]
+fn a_learned_dsr_reply_entry_lives_by_its_frontend_and_its_time() {
+    let (rule, live) = published();
+    let learned = CtValue {
+        flags: portmap_common::abi::CT_F_DSR_REPLY,
+        backend_id: portmap_common::abi::NO_BACKEND_ID,
+        backend_generation: 0,
+        ..live
+    };
+    assert!(!rule.is_stale(&key(PROTO_UDP), &learned), "no backend here");
+    let idle = CtValue {
+        last_seen_ns: NOW - 61 * SECOND - CLOCK_SLACK_NS,
+        ..learned
+    };
+    assert!(rule.is_stale(&key(PROTO_UDP), &idle));
+    let gone = CtValue {
+        frontend_generation: learned.frontend_generation + 1,
+        ..learned
+    };
+    assert!(rule.is_stale(&key(PROTO_UDP), &gone));
+    // Without the flag, an unknown backend is stale.
+    let plain = CtValue { flags: 0, ..learned };
+    assert!(rule.is_stale(&key(PROTO_UDP), &plain));
+}
