@@ -19,12 +19,18 @@
 //! The bridge of the underlay lives in a namespace of its own, so the root
 //! namespace is never part of it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
 use portmap_testkit::topo::{LinkOptions, addr, link};
 
-use crate::{netns::Netns, unique_name};
+use crate::{
+    daemon::Portmap,
+    kube::{Ep, ManifestDir, slice},
+    netns::Netns,
+    server::Server,
+    unique_name,
+};
 
 pub const NODE_NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 /// The nodes' (and the client's) interface on the underlay.
@@ -167,4 +173,95 @@ impl Cluster {
     pub fn node_name(node: usize) -> &'static str {
         NODE_NAMES[node]
     }
+}
+
+/// The pods' test servers listen on these ports: `HTTP` (TCP), `DNS` (UDP);
+/// a test that starts nginx in a pod gives it `BULK`.
+pub const HTTP: u16 = 8080;
+pub const DNS: u16 = 9053;
+pub const BULK: u16 = 8081;
+
+/// The pods' servers: a test server (TCP `HTTP`, UDP `DNS`) in every pod,
+/// named `a0`, `b1`, ...
+pub fn servers(cluster: &Cluster) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for (n, pods) in cluster.pods.iter().enumerate() {
+        for (p, pod) in pods.iter().enumerate() {
+            let ips = [pod_ip(n, p, false), pod_ip(n, p, true)];
+            let tcp: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, HTTP)).collect();
+            let udp: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, DNS)).collect();
+            let name = format!("{}{p}", &NODE_NAMES[n][5..]);
+            servers.push(Server::start(pod, &name, &tcp, &udp).expect("test server"));
+        }
+    }
+    servers
+}
+
+/// A dual-stack Service `name` of `type_` (with extra spec lines), ports
+/// http 80 → `HTTP` (nodePort `node_port`), dns 53 → `DNS` (UDP, nodePort
+/// `node_port + 1`) and bulk 81 → `BULK` (nodePort `node_port + 2`), with
+/// the endpoints `pods` ((node, pod) pairs).
+pub fn service(
+    name: &str,
+    cluster_ip: u8,
+    node_port: u16,
+    extra: &str,
+    pods: &[(usize, usize)],
+) -> String {
+    let svc = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n{extra}  clusterIP: 198.18.128.{cluster_ip}\n  clusterIPs: [198.18.128.{cluster_ip}, \"2001:db8:ffff::{cluster_ip}\"]\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  ports:\n  - {{name: http, port: 80, targetPort: {HTTP}, nodePort: {node_port}, protocol: TCP}}\n  - {{name: dns, port: 53, targetPort: {DNS}, nodePort: {}, protocol: UDP}}\n  - {{name: bulk, port: 81, targetPort: {BULK}, nodePort: {}, protocol: TCP}}\n",
+        node_port + 1,
+        node_port + 2
+    );
+    let ports = [
+        ("http", HTTP, "TCP"),
+        ("dns", DNS, "UDP"),
+        ("bulk", BULK, "TCP"),
+    ];
+    let mut docs = vec![svc];
+    for v6 in [false, true] {
+        let endpoints: Vec<Ep> = pods
+            .iter()
+            .map(|(n, p)| Ep::ready(pod_ip(*n, *p, v6), NODE_NAMES[*n]))
+            .collect();
+        let slice_name = format!("{name}-{}", if v6 { "v6" } else { "v4" });
+        docs.push(slice(name, &slice_name, &endpoints, &ports));
+    }
+    docs.join("---\n")
+}
+
+/// `portmap run` on every node, on the underlay interface.
+pub fn start_portmaps(
+    cluster: &Cluster,
+    manifests: &ManifestDir,
+    extra: &[&[&str]],
+) -> Vec<Portmap> {
+    let dir = manifests.arg().to_str().unwrap().to_string();
+    cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let mut args = vec![
+                "--iface",
+                UNDERLAY_IF,
+                "--manifests",
+                &dir,
+                "--node-name",
+                NODE_NAMES[i],
+                "--service-cidr",
+                "198.18.128.0/20",
+                "--service-cidr",
+                "2001:db8:ffff::/112",
+            ];
+            if let Some(more) = extra.get(i) {
+                args.extend_from_slice(more);
+            }
+            Portmap::start(node, &args).expect("portmap run")
+        })
+        .collect()
+}
+
+pub fn at(node: usize, v6: bool, port: u16) -> SocketAddr {
+    SocketAddr::new(node_ip(node, v6), port)
 }

@@ -15,101 +15,18 @@ use std::{
 use portmap_testkit::topo::{LinkOptions, Offloads};
 use portmap_tests::{
     client::{LineConn, connect, http_get, peer_seen, served_by, udp_ask, udp_socket},
-    cluster::{Cluster, NODE_NAMES, UNDERLAY_IF, client_ip, node_ip, pod_ip},
+    cluster::{
+        BULK, Cluster, HTTP, NODE_NAMES, UNDERLAY_IF, at, client_ip, node_ip, pod_ip, servers,
+        service, start_portmaps,
+    },
     daemon::Portmap,
-    kube::{Ep, ManifestDir, slice},
-    server::Server,
+    kube::ManifestDir,
     transfer::{
         content::{Blob, DataDir, sha256_file},
         curl::{Client, download, upload, url},
         nginx::Nginx,
     },
 };
-
-const HTTP: u16 = 8080;
-const DNS: u16 = 9053;
-const BULK: u16 = 8081;
-
-/// The pods' servers: a test server (TCP `HTTP`, UDP `DNS`) in every pod,
-/// named `a0`, `b1`, ...
-fn servers(cluster: &Cluster) -> Vec<Server> {
-    let mut servers = Vec::new();
-    for (n, pods) in cluster.pods.iter().enumerate() {
-        for (p, pod) in pods.iter().enumerate() {
-            let ips = [pod_ip(n, p, false), pod_ip(n, p, true)];
-            let tcp: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, HTTP)).collect();
-            let udp: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, DNS)).collect();
-            let name = format!("{}{p}", &NODE_NAMES[n][5..]);
-            servers.push(Server::start(pod, &name, &tcp, &udp).expect("test server"));
-        }
-    }
-    servers
-}
-
-/// A dual-stack Service `name` of `type_` (with extra spec lines), ports
-/// http 80 → `HTTP` (nodePort `node_port`), dns 53 → `DNS` (UDP, nodePort
-/// `node_port + 1`) and bulk 81 → `BULK` (nodePort `node_port + 2`), with
-/// the endpoints `pods` ((node, pod) pairs).
-fn service(
-    name: &str,
-    cluster_ip: u8,
-    node_port: u16,
-    extra: &str,
-    pods: &[(usize, usize)],
-) -> String {
-    let svc = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n{extra}  clusterIP: 198.18.128.{cluster_ip}\n  clusterIPs: [198.18.128.{cluster_ip}, \"2001:db8:ffff::{cluster_ip}\"]\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  ports:\n  - {{name: http, port: 80, targetPort: {HTTP}, nodePort: {node_port}, protocol: TCP}}\n  - {{name: dns, port: 53, targetPort: {DNS}, nodePort: {}, protocol: UDP}}\n  - {{name: bulk, port: 81, targetPort: {BULK}, nodePort: {}, protocol: TCP}}\n",
-        node_port + 1,
-        node_port + 2
-    );
-    let ports = [
-        ("http", HTTP, "TCP"),
-        ("dns", DNS, "UDP"),
-        ("bulk", BULK, "TCP"),
-    ];
-    let mut docs = vec![svc];
-    for v6 in [false, true] {
-        let endpoints: Vec<Ep> = pods
-            .iter()
-            .map(|(n, p)| Ep::ready(pod_ip(*n, *p, v6), NODE_NAMES[*n]))
-            .collect();
-        let slice_name = format!("{name}-{}", if v6 { "v6" } else { "v4" });
-        docs.push(slice(name, &slice_name, &endpoints, &ports));
-    }
-    docs.join("---\n")
-}
-
-/// `portmap run` on every node, on the underlay interface.
-fn start_portmaps(cluster: &Cluster, manifests: &ManifestDir, extra: &[&[&str]]) -> Vec<Portmap> {
-    let dir = manifests.arg().to_str().unwrap().to_string();
-    cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            let mut args = vec![
-                "--iface",
-                UNDERLAY_IF,
-                "--manifests",
-                &dir,
-                "--node-name",
-                NODE_NAMES[i],
-                "--service-cidr",
-                "198.18.128.0/20",
-                "--service-cidr",
-                "2001:db8:ffff::/112",
-            ];
-            if let Some(more) = extra.get(i) {
-                args.extend_from_slice(more);
-            }
-            Portmap::start(node, &args).expect("portmap run")
-        })
-        .collect()
-}
-
-fn at(node: usize, v6: bool, port: u16) -> SocketAddr {
-    SocketAddr::new(node_ip(node, v6), port)
-}
 
 #[test]
 fn remote_endpoints_are_reached_through_snat_local_ones_keep_the_client() {

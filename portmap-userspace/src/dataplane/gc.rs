@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
 use portmap_common::abi::{
-    CT_F_DSR_REPLY, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue, DatapathConfig, PROTO_TCP,
-    SnatValue,
+    CT_F_DSR_REPLY, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CtKey, CtValue,
+    DatapathConfig, PROTO_TCP, SnatValue,
 };
 
 use super::{Dataplane, state::Applied};

@@ -123,6 +123,9 @@ fn a_learned_dsr_reply_entry_lives_by_its_frontend_and_its_time() {
     };
     assert!(rule.is_stale(&key(PROTO_UDP), &gone));
     // Without the flag, an unknown backend is stale.
-    let plain = CtValue { flags: 0, ..learned };
+    let plain = CtValue {
+        flags: 0,
+        ..learned
+    };
     assert!(rule.is_stale(&key(PROTO_UDP), &plain));
 }
