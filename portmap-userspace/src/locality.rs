@@ -279,4 +279,54 @@ mod tests {
             "{warnings:?}"
         );
     }
+
+    /// `state` with one frontend of `proto`.
+    fn state_of(proto: Protocol, endpoints: &[(&str, Placement)]) -> DesiredState {
+        let mut d = state(endpoints);
+        d.services[0].frontends.push(crate::model::Frontend {
+            addr: crate::model::HostAddr::AllV4,
+            port: 30080,
+            proto,
+        });
+        d
+    }
+
+    fn reaches(d: &DesiredState) -> Vec<Reach> {
+        d.services[0].endpoints.iter().map(|e| e.reach).collect()
+    }
+
+    #[test]
+    fn dsr_takes_remote_backends_of_its_protocols_and_masquerade_all_overrides_it() {
+        let endpoints = [
+            ("10.244.2.7", Placement::Unknown),
+            ("198.18.1.6", Placement::Remote),
+            ("10.244.2.8", Placement::Local),
+            ("198.18.1.5", Placement::Unknown),
+        ];
+        let snat = Reach::Snat("198.18.1.1".parse().unwrap());
+        let policy = |lb_mode, all| Masquerade {
+            all,
+            lb_mode,
+            ..Masquerade::default()
+        };
+        for (mode, proto, remote) in [
+            (LbMode::Dsr, Protocol::Tcp, Reach::Dsr),
+            (LbMode::Dsr, Protocol::Udp, Reach::Dsr),
+            (LbMode::Hybrid, Protocol::Tcp, Reach::Dsr),
+            (LbMode::Hybrid, Protocol::Udp, snat),
+            (LbMode::Snat, Protocol::Tcp, snat),
+        ] {
+            let mut d = state_of(proto, &endpoints);
+            assert!(resolve(&mut d, &policy(mode, false), &mut Table).is_empty());
+            let local = Reach::Direct;
+            assert_eq!(
+                reaches(&d),
+                vec![remote, remote, local, local],
+                "{mode:?} {proto:?}"
+            );
+        }
+        let mut d = state_of(Protocol::Tcp, &endpoints);
+        assert!(resolve(&mut d, &policy(LbMode::Dsr, true), &mut Table).is_empty());
+        assert_eq!(reaches(&d), vec![snat, snat, snat, snat]);
+    }
 }
