@@ -230,36 +230,40 @@ pub fn service(
     docs.join("---\n")
 }
 
-/// `portmap run` on every node, on the underlay interface.
+/// `portmap run` on every node, on the underlay interface, with `extra`
+/// arguments per node.
 pub fn start_portmaps(
     cluster: &Cluster,
     manifests: &ManifestDir,
     extra: &[&[&str]],
 ) -> Vec<Portmap> {
-    let dir = manifests.arg().to_str().unwrap().to_string();
-    cluster
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            let mut args = vec![
-                "--iface",
-                UNDERLAY_IF,
-                "--manifests",
-                &dir,
-                "--node-name",
-                NODE_NAMES[i],
-                "--service-cidr",
-                "198.18.128.0/20",
-                "--service-cidr",
-                "2001:db8:ffff::/112",
-            ];
-            if let Some(more) = extra.get(i) {
-                args.extend_from_slice(more);
-            }
-            Portmap::start(node, &args).expect("portmap run")
-        })
+    (0..cluster.nodes.len())
+        .map(|i| start_portmap(cluster, i, manifests, extra.get(i).copied().unwrap_or(&[])))
         .collect()
+}
+
+/// `portmap run` on node `node` (a restart reuses its pins).
+pub fn start_portmap(
+    cluster: &Cluster,
+    node: usize,
+    manifests: &ManifestDir,
+    extra: &[&str],
+) -> Portmap {
+    let dir = manifests.arg().to_str().unwrap().to_string();
+    let mut args = vec![
+        "--iface",
+        UNDERLAY_IF,
+        "--manifests",
+        &dir,
+        "--node-name",
+        NODE_NAMES[node],
+        "--service-cidr",
+        "198.18.128.0/20",
+        "--service-cidr",
+        "2001:db8:ffff::/112",
+    ];
+    args.extend_from_slice(extra);
+    Portmap::start(&cluster.nodes[node], &args).expect("portmap run")
 }
 
 pub fn at(node: usize, v6: bool, port: u16) -> SocketAddr {

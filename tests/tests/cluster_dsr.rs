@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 
 use portmap_testkit::topo::{LinkOptions, Offloads};
 use portmap_tests::{
-    client::{http_get, peer_seen, served_by, udp_ask, udp_socket},
+    client::{LineConn, http_get, peer_seen, served_by, udp_ask, udp_socket},
     cluster::{
-        BULK, Cluster, HTTP, at, client_ip, node_ip, pod_ip, servers, service, start_portmaps,
+        BULK, Cluster, HTTP, at, client_ip, node_ip, pod_ip, servers, service, start_portmap,
+        start_portmaps,
     },
+    daemon::Portmap,
     kube::ManifestDir,
     metrics::Samples,
     transfer::{
@@ -170,4 +172,60 @@ fn hybrid_sends_tcp_by_dsr_and_snats_udp() {
         a.sum("portmap_backend_snat", &[("backend", udp.as_str())]),
         1.0
     );
+}
+
+/// kill -9 of the portmap on either node under DSR flows: the pinned
+/// programs and maps go on alone (the first node's conntrack, the backend
+/// node's learned reply entries), and a restarted daemon adopts them.
+#[test]
+fn dsr_flows_carry_on_across_a_kill_and_restart_of_either_node() {
+    let cluster = Cluster::build("clk", LinkOptions::default()).expect("cluster");
+    let _servers = servers(&cluster);
+    let manifests = ManifestDir::new("clk").unwrap();
+    manifests
+        .write("web.yaml", &service("web", 22, 30220, "", &[(1, 0)]))
+        .unwrap();
+    let dsr: &[&str] = &["--lb-mode", "dsr"];
+    let mut pms: Vec<Option<Portmap>> = start_portmaps(&cluster, &manifests, &[dsr, dsr, dsr])
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut conns: Vec<LineConn> = [false, true]
+        .iter()
+        .map(|v6| LineConn::open(&cluster.client, at(0, *v6, 30220)).unwrap())
+        .collect();
+    let udp: Vec<_> = [false, true]
+        .iter()
+        .map(|v6| {
+            let to = at(0, *v6, 30221);
+            (udp_socket(&cluster.client, to).unwrap(), to)
+        })
+        .collect();
+    let mut ask_all = |when: &str| {
+        for (v6, conn) in [false, true].iter().zip(conns.iter_mut()) {
+            let answer = conn.ask(when).unwrap_or_else(|e| panic!("{when}: {e:#}"));
+            assert_eq!(
+                peer_seen(&answer).map(|p| p.ip()),
+                Some(client_ip(*v6)),
+                "{when}"
+            );
+        }
+        for (socket, to) in &udp {
+            let (_, from) = udp_ask(socket, *to, when).unwrap_or_else(|e| panic!("{when}: {e:#}"));
+            assert_eq!(from, *to, "{when}");
+        }
+    };
+    ask_all("before");
+    for node in [1, 0] {
+        let pm = pms[node].take().expect("running");
+        let mut child = pm.abandon().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        ask_all(&format!("node {node} down"));
+        let restarted = start_portmap(&cluster, node, &manifests, dsr);
+        let logs = restarted.logs();
+        assert!(logs.contains("adopted the dataplane"), "{logs}");
+        pms[node] = Some(restarted);
+        ask_all(&format!("node {node} restarted"));
+    }
 }
