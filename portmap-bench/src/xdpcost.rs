@@ -139,3 +139,57 @@ fn flows_created(dp: &Dataplane) -> Result<u64> {
         .map(|(_, n)| *n)
         .context("no flow_created counter in the datapath events")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Prints the per-packet costs alone, for comparing one change of the
+    /// dataplane with the next: `cargo test -p portmap-bench --lib
+    /// xdpcost -- --ignored --nocapture` (as root). The full benchmark
+    /// reports the same figures beside everything else.
+    #[test]
+    #[ignore = "a measurement, as root: run it by name"]
+    fn per_packet_cost_alone() {
+        let bench = BenchObject::load().expect("the benchmark's eBPF object");
+        for _ in 0..3 {
+            let c = measure(&bench, 500_000).expect("measured");
+            println!(
+                "pass {:.1} ns, hit {:.1} ns ({:.2}x), new flow {:.1} ns, miss {:.1} ns, ARP {:.1} ns",
+                c.pass_ns,
+                c.hit_ns,
+                c.hit_ns / c.pass_ns,
+                c.new_flow_ns,
+                c.miss_ns,
+                c.arp_ns
+            );
+            assert!(c.hit_ns > c.pass_ns, "a hit costs more than nothing");
+        }
+    }
+
+    /// Conntrack hits alone for a few seconds, to profile them:
+    /// `perf record -a -g -- TESTBINARY xdpcost::tests::hits_alone --ignored`.
+    #[test]
+    #[ignore = "a profiling load, as root: run it by name"]
+    fn hits_alone() {
+        let limits = Limits {
+            frontends: 64,
+            backends: 64,
+            conntrack: 4096,
+        };
+        let mut dp = Dataplane::load(limits, DatapathConfig::default()).expect("loaded");
+        dp.apply(&identity_state().unwrap()).expect("applied");
+        let prog: &Xdp = dp
+            .ebpf()
+            .program(INGRESS_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let client = SocketAddrV4::new(super::super::topo::CLIENT_IP, 40_000);
+        let published = SocketAddrV4::new(NODE_IP, 8080);
+        let hit = frames::udp(NODE_MAC, CLIENT_MAC, client, published);
+        assert_eq!(run_once(prog, &hit).unwrap(), XDP_PASS);
+        let ns = ns_per_run(prog, &hit, 2_000_000, 10).unwrap();
+        println!("hit {ns:.1} ns");
+    }
+}
