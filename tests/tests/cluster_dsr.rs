@@ -17,6 +17,7 @@ use portmap_tests::{
     daemon::Portmap,
     kube::ManifestDir,
     metrics::Samples,
+    server::Server,
     transfer::{
         content::{Blob, DataDir, sha256_file},
         curl::{Client, download, upload, url},
@@ -228,4 +229,61 @@ fn dsr_flows_carry_on_across_a_kill_and_restart_of_either_node() {
         pms[node] = Some(restarted);
         ask_all(&format!("node {node} restarted"));
     }
+}
+
+/// Sends `payload` to `to` and returns the answer and who sent it, trying a
+/// few times (UDP may lose the first while neighbours are resolved).
+fn exchange(socket: &std::net::UdpSocket, to: SocketAddr, payload: &[u8]) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..4 {
+        socket.send_to(payload, to).unwrap();
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            return (buf[..n].to_vec(), from);
+        }
+    }
+    panic!("no answer from {to} to {} bytes", payload.len());
+}
+
+/// A UDP datagram that fits the MTU but not with the option goes without
+/// it (counted), and still gets its answer from the frontend: the backend's
+/// node knows the flow from its earlier datagrams.
+#[test]
+fn a_udp_datagram_without_room_for_the_option_goes_without_it() {
+    let cluster = Cluster::build("clm", LinkOptions::default()).expect("cluster");
+    let b1 = [pod_ip(1, 1, false), pod_ip(1, 1, true)].map(|ip| SocketAddr::new(ip, BULK));
+    let _mirror = Server::udp_mirror(&cluster.pods[1][1], "mirror", &b1).expect("mirror");
+    let manifests = ManifestDir::new("clm").unwrap();
+    // The "bulk" port as UDP, to the mirror in pod b1 on node b.
+    let svc = service("big", 23, 30230, "", &[(1, 1)])
+        .replace(
+            &format!("targetPort: {BULK}, nodePort: 30232, protocol: TCP"),
+            &format!("targetPort: {BULK}, nodePort: 30232, protocol: UDP"),
+        )
+        .replace(
+            &format!("- name: \"bulk\"\n  port: {BULK}\n  protocol: TCP"),
+            &format!("- name: \"bulk\"\n  port: {BULK}\n  protocol: UDP"),
+        );
+    manifests.write("big.yaml", &svc).unwrap();
+    let dsr: &[&str] = &["--lb-mode", "dsr"];
+    let pms = start_portmaps(&cluster, &manifests, &[dsr, dsr, dsr]);
+    for v6 in [false, true] {
+        let to = at(0, v6, 30232);
+        let socket = udp_socket(&cluster.client, to).unwrap();
+        // IP packets of 1496 (IPv4) and 1488 (IPv6) bytes: under the
+        // underlay's 1500-byte MTU, over it with the 8- or 24-byte option.
+        let big = if v6 { 1440 } else { 1468 };
+        for len in [5, big] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (answer, from) = exchange(&socket, to, &payload);
+            assert_eq!(from, to, "{len} bytes (v6 {v6}): from the frontend");
+            let mirrored: Vec<u8> = payload.iter().map(|b| !b).collect();
+            assert_eq!(answer, mirrored, "{len} bytes (v6 {v6})");
+        }
+    }
+    let a = pms[0].metrics(&cluster.nodes[0]).unwrap();
+    assert!(event(&a, "dsr_option_added") >= 2.0);
+    assert!(
+        event(&a, "dsr_option_skipped") >= 2.0,
+        "the big ones went without"
+    );
 }
