@@ -13,16 +13,22 @@
 //! path), and go straight to the client from the frontend it used.
 //!
 //! A packet that cannot carry the option (no room under the MTU, a GSO
-//! packet, extension headers or a VLAN tag in the way) goes without it and
-//! is counted (`dsr_option_skipped`): a TCP SYN is retransmitted small, and
-//! a UDP flow is known on the backend's node from its earlier datagrams.
+//! packet, extension headers or a VLAN tag in the way, a driver that keeps
+//! no XDP metadata) is counted (`dsr_option_skipped`): a TCP SYN is
+//! dropped, since the connection it opens could never be answered; a UDP
+//! datagram goes on without it (the backend's node knows the flow if an
+//! earlier datagram carried it).
 //!
-//! The backend's node trusts an option for any frontend it publishes, as
+//! The backend's node trusts an option for any frontend it publishes (and,
+//! for a port it publishes on all addresses, any address with that port), as
 //! Cilium's DSR does: a sender able to reach a pod directly could make the
-//! pod's replies to it come from one of the cluster's frontends.
+//! pod's replies to it come from such an address. It never lets an option
+//! take over a current entry of a flow of its own.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_NET},
+    bindings::{
+        BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_adj_room_mode::BPF_ADJ_ROOM_NET,
+    },
     helpers::bpf_check_mtu,
     programs::TcContext,
 };
@@ -60,86 +66,121 @@ pub fn needs_option(flow: &Flow) -> bool {
 }
 
 /// tc ingress (`portmap_dsr`): a DSR request XDP marked, written and given
-/// its option; else a request carrying an option, learned. Anything else
-/// passes at the cost of a few loads.
+/// its option; else a request carrying an option, learned (unless XDP
+/// translated it here: then it is this node's flow). Anything else passes at
+/// the cost of a few loads.
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    if handoff::marked(ctx) == Some(Kind::Dsr) {
-        send_marked(ctx);
-    } else if may_carry_option(ctx) {
-        learn(ctx);
+    match handoff::marked(ctx) {
+        Some(Kind::Dsr) => send_marked(ctx),
+        Some(Kind::Request) => TC_ACT_UNSPEC,
+        None => {
+            if may_carry_option(ctx) {
+                learn(ctx);
+            }
+            TC_ACT_UNSPEC
+        }
     }
-    TC_ACT_UNSPEC
 }
 
 /// A DSR request marked by XDP: to the backend of its conntrack entry, with
-/// the frontend it was sent to in the option.
+/// the frontend it was sent to in the option. A request that cannot be
+/// written is dropped (counted), not passed to this node's stack, which
+/// would refuse it: the client's retransmission is translated afresh. So is
+/// a TCP SYN that cannot carry the option, which would open a connection
+/// whose replies never reach the client; a UDP datagram goes on without it.
 #[inline(always)]
-fn send_marked(ctx: &TcContext) {
+fn send_marked(ctx: &TcContext) -> i32 {
     let Ok(flow) = parse_skb(ctx) else {
         count_event(DatapathEvent::RewriteFailed);
-        return;
+        return TC_ACT_SHOT;
     };
     let key = conntrack::key_of(&flow, CT_REQUEST);
     let Some(entry) = CONNTRACK.get_ptr(&key) else {
         count_event(DatapathEvent::RewriteFailed);
-        return;
+        return TC_ACT_SHOT;
     };
     // SAFETY: a live map value, copied at once (XDP touched it already).
     let e = unsafe { *entry };
     if e.flags & CT_F_DSR == 0 {
         count_event(DatapathEvent::RewriteFailed);
-        return;
+        return TC_ACT_SHOT;
     }
     let (frontend, frontend_port) = (flow.dst, flow.dport);
     if rewrite_tc(ctx, &flow, Side::Dst, &e.nat_addr, e.nat_port).is_none() {
         count_event(DatapathEvent::RewriteFailed);
-        return;
+        return TC_ACT_SHOT;
     }
-    count_event(if add_option(ctx, &flow, &frontend, frontend_port) {
-        DatapathEvent::DsrOptionAdded
-    } else {
-        DatapathEvent::DsrOptionSkipped
-    });
+    match add_option(ctx, &flow, &frontend, frontend_port) {
+        Added::Yes => {
+            count_event(DatapathEvent::DsrOptionAdded);
+            TC_ACT_UNSPEC
+        }
+        Added::NoRoom => {
+            count_event(DatapathEvent::DsrOptionSkipped);
+            if flow.proto == PROTO_TCP {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_UNSPEC
+            }
+        }
+        Added::Broken => {
+            count_event(DatapathEvent::RewriteFailed);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// How adding the option went.
+enum Added {
+    Yes,
+    /// The packet cannot carry it; it is unchanged.
+    NoRoom,
+    /// The room was made but could not be filled: the packet is unusable.
+    Broken,
 }
 
 /// Inserts the option right after the fixed IP header (where
 /// `BPF_ADJ_ROOM_NET` makes room) and fixes the IP header's lengths and
 /// checksum. The L4 checksum is untouched: neither pseudo-header counts IP
-/// options or extension headers. False when the packet cannot carry it.
+/// options or extension headers.
 #[inline(always)]
-fn add_option(ctx: &TcContext, flow: &Flow, addr: &RawAddr, port: u16) -> bool {
+fn add_option(ctx: &TcContext, flow: &Flow, addr: &RawAddr, port: u16) -> Added {
     // BPF_ADJ_ROOM_NET inserts after the MAC header the skb knows: a tag in
     // the packet would put the room in the wrong place.
     if flow.l3_off != ETH_HLEN || ctx.is_gso() {
-        return false;
+        return Added::NoRoom;
     }
     let v4 = flow.family == FAMILY_V4;
     let grow = if v4 { OPT4_LEN } else { EXT6_LEN };
     if v4 {
         // IHL counts 4-byte words, 15 at most.
         if flow.l4_off - flow.l3_off + OPT4_LEN > 60 {
-            return false;
+            return Added::NoRoom;
         }
     } else if flow.l4_off != flow.l3_off + IPV6_HLEN {
         // Extension headers already there: a destination options header
         // belongs after some of them, and none of this is worth a walk.
-        return false;
+        return Added::NoRoom;
     }
     let mut mtu_len: u32 = 0;
     // SAFETY: the skb is this run's; `mtu_len` is a valid u32 the helper
     // writes. ifindex 0: the device the packet came in on (the nodes of a
     // cluster share their underlay's MTU).
     if unsafe { bpf_check_mtu(ctx.skb.skb.cast(), 0, &mut mtu_len, grow as i32, 0) } != 0 {
-        return false;
+        return Added::NoRoom;
     }
     if ctx.adjust_room(grow as i32, BPF_ADJ_ROOM_NET, 0).is_err() {
-        return false;
+        return Added::NoRoom;
     }
-    if v4 {
-        finish_v4(ctx, flow, addr, port).is_some()
+    let finished = if v4 {
+        finish_v4(ctx, flow, addr, port)
     } else {
-        finish_v6(ctx, flow, addr, port).is_some()
+        finish_v6(ctx, flow, addr, port)
+    };
+    match finished {
+        Some(()) => Added::Yes,
+        None => Added::Broken,
     }
 }
 
@@ -278,25 +319,35 @@ fn learn(ctx: &TcContext) {
     s.key.sport = flow.dport;
     s.key.dport = flow.sport;
     let now = conntrack::now_ns();
+    let mut insert_flags = u64::from(BPF_NOEXIST);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&s.key) {
         // SAFETY: a live map value; racing writers store whole fields of
         // the same kind of update.
         let e = unsafe { &mut *entry };
-        // Every datagram of a UDP flow carries the option: refresh the
-        // entry at most once a second, as conntrack's touches do. A SYN
-        // reusing the ports of a finished connection records afresh.
-        if e.flags & CT_F_DSR_REPLY != 0
-            && e.nat_addr == addr
+        if e.flags & CT_F_DSR_REPLY == 0 {
+            // A flow of this node's own (a local backend's, a SNATed one's)
+            // is never taken over by an option; a stale entry may be.
+            let Some(cfg) = conntrack::config() else {
+                return;
+            };
+            if conntrack::reply_allowed(e, flow.proto, now, cfg) {
+                return;
+            }
+        } else if e.nat_addr == addr
             && e.nat_port == port
             && e.frontend_id == fe.frontend_id
             && e.frontend_generation == fe.generation
             && !(flow.proto == PROTO_TCP && flow.tcp_flags & TCP_SYN != 0)
         {
+            // Every datagram of a UDP flow carries the option: refresh the
+            // entry at most once a second, as conntrack's touches do. A SYN
+            // reusing the ports of a finished connection records afresh.
             if now.saturating_sub(e.last_seen_ns) >= REFRESH_INTERVAL_NS {
                 e.last_seen_ns = now;
             }
             return;
         }
+        insert_flags = u64::from(BPF_ANY);
     }
     s.value = CtValue {
         nat_addr: addr,
@@ -311,10 +362,7 @@ fn learn(ctx: &TcContext) {
         _reserved: 0,
         last_seen_ns: now,
     };
-    if CONNTRACK
-        .insert(&s.key, &s.value, u64::from(BPF_ANY))
-        .is_ok()
-    {
+    if CONNTRACK.insert(&s.key, &s.value, insert_flags).is_ok() {
         count_event(DatapathEvent::DsrLearned);
     } else {
         count_event(DatapathEvent::ConntrackInsertFailed);

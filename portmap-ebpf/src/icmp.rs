@@ -9,12 +9,18 @@
 //! - ingress (XDP, from clients): an error a client sends about a reply
 //!   (addressed to the frontend, quoting the reply from it) goes on to the
 //!   backend, quoting the reply as the backend sent it.
+//! - ingress (tc, from the network towards other nodes): an error about a
+//!   request SNATed towards a backend on another node (addressed to this
+//!   node's SNAT address, quoting the request as it left) goes on to the
+//!   client, quoting the request as the client sent it (see `snat`).
 //!
 //! Only the quote (and, on ingress, the outer destination) changes; every
 //! checksum over the changed bytes is updated incrementally.
 
 use portmap_common::{
-    abi::{CtKey, CtValue, DatapathEvent, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr},
+    abi::{
+        CT_F_DSR_REPLY, CtKey, CtValue, DatapathEvent, FAMILY_V4, PROTO_TCP, PROTO_UDP, RawAddr,
+    },
     csum::CsumDelta,
 };
 
@@ -121,7 +127,7 @@ pub fn quote(buf: &impl PacketBuf, at: &IcmpAt) -> Option<Quote> {
 /// request (egress) is found through its reply entry, a quoted translated
 /// reply (ingress) through its request entry.
 #[inline(always)]
-fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
+pub fn flow_key(q: &Quote, family: u8, direction: u8) -> CtKey {
     CtKey {
         src: q.dst,
         dst: q.src,
@@ -149,7 +155,14 @@ fn find_flow(buf: &impl PacketBuf, at: &IcmpAt, direction: u8) -> Option<(Quote,
     // SAFETY: a live map value, read once into a copy.
     let e = unsafe { *entry };
     let cfg = crate::conntrack::config()?;
-    if !crate::conntrack::current(&e, q.proto, crate::conntrack::now_ns(), cfg) {
+    let now = crate::conntrack::now_ns();
+    // A reply entry learned from a DSR option has no backend on this node.
+    let usable = if e.flags & CT_F_DSR_REPLY != 0 {
+        crate::conntrack::reply_allowed(&e, q.proto, now, cfg)
+    } else {
+        crate::conntrack::current(&e, q.proto, now, cfg)
+    };
+    if !usable {
         return None;
     }
     Some((q, e))
@@ -165,11 +178,18 @@ pub fn translate(
     at: &IcmpAt,
     direction: u8,
     rewrite: impl FnOnce(&Quote, &CtValue) -> Option<()>,
-) {
+) -> bool {
     let Some((q, e)) = find_flow(buf, at, direction) else {
-        return;
+        return false;
     };
-    count_event(if rewrite(&q, &e).is_some() {
+    count_translated(rewrite(&q, &e));
+    true
+}
+
+/// Counts a translation: done, or a failed rewrite.
+#[inline(always)]
+pub fn count_translated(done: Option<()>) {
+    count_event(if done.is_some() {
         DatapathEvent::IcmpTranslated
     } else {
         DatapathEvent::RewriteFailed

@@ -52,7 +52,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
 }
 
 /// A client's ICMP error about a reply it got from a frontend goes on to the
-/// backend, quoting the reply as the backend sent it.
+/// backend, quoting the reply as the backend sent it. (An error about a
+/// request SNATed towards another node is tc ingress's: see `snat`.)
 #[inline(always)]
 fn translate_icmp(ctx: &XdpContext, at: &IcmpAt) {
     icmp::translate(ctx, at, CT_REQUEST, |q, e| {
@@ -140,7 +141,7 @@ fn new_flow(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, now: u64) -> Re
 #[inline(always)]
 fn forward(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, e: &CtValue, created: bool) -> u32 {
     let outcome = xlate::write(ctx, cfg, flow, (&e.nat_addr, e.nat_port), e.flags);
-    if outcome != Outcome::Failed {
+    if matches!(outcome, Outcome::Written(_) | Outcome::Deferred) {
         count_traffic(e.frontend_id, e.backend_id, DIR_REQUEST, flow);
         if program_variant() != 0 {
             count_event(DatapathEvent::VariantTranslated);

@@ -24,16 +24,18 @@ use portmap_common::{
         Backend, CT_F_SNAT, CT_REPLY, CT_REQUEST, CtKey, CtValue, DIR_REPLY, DatapathConfig,
         DatapathEvent, NAT_DSR, NAT_SNAT, RawAddr, SnatValue,
     },
+    csum::CsumDelta,
     hash::flow_hash,
 };
 
 use crate::{
     conntrack::{self, Reach},
     counters::{count_event, count_traffic},
+    icmp,
     maps::{BACKEND_NAT, CONNTRACK, SNAT, SNAT_SCRATCH},
     nat::{Side, rewrite_tc},
     packet::PacketBuf,
-    parse::{Flow, parse_skb},
+    parse::{Flow, IcmpAt, NotAFlow, parse_skb},
 };
 
 /// Ports tried for a new flow before it is refused (Cilium tries 32 too).
@@ -207,6 +209,68 @@ pub fn reply_ends(flow: &Flow, cfg: &DatapathConfig) -> Option<Found> {
     })
 }
 
+/// tc ingress (`portmap_snat_reply`): an ICMP error about a SNATed request (from its backend, or a
+/// router on the way to it: "packet too big", an unreachable), addressed to
+/// this node's SNAT address and port, goes on to the client, quoting the
+/// request as the client sent it (client → frontend), so the client's stack
+/// finds its socket (path MTU discovery through SNAT). Anything else is left
+/// alone. In tc, not XDP: the XDP program is near the verifier's limits, and
+/// these errors are rare.
+#[inline(always)]
+fn translate_icmp(ctx: &TcContext, at: &IcmpAt) {
+    // Reading the quote, and writing it, need the skb linear and private up
+    // to its end.
+    if ctx.pull_data(at.ip_end as u32).is_err() {
+        return;
+    }
+    let Some(q) = icmp::quote(ctx, at) else {
+        return;
+    };
+    // The error goes back to where the quoted packet came from: this node.
+    if q.src != at.dst {
+        return;
+    }
+    // Key and client live in the per-CPU scratch slot, the entry is read in
+    // place: this program's stack is nearly full with its replies' work.
+    let Some(scratch) = SNAT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a valid map value this run uses alone (see `take_port`).
+    let scratch = unsafe { &mut *scratch };
+    scratch.key = icmp::flow_key(&q, at.family, CT_REPLY);
+    let Some(entry) = CONNTRACK.get_ptr(&scratch.key) else {
+        return;
+    };
+    // SAFETY: a live map value, borrowed for this run (RCU keeps it valid).
+    let e = unsafe { &*entry };
+    let Some(cfg) = conntrack::config() else {
+        return;
+    };
+    if e.flags & CT_F_SNAT == 0 || !conntrack::current(e, q.proto, conntrack::now_ns(), cfg) {
+        return;
+    }
+    let Some(client) = SNAT.get_ptr(&scratch.key) else {
+        return;
+    };
+    // SAFETY: as for the entry.
+    scratch.value = unsafe { *client };
+    let (frontend, frontend_port) = (e.nat_addr, e.nat_port);
+    let c = &scratch.value;
+    let done = icmp::redirect_to(ctx, at, &c.client).and_then(|extra| {
+        icmp::rewrite_quote(ctx, at, &q, Side::Src, &c.client, c.client_port, extra)?;
+        icmp::rewrite_quote(
+            ctx,
+            at,
+            &q,
+            Side::Dst,
+            &frontend,
+            frontend_port,
+            CsumDelta::new(),
+        )
+    });
+    icmp::count_translated(done);
+}
+
 /// tc ingress (`portmap_snat_reply`): a SNATed flow's reply, back from the
 /// frontend to the client; anything else passes untouched.
 #[inline(always)]
@@ -217,8 +281,13 @@ pub fn run_reply(ctx: &TcContext) -> i32 {
     if cfg.snat_port_max == 0 {
         return TC_ACT_UNSPEC;
     }
-    let Ok(flow) = parse_skb(ctx) else {
-        return TC_ACT_UNSPEC;
+    let flow = match parse_skb(ctx) {
+        Ok(flow) => flow,
+        Err(NotAFlow::Icmp(at)) => {
+            translate_icmp(ctx, &at);
+            return TC_ACT_UNSPEC;
+        }
+        Err(_) => return TC_ACT_UNSPEC,
     };
     if let Some(found) = reply_ends(&flow, cfg) {
         if write_found(ctx, &flow, &found) {

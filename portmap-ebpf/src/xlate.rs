@@ -11,7 +11,10 @@
 //! is looked up before anything is written, so a fallback leaves nothing
 //! half-done.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    programs::XdpContext,
+};
 use portmap_common::abi::{CT_F_DSR, CT_F_SNAT, DatapathConfig, DatapathEvent, RawAddr};
 
 use crate::{
@@ -32,6 +35,10 @@ pub enum Outcome {
     Deferred,
     /// Nothing could be written (counted); the packet goes on untouched.
     Failed,
+    /// A DSR request that had to carry its frontend and cannot (counted):
+    /// dropped, since it would open a flow whose replies never reach the
+    /// client.
+    Dropped,
 }
 
 impl Outcome {
@@ -41,6 +48,7 @@ impl Outcome {
         match self {
             Outcome::Written(v) => v,
             Outcome::Deferred | Outcome::Failed => XDP_PASS,
+            Outcome::Dropped => XDP_DROP,
         }
     }
 }
@@ -61,9 +69,10 @@ pub fn write(
         if handoff::defer(ctx, Kind::Dsr).is_some() {
             return Outcome::Deferred;
         }
-        // No metadata: the request goes without its option, as one with
-        // no room for it would.
+        // A driver that keeps no XDP metadata: no request of the flow can
+        // carry the option.
         count_event(DatapathEvent::DsrOptionSkipped);
+        return Outcome::Dropped;
     }
     if flags & CT_F_SNAT != 0 {
         if handoff::defer(ctx, Kind::Request).is_some() {

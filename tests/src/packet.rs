@@ -418,3 +418,60 @@ mod tests {
         }
     }
 }
+
+/// An ICMP (or ICMPv6) error from `src` to `dst` quoting `quoted` (an IP
+/// packet, cut to `keep` bytes), with a valid checksum.
+pub fn icmp_error(
+    src: &str,
+    dst: &str,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+    keep: usize,
+) -> Vec<u8> {
+    let v4 = !src.contains(':');
+    let mut message = vec![kind, code, 0, 0];
+    message.extend_from_slice(&rest);
+    message.extend_from_slice(&quoted[..keep.min(quoted.len())]);
+    let check = if v4 {
+        checksum(&message)
+    } else {
+        let (s, d) = (
+            src.parse::<std::net::Ipv6Addr>().unwrap(),
+            dst.parse::<std::net::Ipv6Addr>().unwrap(),
+        );
+        l4_checksum(&s.octets(), &d.octets(), 58, &message, 2)
+    };
+    message[2..4].copy_from_slice(&check.to_ne_bytes());
+    Packet {
+        l4: L4::Other {
+            proto: if v4 { 1 } else { 58 },
+        },
+        payload: message,
+        ..Packet::tcp(
+            SocketAddr::new(src.parse().unwrap(), 0),
+            SocketAddr::new(dst.parse().unwrap(), 0),
+            0,
+        )
+    }
+    .build()
+}
+
+/// The ICMP message of a packet, after checking its checksum in full.
+pub fn icmp_message(p: &[u8]) -> &[u8] {
+    let i = inspect(p);
+    let m = &p[i.l4..i.ip_end];
+    if i.src.is_ipv4() {
+        assert_eq!(checksum(&p[i.l3..i.l4]), 0, "outer IPv4 header checksum");
+        assert_eq!(checksum(m), 0, "ICMP checksum");
+    } else {
+        let (s, d) = (&p[i.l3 + 8..i.l3 + 24], &p[i.l3 + 24..i.l3 + 40]);
+        assert_eq!(
+            l4_checksum(s, d, 58, m, usize::MAX / 2),
+            0,
+            "ICMPv6 checksum"
+        );
+    }
+    m
+}

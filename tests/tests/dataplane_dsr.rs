@@ -4,7 +4,7 @@
 //! SYN, every UDP datagram) are marked for tc ingress (`portmap_dsr`, which
 //! writes the backend and adds the frontend as an option; BPF_PROG_TEST_RUN
 //! cannot hand XDP's metadata to tc, so that half is proven by real traffic
-//! in `cluster.rs`); the flow's other packets are rewritten by XDP, keeping
+//! in `cluster_dsr.rs`); the flow's other packets are rewritten by XDP, keeping
 //! the client's address. On the backend's node, `portmap_dsr` learns a
 //! request carrying the option, and the backend's reply then leaves from the
 //! frontend, straight to the client. Options that are not portmap's, and
@@ -17,7 +17,7 @@ use portmap_common::{
     dsr,
 };
 use portmap_tests::{
-    packet::{Ext, Packet, TCP_ACK, TCP_SYN, inspect, verify_checksums},
+    packet::{Ext, Packet, TCP_ACK, TCP_SYN, icmp_error, icmp_message, inspect, verify_checksums},
     testrun::{Lab, TC_NEXT, XDP_PASS, desired},
 };
 use portmap_userspace::model::{DesiredState, Reach};
@@ -253,4 +253,58 @@ fn options_that_are_not_portmaps_and_unknown_frontends_are_left_alone() {
     let events = lab.events().unwrap();
     assert_eq!(events["dsr_learned"], 0);
     assert_eq!(events["dsr_unknown_frontend"], 1);
+}
+
+/// An option never takes over a current flow of the node's own: a client
+/// of this node's frontend, translated here, keeps its reply entry even if
+/// its packets carry an option naming another frontend.
+#[test]
+fn an_option_never_takes_over_a_flow_of_the_nodes_own() {
+    let lab = backend_node();
+    let client = sa("198.18.100.100:43000");
+    let own = sa("198.18.0.2:8080");
+    let (action, _) = lab.xdp(&Packet::tcp(client, own, TCP_SYN).build()).unwrap();
+    assert_eq!(action, XDP_PASS);
+    let backend = sa("198.19.0.2:3000");
+    let forged = with_option(Packet::tcp(client, backend, TCP_ACK), sa("198.18.0.1:8080"));
+    lab.tc_dsr(&forged.build()).unwrap();
+    let reply = Packet::tcp(backend, client, TCP_SYN | TCP_ACK).build();
+    let (_, back) = lab.tc(&reply).unwrap();
+    assert_eq!(inspect(&back).src, own, "still from the frontend it used");
+    assert_eq!(lab.events().unwrap()["dsr_learned"], 0);
+}
+
+/// An ICMP error on the backend's node about a DSR request (the backend's
+/// port unreachable, say) goes to the client quoting the frontend it used.
+#[test]
+fn icmp_errors_about_dsr_requests_quote_the_frontend() {
+    let lab = backend_node();
+    let client = sa("198.18.100.100:44000");
+    let frontend = sa("198.18.0.1:8080");
+    let backend = sa("198.19.0.2:3000");
+    let request = with_option(packet(client, backend, true, 0), frontend).build();
+    lab.tc_dsr(&request).unwrap();
+    // As the backend's stack quotes it: the request it got, option included.
+    let keep = 20 + dsr::OPT4_LEN + 8;
+    let error = icmp_error(
+        "198.19.0.2",
+        "198.18.100.100",
+        3,
+        3,
+        [0; 4],
+        &request[14..],
+        keep,
+    );
+    let (verdict, out) = lab.tc(&error).unwrap();
+    assert_eq!(verdict, TC_NEXT);
+    let m = icmp_message(&out);
+    let quoted = &m[8..];
+    assert_eq!(
+        &quoted[16..20],
+        &[198, 18, 0, 1],
+        "quoted destination: the frontend"
+    );
+    let l4 = 20 + dsr::OPT4_LEN;
+    assert_eq!(&quoted[l4 + 2..l4 + 4], &8080u16.to_be_bytes());
+    assert_eq!(lab.events().unwrap()["icmp_translated"], 1);
 }

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use portmap_common::abi::{CT_F_SNAT, CT_REQUEST, DatapathConfig};
 use portmap_tests::{
-    packet::{Packet, TCP_ACK, TCP_SYN, inspect, verify_checksums},
+    packet::{Packet, TCP_ACK, TCP_SYN, icmp_error, icmp_message, inspect, verify_checksums},
     testrun::{Lab, TC_NEXT, XDP_DROP, XDP_PASS, desired},
 };
 use portmap_userspace::model::DesiredState;
@@ -216,4 +216,71 @@ fn a_reply_to_a_port_nobody_holds_is_left_alone() {
         assert_eq!(out, stray, "untouched");
     }
     assert_eq!(lab.events().unwrap()["reply_translated"], 0);
+}
+
+/// An ICMP error about a SNATed request ("fragmentation needed" or "packet
+/// too big" from a router towards the backend's node, a port unreachable
+/// from the backend) reaches this node's SNAT address; tc ingress sends it on to
+/// the client, quoting the request as the client sent it, so path MTU
+/// discovery works through SNAT. An error about no flow is left alone.
+#[test]
+fn icmp_errors_about_snated_requests_go_on_to_their_client() {
+    let mut lab = lab(61000..=65535);
+    let cases = [
+        (
+            "198.18.0.2:40100",
+            "198.18.0.1:8080",
+            "198.19.0.2:3000",
+            "198.19.0.254",
+            SNAT4,
+        ),
+        (
+            "[2001:db8::2]:40100",
+            "[2001:db8::1]:8080",
+            "[2001:db8:1::2]:3000",
+            "2001:db8:1::fe",
+            SNAT6,
+        ),
+    ];
+    let mut translated = 0;
+    for (client, frontend, backend, router, snat) in cases {
+        let (client, frontend, backend) = (sa(client), sa(frontend), sa(backend));
+        let v4 = client.is_ipv4();
+        for udp in [false, true] {
+            let what = format!("{client} udp {udp}");
+            let sent = packet(client, frontend, udp, TCP_SYN);
+            lab.xdp(&sent).unwrap();
+            let from = snat_source(&lab, client).expect("a SNATed flow");
+            // The request as it left this node (tc ingress wrote it).
+            let left = packet(from, backend, udp, TCP_SYN);
+            let (kind, code, header) = if v4 { (3, 4, 20) } else { (2, 0, 40) };
+            let keep = header + 8;
+            let error = icmp_error(router, snat, kind, code, [0, 0, 5, 0], &left[14..], keep);
+            let (verdict, out) = lab.tc_snat_reply(&error).unwrap();
+            assert_eq!(verdict, TC_NEXT, "{what}");
+            let i = inspect(&out);
+            assert_eq!(i.dst.ip(), client.ip(), "{what}: on to the client");
+            assert_eq!(i.src.ip(), router.parse::<IpAddr>().unwrap(), "{what}");
+            let m = icmp_message(&out);
+            assert_eq!(
+                &m[8..],
+                &sent[14..14 + keep],
+                "{what}: the quote is the request the client sent"
+            );
+            translated += 1;
+            // Next flow: another client port.
+            lab.dp.clear_flows().unwrap();
+        }
+    }
+    // About no flow: left alone.
+    let stray = packet(
+        sa("198.18.9.1:61999"),
+        sa("198.19.0.2:3000"),
+        false,
+        TCP_SYN,
+    );
+    let error = icmp_error("198.19.0.254", SNAT4, 3, 4, [0, 0, 5, 0], &stray[14..], 28);
+    let (verdict, out) = lab.tc_snat_reply(&error).unwrap();
+    assert_eq!((verdict, &out), (TC_NEXT, &error));
+    assert_eq!(lab.events().unwrap()["icmp_translated"], translated);
 }
