@@ -34,8 +34,8 @@ use aya_ebpf::{
 };
 use portmap_common::{
     abi::{
-        CT_F_DSR, CT_F_DSR_REPLY, CT_REPLY, CT_REQUEST, CtValue, DatapathEvent, FAMILY_V4,
-        FrontendKey, NO_BACKEND_ID, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
+        CT_F_DSR, CT_F_DSR_REPLY, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING, CtValue, DatapathEvent,
+        FAMILY_V4, FrontendKey, NO_BACKEND_ID, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
     },
     dsr::{EXT6_LEN, IPV6_DSTOPTS, OPT4_LEN, OPT4_TYPE, OPT6_DATA_LEN, OPT6_TYPE, ext6, opt4},
 };
@@ -47,7 +47,7 @@ use crate::{
     maps::{CONNTRACK, CT_SCRATCH, FRONTENDS},
     nat::{Side, rewrite_tc},
     packet::{PacketBuf, ptr_at},
-    parse::{Flow, TCP_ACK, TCP_SYN, parse_skb},
+    parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse_skb},
 };
 
 const ETH_HLEN: usize = 14;
@@ -75,8 +75,10 @@ pub fn run(ctx: &TcContext) -> i32 {
         Some(Kind::Dsr) => send_marked(ctx),
         Some(Kind::Request) => TC_ACT_UNSPEC,
         None => {
-            if may_carry_option(ctx) {
-                learn(ctx);
+            match glance(ctx) {
+                Glance::MayCarryOption => learn(ctx),
+                Glance::TcpClosing => close_learned(ctx),
+                Glance::Nothing => {}
             }
             TC_ACT_UNSPEC
         }
@@ -227,18 +229,65 @@ fn finish_v6(ctx: &TcContext, flow: &Flow, addr: &RawAddr, port: u16) -> Option<
         .ok()
 }
 
-/// Whether the packet may carry an option, by a few fixed loads: an IPv4
-/// header longer than 20 bytes, or an IPv6 one followed by destination
-/// options. Everything else (nearly all traffic) stops here.
+/// What a glance at a packet's first bytes says of it, before anything
+/// parses it: two loads (direct packet reads here trip the verifier on
+/// LLVM's addressing of the skb's fields).
+#[derive(PartialEq, Eq)]
+enum Glance {
+    /// An IPv4 header longer than 20 bytes, or an IPv6 one followed by
+    /// destination options: it may carry an option.
+    MayCarryOption,
+    /// A TCP segment with FIN or RST: it may close a learned flow.
+    TcpClosing,
+    /// Everything else (nearly all traffic), which stops here.
+    Nothing,
+}
+
 #[inline(always)]
-fn may_carry_option(ctx: &TcContext) -> bool {
-    let Ok(ether_type) = ctx.load::<[u8; 2]>(12) else {
-        return false;
+fn glance(ctx: &TcContext) -> Glance {
+    // The EtherType, and the IP header's first 10 bytes: IPv4's version and
+    // IHL (byte 2 here) and protocol (11), IPv6's next header (8).
+    let Ok(h) = ctx.load::<[u8; 12]>(12) else {
+        return Glance::Nothing;
     };
-    match u16::from_be_bytes(ether_type) {
-        ETH_P_IP => matches!(ctx.load::<u8>(ETH_HLEN), Ok(vihl) if vihl & 0x0f > 5),
-        ETH_P_IPV6 => matches!(ctx.load::<u8>(ETH_HLEN + 6), Ok(IPV6_DSTOPTS)),
-        _ => false,
+    let (l4, proto) = match u16::from_be_bytes([h[0], h[1]]) {
+        ETH_P_IP if h[2] & 0x0f > 5 => return Glance::MayCarryOption,
+        ETH_P_IP => (ETH_HLEN + IPV4_HLEN, h[11]),
+        ETH_P_IPV6 if h[8] == IPV6_DSTOPTS => return Glance::MayCarryOption,
+        ETH_P_IPV6 => (ETH_HLEN + IPV6_HLEN, h[8]),
+        _ => return Glance::Nothing,
+    };
+    if proto != PROTO_TCP {
+        return Glance::Nothing;
+    }
+    match ctx.load::<u8>(l4 + 13) {
+        Ok(flags) if flags & (TCP_FIN | TCP_RST) != 0 => Glance::TcpClosing,
+        _ => Glance::Nothing,
+    }
+}
+
+/// The client's FIN or RST of a learned flow, on the backend's node: the
+/// entry is closing (a connection the client resets would otherwise stay
+/// established here until it timed out, since only the backend's side of
+/// it is seen here).
+#[inline(always)]
+fn close_learned(ctx: &TcContext) {
+    let Ok(flow) = parse_skb(ctx) else {
+        return;
+    };
+    let mut key = conntrack::key_of(&flow, CT_REPLY);
+    key.src = flow.dst;
+    key.dst = flow.src;
+    key.sport = flow.dport;
+    key.dport = flow.sport;
+    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
+        return;
+    };
+    // SAFETY: a live map value; racing writers store whole fields.
+    let e = unsafe { &mut *entry };
+    if e.flags & CT_F_DSR_REPLY != 0 && e.state != CT_STATE_CLOSING {
+        e.state = CT_STATE_CLOSING;
+        e.last_seen_ns = conntrack::now_ns();
     }
 }
 

@@ -13,11 +13,16 @@
 use std::net::SocketAddr;
 
 use portmap_common::{
-    abi::{CT_F_DSR, CT_F_DSR_REPLY, CT_REPLY, CT_REQUEST, CT_STATE_ESTABLISHED, CtKey, CtValue},
+    abi::{
+        CT_F_DSR, CT_F_DSR_REPLY, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING, CT_STATE_ESTABLISHED,
+        CT_STATE_NEW, CtKey, CtValue,
+    },
     dsr,
 };
 use portmap_tests::{
-    packet::{Ext, Packet, TCP_ACK, TCP_SYN, icmp_error, icmp_message, inspect, verify_checksums},
+    packet::{
+        Ext, Packet, TCP_ACK, TCP_RST, TCP_SYN, icmp_error, icmp_message, inspect, verify_checksums,
+    },
     testrun::{Lab, TC_NEXT, XDP_PASS, desired},
 };
 use portmap_userspace::model::{DesiredState, Reach};
@@ -307,4 +312,27 @@ fn icmp_errors_about_dsr_requests_quote_the_frontend() {
     let l4 = 20 + dsr::OPT4_LEN;
     assert_eq!(&quoted[l4 + 2..l4 + 4], &8080u16.to_be_bytes());
     assert_eq!(lab.events().unwrap()["icmp_translated"], 1);
+}
+
+/// The client's RST of a learned flow reaches the backend's node without an
+/// option: its entry is closing there (it would otherwise stay established
+/// for hours, since that node sees only the backend's side of the flow).
+#[test]
+fn the_clients_reset_closes_a_learned_flow() {
+    let lab = backend_node();
+    let client = sa("198.18.100.100:45000");
+    let backend = sa("198.19.0.2:3000");
+    let syn = with_option(Packet::tcp(client, backend, TCP_SYN), sa("198.18.0.1:8080"));
+    lab.tc_dsr(&syn.build()).unwrap();
+    let state = |lab: &Lab| {
+        entries(lab)
+            .into_iter()
+            .find(|(k, _)| k.direction == CT_REPLY && u16::from_be(k.dport) == 45000)
+            .map(|(_, v)| v.state)
+    };
+    assert_eq!(state(&lab), Some(CT_STATE_NEW));
+    let rst = Packet::tcp(client, backend, TCP_RST | TCP_ACK).build();
+    let (verdict, out) = lab.tc_dsr(&rst).unwrap();
+    assert_eq!((verdict, &out), (TC_NEXT, &rst), "passed as it came");
+    assert_eq!(state(&lab), Some(CT_STATE_CLOSING));
 }
