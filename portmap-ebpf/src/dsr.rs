@@ -72,7 +72,10 @@ pub fn needs_option(flow: &Flow) -> bool {
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
     match handoff::marked(ctx) {
-        Some(Kind::Dsr) => send_marked(ctx),
+        Some(Kind::Dsr) => {
+            handoff::consume(ctx);
+            send_marked(ctx)
+        }
         Some(Kind::Request) => TC_ACT_UNSPEC,
         None => {
             match glance(ctx) {

@@ -88,6 +88,7 @@ pub fn run(ctx: &TcContext) -> i32 {
     if marked(ctx) != Some(Kind::Request) {
         return TC_ACT_UNSPEC;
     }
+    consume(ctx);
     // XDP parsed the same bytes; GRO may have merged packets of the flow
     // since, which changes lengths, not the headers' layout.
     let flow = match parse_skb(ctx) {
@@ -128,6 +129,21 @@ pub fn marked(ctx: &TcContext) -> Option<Kind> {
         1 => Some(Kind::Dsr),
         _ => None,
     }
+}
+
+/// Rubs the mark out, once the program it is for has read it: the metadata
+/// travels with the skb, through the kernel's forwarding and across veth
+/// pairs, and another node's portmap must not take it for its own.
+#[inline(always)]
+pub fn consume(ctx: &TcContext) {
+    // SAFETY: as in `marked`.
+    let meta = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).data_meta) } as usize;
+    if meta + HANDOFF_LEN > ctx.data() {
+        return;
+    }
+    // SAFETY: `meta..meta + 4` lies before `data` (checked just above); tc
+    // programs may write the metadata area.
+    unsafe { (meta as *mut u32).write_unaligned(0) };
 }
 
 /// The ends of a request XDP left: as its conntrack request entry says. A

@@ -124,6 +124,7 @@ fn dsr_transfers(offloads: Offloads) {
 
     let b = pms[1].metrics(&cluster.nodes[1]).unwrap();
     assert!(event(&b, "dsr_learned") >= 2.0 * 3.0);
+    assert_eq!(event(&b, "rewrite_failed"), 0.0);
     assert_eq!(event(&b, "dsr_unknown_frontend"), 0.0);
     let replies = b.sum("portmap_packets_total", &[("direction", "reply")]);
     assert!(
