@@ -287,4 +287,9 @@ fn a_udp_datagram_without_room_for_the_option_goes_without_it() {
         event(&a, "dsr_option_skipped") >= 2.0,
         "the big ones went without"
     );
+    // Node a's mark for its tc program does not travel on with the packet
+    // (XDP metadata survives forwarding and veth pairs): node b would take
+    // it for its own.
+    let b = pms[1].metrics(&cluster.nodes[1]).unwrap();
+    assert_eq!(event(&b, "rewrite_failed"), 0.0);
 }
