@@ -133,6 +133,14 @@ fn remote_endpoints_through_snat(offloads: Offloads) {
     );
     // Node b's own endpoint is not SNATed there.
     let m = pms[1].metrics(&cluster.nodes[1]).unwrap();
+    // Node a's marks for its tc programs stay on node a.
+    assert_eq!(
+        m.sum(
+            "portmap_datapath_events_total",
+            &[("event", "rewrite_failed")]
+        ),
+        0.0
+    );
     let backend = SocketAddr::new(pod_ip(1, 0, false), HTTP).to_string();
     assert_eq!(
         m.sum(
