@@ -386,39 +386,6 @@ pub fn udp_checksum_field(p: &[u8]) -> u16 {
     u16::from_ne_bytes([p[i.l4 + 6], p[i.l4 + 7]])
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sa(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn built_packets_have_valid_checksums() {
-        let mut cases = vec![
-            Packet::tcp(sa("198.18.0.2:40000"), sa("198.18.0.1:8080"), TCP_SYN),
-            Packet::udp(sa("198.18.0.2:40000"), sa("198.18.0.1:53"), b"hello"),
-            Packet::udp(sa("[2001:db8::2]:40000"), sa("[2001:db8::1]:53"), b"odd"),
-            Packet::tcp(sa("[2001:db8::2]:40000"), sa("[2001:db8::1]:8080"), TCP_ACK),
-        ];
-        let mut with_opts = Packet::tcp(sa("198.18.0.2:1"), sa("198.18.0.1:2"), TCP_SYN);
-        with_opts.ip_options = vec![0x94, 0x04, 0, 0]; // Router Alert
-        with_opts.vlan = Some(7);
-        cases.push(with_opts);
-        let mut with_ext = Packet::udp(sa("[2001:db8::2]:1"), sa("[2001:db8::1]:2"), b"x");
-        with_ext.ipv6_ext = vec![Ext::HopByHop(0), Ext::DestOpts(1), Ext::Auth(3)];
-        cases.push(with_ext);
-        for p in cases {
-            let bytes = p.build();
-            verify_checksums(&bytes).unwrap_or_else(|e| panic!("{p:?}: {e}"));
-            let i = inspect(&bytes);
-            assert_eq!((i.src, i.dst), (p.src, p.dst));
-            assert_eq!(i.ip_end, bytes.len());
-        }
-    }
-}
-
 /// An ICMP (or ICMPv6) error from `src` to `dst` quoting `quoted` (an IP
 /// packet, cut to `keep` bytes), with a valid checksum.
 pub fn icmp_error(
@@ -474,4 +441,37 @@ pub fn icmp_message(p: &[u8]) -> &[u8] {
         );
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn built_packets_have_valid_checksums() {
+        let mut cases = vec![
+            Packet::tcp(sa("198.18.0.2:40000"), sa("198.18.0.1:8080"), TCP_SYN),
+            Packet::udp(sa("198.18.0.2:40000"), sa("198.18.0.1:53"), b"hello"),
+            Packet::udp(sa("[2001:db8::2]:40000"), sa("[2001:db8::1]:53"), b"odd"),
+            Packet::tcp(sa("[2001:db8::2]:40000"), sa("[2001:db8::1]:8080"), TCP_ACK),
+        ];
+        let mut with_opts = Packet::tcp(sa("198.18.0.2:1"), sa("198.18.0.1:2"), TCP_SYN);
+        with_opts.ip_options = vec![0x94, 0x04, 0, 0]; // Router Alert
+        with_opts.vlan = Some(7);
+        cases.push(with_opts);
+        let mut with_ext = Packet::udp(sa("[2001:db8::2]:1"), sa("[2001:db8::1]:2"), b"x");
+        with_ext.ipv6_ext = vec![Ext::HopByHop(0), Ext::DestOpts(1), Ext::Auth(3)];
+        cases.push(with_ext);
+        for p in cases {
+            let bytes = p.build();
+            verify_checksums(&bytes).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+            let i = inspect(&bytes);
+            assert_eq!((i.src, i.dst), (p.src, p.dst));
+            assert_eq!(i.ip_end, bytes.len());
+        }
+    }
 }
