@@ -234,10 +234,39 @@ fn sep_chain(s: &Svc, p: Proto, ep: Ipv4Addr) -> String {
     )
 }
 
+/// Whether a layout masquerades, as kube-proxy does when it knows the
+/// cluster's pod range (`--cluster-cidr`, detect-local-mode ClusterCIDR):
+/// traffic to a ClusterIP from outside that range is marked (the
+/// KUBE-MARK-MASQ mark, 0x4000), and so is an endpoint reaching itself
+/// through its Service (hairpin); marked traffic leaves through
+/// `MASQUERADE --random-fully` in KUBE-POSTROUTING (nftables mode:
+/// `mark-for-masquerade`, and `masquerade fully-random` in the
+/// `masquerading` chain of a `srcnat` postrouting hook).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Masq {
+    No,
+    Yes,
+}
+
+/// The cluster's pod range in the masquerading layouts: the backends
+/// (198.19.i.2) are in it, the client (198.18.0.0/16) is not.
+pub const CLUSTER_CIDR: &str = "198.19.0.0/16";
+/// kube-proxy's default `--iptables-masquerade-bit` 14.
+const MASQ_MARK: &str = "0x4000";
+
 /// kube-proxy's iptables-mode nat table, as one `iptables-restore` input.
 /// `deleted` lists chains to declare and delete (`-X`), as a sync that
 /// removed endpoints does.
 pub fn iptables(services: &Services, deleted: &[String]) -> String {
+    iptables_layout(services, deleted, Masq::No)
+}
+
+/// The same with masquerading ([`Masq`]).
+pub fn iptables_masq(services: &Services) -> String {
+    iptables_layout(services, &[], Masq::Yes)
+}
+
+fn iptables_layout(services: &Services, deleted: &[String], masq: Masq) -> String {
     let mut chains = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n",
@@ -246,10 +275,22 @@ pub fn iptables(services: &Services, deleted: &[String]) -> String {
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
          -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
     );
+    if masq == Masq::Yes {
+        chains.push_str(":KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+        let _ = write!(
+            rules,
+            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+             -A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}\n\
+             -A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n\
+             -A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n\
+             -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" \
+             -j MASQUERADE --random-fully\n"
+        );
+    }
     let mut portals = String::new();
     for s in services.all() {
         for &p in &s.protos {
-            service_chains(s, p, &mut chains, &mut rules);
+            service_chains(s, p, masq, &mut chains, &mut rules);
             portal(s, p, &mut portals);
         }
     }
@@ -267,9 +308,19 @@ pub fn iptables(services: &Services, deleted: &[String]) -> String {
     chains + &rules + "COMMIT\n"
 }
 
-fn service_chains(s: &Svc, p: Proto, chains: &mut String, rules: &mut String) {
+fn service_chains(s: &Svc, p: Proto, masq: Masq, chains: &mut String, rules: &mut String) {
     let svc = svc_chain(s, p);
     let _ = writeln!(chains, ":{svc} - [0:0]");
+    if masq == Masq::Yes {
+        let _ = writeln!(
+            rules,
+            "-A {svc} ! -s {CLUSTER_CIDR} -d {}/32 -p {proto} -m comment --comment \"{} cluster IP\" \
+             -m {proto} --dport {SERVICE_PORT} -j KUBE-MARK-MASQ",
+            s.vip,
+            port_name(s, p),
+            proto = p.lower()
+        );
+    }
     let n = s.endpoints.len();
     for (e, ep) in s.endpoints.iter().enumerate() {
         let sep = sep_chain(s, p, *ep);
@@ -286,6 +337,13 @@ fn service_chains(s: &Svc, p: Proto, chains: &mut String, rules: &mut String) {
             let _ = writeln!(
                 rules,
                 "-A {svc} -m comment --comment \"{comment}\" -j {sep}"
+            );
+        }
+        if masq == Masq::Yes {
+            let _ = writeln!(
+                rules,
+                "-A {sep} -s {ep}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ",
+                port_name(s, p)
             );
         }
         let _ = writeln!(
@@ -331,7 +389,7 @@ pub fn iptables_change(before: &Services) -> IptablesChange {
     let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n");
     let mut rules = String::new();
     for &p in &new.protos {
-        service_chains(new, p, &mut chains, &mut rules);
+        service_chains(new, p, Masq::No, &mut chains, &mut rules);
     }
     for c in &deleted {
         let _ = writeln!(chains, ":{c} - [0:0]");
@@ -371,8 +429,17 @@ fn nft_endpoint_chain(s: &Svc, p: Proto, ep: Ipv4Addr) -> String {
     format!("endpoint-{}-{id}", &hash16(&id)[..8])
 }
 
-fn nft_service_rules(s: &Svc, p: Proto, out: &mut String) {
+fn nft_service_rules(s: &Svc, p: Proto, masq: Masq, out: &mut String) {
     let chain = nft_service_chain(s, p);
+    if masq == Masq::Yes {
+        let _ = writeln!(
+            out,
+            "add rule {NFT_TABLE} {chain} ip daddr {} {} dport {SERVICE_PORT} ip saddr != {CLUSTER_CIDR} \
+             jump mark-for-masquerade",
+            s.vip,
+            p.lower()
+        );
+    }
     let targets: Vec<String> = s
         .endpoints
         .iter()
@@ -387,9 +454,22 @@ fn nft_service_rules(s: &Svc, p: Proto, out: &mut String) {
     );
 }
 
-fn nft_endpoint(s: &Svc, p: Proto, ep: Ipv4Addr, chains: &mut String, rules: &mut String) {
+fn nft_endpoint(
+    s: &Svc,
+    p: Proto,
+    ep: Ipv4Addr,
+    masq: Masq,
+    chains: &mut String,
+    rules: &mut String,
+) {
     let chain = nft_endpoint_chain(s, p, ep);
     let _ = writeln!(chains, "add chain {NFT_TABLE} {chain}");
+    if masq == Masq::Yes {
+        let _ = writeln!(
+            rules,
+            "add rule {NFT_TABLE} {chain} ip saddr {ep} jump mark-for-masquerade"
+        );
+    }
     let _ = writeln!(
         rules,
         "add rule {NFT_TABLE} {chain} meta l4proto {} dnat to {ep}:{BACKEND_PORT}",
@@ -399,6 +479,15 @@ fn nft_endpoint(s: &Svc, p: Proto, ep: Ipv4Addr, chains: &mut String, rules: &mu
 
 /// kube-proxy's nftables-mode table, as one `nft -f` transaction.
 pub fn nftables(services: &Services) -> String {
+    nftables_layout(services, Masq::No)
+}
+
+/// The same with masquerading ([`Masq`]).
+pub fn nftables_masq(services: &Services) -> String {
+    nftables_layout(services, Masq::Yes)
+}
+
+fn nftables_layout(services: &Services, masq: Masq) -> String {
     let mut chains = format!(
         "add table {NFT_TABLE}\n\
          add map {NFT_TABLE} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}\n\
@@ -409,15 +498,31 @@ pub fn nftables(services: &Services) -> String {
         "add rule {NFT_TABLE} nat-prerouting jump services\n\
          add rule {NFT_TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips\n"
     );
+    if masq == Masq::Yes {
+        let _ = write!(
+            chains,
+            "add chain {NFT_TABLE} mark-for-masquerade\n\
+             add chain {NFT_TABLE} masquerading\n\
+             add chain {NFT_TABLE} nat-postrouting {{ type nat hook postrouting priority srcnat ; }}\n"
+        );
+        let _ = write!(
+            rules,
+            "add rule {NFT_TABLE} nat-postrouting jump masquerading\n\
+             add rule {NFT_TABLE} mark-for-masquerade mark set mark or {MASQ_MARK}\n\
+             add rule {NFT_TABLE} masquerading mark and {MASQ_MARK} == 0 return\n\
+             add rule {NFT_TABLE} masquerading mark set mark xor {MASQ_MARK}\n\
+             add rule {NFT_TABLE} masquerading masquerade fully-random\n"
+        );
+    }
     let mut elements = String::new();
     for s in services.all() {
         for &p in &s.protos {
             let chain = nft_service_chain(s, p);
             let _ = writeln!(chains, "add chain {NFT_TABLE} {chain}");
             for ep in &s.endpoints {
-                nft_endpoint(s, p, *ep, &mut chains, &mut rules);
+                nft_endpoint(s, p, *ep, masq, &mut chains, &mut rules);
             }
-            nft_service_rules(s, p, &mut rules);
+            nft_service_rules(s, p, masq, &mut rules);
             let _ = writeln!(
                 elements,
                 "add element {NFT_TABLE} service-ips {{ {} . {} . {SERVICE_PORT} : goto {chain} }}",
@@ -439,7 +544,7 @@ pub fn nftables_change(before: &Services) -> String {
     let mut rules = String::new();
     for &p in &new.protos {
         let ep = new.endpoints[0];
-        nft_endpoint(new, p, ep, &mut chains, &mut rules);
+        nft_endpoint(new, p, ep, Masq::No, &mut chains, &mut rules);
         let _ = writeln!(
             chains,
             "flush chain {NFT_TABLE} {}",
@@ -450,7 +555,7 @@ pub fn nftables_change(before: &Services) -> String {
             "flush chain {NFT_TABLE} {}",
             nft_service_chain(new, p)
         );
-        nft_service_rules(new, p, &mut rules);
+        nft_service_rules(new, p, Masq::No, &mut rules);
         let _ = writeln!(
             rules,
             "delete chain {NFT_TABLE} {}",
@@ -463,6 +568,23 @@ pub fn nftables_change(before: &Services) -> String {
 /// Removes the kube-proxy table.
 pub fn nftables_teardown() -> String {
     format!("delete table {NFT_TABLE}\n")
+}
+
+const STATIC_MASQ_TABLE: &str = "ip bench-masq";
+
+/// A static masquerade of everything leaving through `oif`, as a plain NAT
+/// router (or Docker's `MASQUERADE` of its bridge) has: the reference of
+/// the remote-backend cell, no Service translation.
+pub fn static_masquerade(oif: &str) -> String {
+    format!(
+        "add table {STATIC_MASQ_TABLE}\n\
+         add chain {STATIC_MASQ_TABLE} postrouting {{ type nat hook postrouting priority srcnat ; }}\n\
+         add rule {STATIC_MASQ_TABLE} postrouting oifname \"{oif}\" masquerade\n"
+    )
+}
+
+pub fn static_masquerade_teardown() -> String {
+    format!("delete table {STATIC_MASQ_TABLE}\n")
 }
 
 #[cfg(test)]
@@ -516,6 +638,46 @@ mod tests {
         let change = nftables_change(&s);
         assert!(change.contains(&format!("dnat to {REPLACEMENT_ENDPOINT}:8080")));
         assert!(change.contains("delete chain ip kube-proxy endpoint-"));
+    }
+
+    #[test]
+    fn masquerading_layouts_mark_and_masquerade() {
+        let s = Services::new(2).unwrap().with_bulk();
+        let plain = iptables(&s, &[]);
+        assert!(!plain.contains("KUBE-MARK-MASQ"));
+        let text = iptables_masq(&s);
+        assert!(text.contains(
+            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"
+        ));
+        assert!(text.contains("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN"));
+        assert!(text.contains("-j MASQUERADE --random-fully"));
+        assert!(text.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000"));
+        // One mark rule per Service port, before its endpoints' jumps; one
+        // hairpin rule per endpoint, before its DNAT.
+        let svc_marks = text
+            .lines()
+            .filter(|l| l.contains("! -s 198.19.0.0/16 -d ") && l.ends_with("-j KUBE-MARK-MASQ"))
+            .count();
+        assert_eq!(svc_marks, 4, "bulk, svc 0, target tcp and udp");
+        let target_sep = text
+            .lines()
+            .position(|l| l.contains("-s 198.19.0.2/32") && l.contains("KUBE-MARK-MASQ"))
+            .expect("a hairpin rule for backend 0");
+        assert!(
+            text.lines()
+                .nth(target_sep + 1)
+                .is_some_and(|l| l.contains("DNAT --to-destination 198.19.0.2:8080")),
+            "the hairpin mark comes right before the DNAT"
+        );
+        let nft = nftables_masq(&s);
+        assert!(nft.contains("type nat hook postrouting priority srcnat"));
+        assert!(nft.contains("add rule ip kube-proxy masquerading masquerade fully-random"));
+        assert!(nft.contains(
+            "ip daddr 198.19.64.1 udp dport 80 ip saddr != 198.19.0.0/16 jump mark-for-masquerade"
+        ));
+        assert!(nft.contains("ip saddr 198.19.0.2 jump mark-for-masquerade"));
+        assert!(!nftables(&s).contains("masquerade"));
+        assert!(static_masquerade("eth-r").contains("oifname \"eth-r\" masquerade"));
     }
 
     #[test]
