@@ -70,7 +70,12 @@ pub struct BenchArgs {
     /// the node (with, once per repetition, portmap's per-packet cost,
     /// control plane and footprint); `remote`, the backends on another node,
     /// reached through SNAT / masquerading.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "local,remote")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "local,remote"
+    )]
     pub cells: Vec<CellKind>,
 
     /// Service counts at which the remote-backend cells are measured

@@ -27,6 +27,8 @@ mod kubesync;
 mod latency;
 mod loadgen;
 mod modes;
+mod remote;
+mod remotereport;
 mod report;
 mod results;
 mod rules;
@@ -34,8 +36,6 @@ mod soak;
 mod targets;
 mod tcpreport;
 mod topo;
-mod remote;
-mod remotereport;
 mod xdpcost;
 
 use std::{
@@ -53,8 +53,8 @@ use portmap_testkit::signals;
 pub use self::{args::BenchArgs, modes::Mode};
 use self::{
     args::{CellKind, validate},
-    loadgen::{BenchObject, PASS, SINK},
     http::PeerLog,
+    loadgen::{BenchObject, PASS, SINK},
     modes::{Backends, Env, Features},
     results::{Cell, Config, Results, Throughput},
     rules::Services,

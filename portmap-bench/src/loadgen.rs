@@ -105,7 +105,10 @@ impl BenchObject {
     /// IPv4 UDP frames counted by every `bench_sink` so far, by source.
     pub fn sunk_by_source(&self) -> Result<BySource> {
         let sum = |i: u32| -> Result<u64> {
-            let per_cpu = self.by_source.get(&i, 0).context("reading SINK_BY_SOURCE")?;
+            let per_cpu = self
+                .by_source
+                .get(&i, 0)
+                .context("reading SINK_BY_SOURCE")?;
             Ok(per_cpu.iter().sum())
         };
         Ok(BySource {

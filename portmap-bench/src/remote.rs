@@ -36,9 +36,8 @@ use portmap_testkit::{
 };
 
 use super::{
-    Ctx, WARMUP, bulk, frames,
+    Ctx, WARMUP, bulk, frames, host,
     http::{self, PeerLog},
-    host,
     loadgen::{BySource, PASS, SINK},
     modes::{self, Backends, Daemon, Env, Mode, Programmed},
     quiet_wait,
@@ -146,12 +145,7 @@ fn veths(r: &Remote) -> Vec<Veth<'_>> {
 /// `portmap run` on node A: the Services from manifests (every endpoint is
 /// behind node B's gateway, so on another node, so SNATed), on the client's
 /// interface and the one the answers come back on.
-pub fn start_daemon(
-    topo: &Topology,
-    services: &Services,
-    env: &Env,
-    cell: &str,
-) -> Result<Daemon> {
+pub fn start_daemon(topo: &Topology, services: &Services, env: &Env, cell: &str) -> Result<Daemon> {
     if !env.features.manifests {
         bail!("the remote-backend cell needs a portmap with --manifests");
     }
@@ -163,9 +157,6 @@ pub fn start_daemon(
         .to_vec();
     args.extend(["--manifests".into(), path.into_os_string()]);
     args.extend(["--snat-port-range".into(), SNAT_PORTS.into()]);
-    if env.features.no_socket_lb {
-        args.push("--no-socket-lb".into());
-    }
     let daemon =
         modes::start_portmap_with(&topo.node, env, cell, services.all().count() as u32, &args)?;
     // The daemon must have found every real backend on another node, with
@@ -259,12 +250,8 @@ pub fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Resul
     step("tearing down");
     let torn = modes::teardown(programmed, topo, &ctx.env, &name)
         .with_context(|| format!("{}: tearing down", mode.name()));
-    let mut cell = measured.with_context(|| {
-        format!(
-            "{}: remote backends at {count} Services",
-            mode.name()
-        )
-    })?;
+    let mut cell = measured
+        .with_context(|| format!("{}: remote backends at {count} Services", mode.name()))?;
     torn?;
     cell.rep = rep;
     cell.services = count;

@@ -161,7 +161,35 @@ pub fn section(out: &mut String, r: &Results) {
         (text, st)
     });
     failures(out, r);
+    tso_note(out, r);
     sources(out, r);
+}
+
+/// Where the kernel had TSO off (a veth whose peer runs XDP: portmap's, on
+/// both of node A's interfaces).
+fn tso_note(out: &mut String, r: &Results) {
+    let mut notes = Vec::new();
+    for &m in &r.config.modes {
+        let mut ifs: Vec<&str> = r
+            .remote
+            .iter()
+            .filter(|c| c.mode == m)
+            .flat_map(|c| c.tso_off.iter().map(String::as_str))
+            .collect();
+        ifs.sort_unstable();
+        ifs.dedup();
+        if !ifs.is_empty() {
+            notes.push(format!("{}: {}", m.name(), ifs.join(", ")));
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(
+            out,
+            "TSO was off on these veths during the TCP measurements (the kernel turns it off on a \
+             veth whose peer runs an XDP program, so their TCP segments are MTU-sized): {}.\n",
+            notes.join("; ")
+        );
+    }
 }
 
 /// What the translating node dropped during the new-flow load.
@@ -192,9 +220,12 @@ fn new_flow_drops(out: &mut String, r: &Results) {
     if !lines.is_empty() {
         let _ = writeln!(
             out,
-            "On node A during the new-flow loads (all repetitions): every new flow takes a port \
-             towards its backend, and the sinks never answer, so the port space (64,512 ports per \
-             backend address and port) fills within the first second.\n\n{}\n",
+            "On node A during the new-flow loads (all repetitions). Each new flow holds its \
+             translation until it times out (the sinks never answer). MASQUERADE has 64,512 \
+             ports per backend address and port, and conntrack's table (`nf_conntrack_max`) \
+             evicts unreplied entries when it is full; portmap's SNAT table holds 65,536 flows in \
+             all, whatever `--snat-port-range`, and refuses new flows to remote backends while it \
+             is full, until garbage collection frees the ports of flows that timed out.\n\n{}\n",
             lines.join("\n")
         );
     }
@@ -260,4 +291,128 @@ fn sources(out: &mut String, r: &Results) {
         "What the backends saw (all repetitions):\n\n{}\n",
         lines.join("\n")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        bulk::Bulk,
+        http::{HttpLoad, Peers},
+        report,
+        results::{Config, Machine, NewFlowDrops, Sources, Throughput},
+    };
+
+    fn cell(mode: Mode, gbps: Option<f64>, pps: f64) -> RemoteCell {
+        let t = Throughput {
+            generated: 1000,
+            delivered: pps as u64,
+            seconds: 1.0,
+            generated_pps: 1000.0,
+            delivered_pps: pps,
+        };
+        RemoteCell {
+            rep: 0,
+            services: 1,
+            mode,
+            established: Some(t),
+            new_flows: Some(t),
+            bulk: vec![Bulk {
+                streams: 1,
+                gbps,
+                bytes: 1,
+                seconds: 1.0,
+                retransmits: None,
+                error: gbps.is_none().then(|| "iperf3: idle timeout".into()),
+                sources: vec!["198.19.32.1".into()],
+            }],
+            http: Some(HttpLoad {
+                requests: 100,
+                requests_per_s: 5000.0,
+                ..HttpLoad::default()
+            }),
+            sources: Sources {
+                node: "198.19.32.1".into(),
+                udp_from_node: 10,
+                udp_from_other: 0,
+                http: Peers {
+                    expected: 100,
+                    ..Peers::default()
+                },
+            },
+            drops: NewFlowDrops {
+                snat_exhausted: (mode == Mode::Portmap).then_some(7),
+                conntrack_refused: (mode != Mode::Portmap).then_some(0),
+                conntrack_evicted: (mode != Mode::Portmap).then_some(3),
+            },
+            tso_off: if mode == Mode::Portmap {
+                vec!["router/eth-a".into()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn results(remote: Vec<RemoteCell>) -> Results {
+        Results {
+            version: 1,
+            command: "test".into(),
+            machine: Machine {
+                cpu_model: "test".into(),
+                cores: 2,
+                kernel: "test".into(),
+                iptables: "test".into(),
+                nft: "test".into(),
+            },
+            config: Config {
+                services: vec![1],
+                flows: 1000,
+                duration_s: 1.0,
+                repeats: 1,
+                modes: vec![Mode::Portmap, Mode::Iptables],
+                connections: 10,
+                fast_path: true,
+                portmap_features: Default::default(),
+                tcp_services: vec![1],
+                tcp_streams: vec![1],
+                tcp_seconds: 1,
+                http_connections: 32,
+                remote_services: vec![1],
+            },
+            cells: Vec::new(),
+            remote,
+            xdp_cost: Vec::new(),
+            control: Vec::new(),
+            kube_sync: Vec::new(),
+            footprint: Vec::new(),
+            complete: true,
+            error: None,
+            elapsed_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_remote_section_compares_the_modes_and_shows_failures() {
+        let r = results(vec![
+            cell(Mode::Portmap, None, 300_000.0),
+            cell(Mode::Iptables, Some(6.0), 200_000.0),
+        ]);
+        let mut out = String::new();
+        section(&mut out, &r);
+        assert!(
+            out.contains("| 1 | 300 kpps (300–300) | 200 kpps (200–200) | 1.50× |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| 1 | **FAILED** | 6.00 Gbit/s | – |"),
+            "{out}"
+        );
+        assert!(out.contains("portmap, 1 Services, TCP bulk 1 stream(s): iperf3: idle timeout"));
+        assert!(out.contains("- portmap: 7 new flows refused for want of a free SNAT port"));
+        assert!(out.contains("- iptables: 0 conntrack entries not inserted, 3 unreplied"));
+        assert!(out.contains("portmap: router/eth-a"));
+        assert!(out.contains("- iptables: 10 UDP frames from node A, 0 from elsewhere"));
+        assert!(report::render(&r).contains("![short HTTP requests to backends on another node]"));
+        assert!(summary(&r.remote[0]).contains("1×FAILED"));
+    }
 }

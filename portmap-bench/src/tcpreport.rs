@@ -389,6 +389,7 @@ mod tests {
         let text = report::render(&old);
         assert!(text.contains("## TCP bulk throughput\n\nNot measured in this run."));
         assert!(text.contains("## Short HTTP requests\n\nNot measured in this run."));
+        assert!(text.contains("## Backends on another node (SNAT)\n\nNot measured in this run."));
         assert!(!text.contains("| **FAILED**"));
     }
 }
