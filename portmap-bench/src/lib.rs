@@ -27,6 +27,7 @@ mod kubesync;
 mod latency;
 mod loadgen;
 mod modes;
+mod nftrules;
 mod remote;
 mod remotereport;
 mod report;

@@ -22,6 +22,7 @@ use portmap_testkit::{
 };
 
 use super::{
+    nftrules,
     rules::{self, Services},
     topo::{self, BACKEND_PORT, NODE_CLIENT_IF, Topology},
 };
@@ -256,8 +257,8 @@ pub fn program(
         }
         (Mode::Nftables, _) => {
             let text = match backends {
-                Backends::Here => rules::nftables(services),
-                Backends::Remote => rules::nftables_masq(services),
+                Backends::Here => nftrules::nftables(services),
+                Backends::Remote => nftrules::nftables_masq(services),
             };
             let timed = load(env, topo, &mut nft_file(env), &text, cell, LOAD_TIMEOUT)?;
             programmed.load_time = Some(timed.check("nft -f of the whole ruleset")?);
@@ -268,7 +269,7 @@ pub fn program(
             programmed.bulk_target = programmed.bulk_target.map(|_| backend(0));
             programmed.http_targets = (0..topo::BACKENDS).map(backend).collect();
             if backends == Backends::Remote {
-                let text = rules::static_masquerade(super::remote::NODE_ROUTER_IF);
+                let text = nftrules::static_masquerade(super::remote::NODE_ROUTER_IF);
                 load(env, topo, &mut nft_file(env), &text, cell, LOAD_TIMEOUT)?
                     .check("nft -f of the static masquerade")?;
                 programmed.static_masq = true;
@@ -317,7 +318,7 @@ pub fn change(
             }
         }
         Mode::Nftables => {
-            let text = rules::nftables_change(services);
+            let text = nftrules::nftables_change(services);
             let timed = load(env, topo, &mut nft_file(env), &text, cell, CHANGE_TIMEOUT)?;
             times.partial_s = seconds(&timed, "nft -f of one Service")?;
         }
@@ -345,7 +346,7 @@ pub fn teardown(p: Programmed, topo: &Topology, env: &Env, cell: &str) -> Result
                 env,
                 topo,
                 &mut nft_file(env),
-                &rules::nftables_teardown(),
+                &nftrules::nftables_teardown(),
                 cell,
                 LOAD_TIMEOUT,
             )?
@@ -353,7 +354,7 @@ pub fn teardown(p: Programmed, topo: &Topology, env: &Env, cell: &str) -> Result
         }
         Mode::Forward => {
             if p.static_masq {
-                let text = rules::static_masquerade_teardown();
+                let text = nftrules::static_masquerade_teardown();
                 load(env, topo, &mut nft_file(env), &text, cell, LOAD_TIMEOUT)?
                     .check("deleting the static masquerade")?;
             }

@@ -227,6 +227,13 @@ fn machine(out: &mut String, r: &Results) {
             c.http_connections
         );
     }
+    if r.cells.is_empty() && !r.remote.is_empty() {
+        let _ = writeln!(
+            out,
+            "- Backends on the node: not measured in this run (`--cells remote`); the sections \
+             below up to \"Backends on another node\" are empty"
+        );
+    }
     if !c.remote_services.is_empty() {
         let counts: Vec<String> = c.remote_services.iter().map(u32::to_string).collect();
         let _ = writeln!(
