@@ -7,7 +7,11 @@
 //!   first copies the template back in, then makes the frame flow `n`
 //!   (source address low 16 bits and source port) and transmits it.
 //! - `bench_sink`: on a backend's interface, counts what arrives and drops it,
-//!   so a backend's application never limits the measurement.
+//!   so a backend's application never limits the measurement. ARP passes (so
+//!   the backend keeps answering its neighbours); IPv4 UDP frames are also
+//!   counted by source: from the address in `SINK_SOURCE`, or from another
+//!   (the remote-backend cell checks that every one came from the node that
+//!   masqueraded them).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -40,10 +44,25 @@ mod programs {
     #[map]
     static SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+    /// The IPv4 source address (network byte order, as in the header) the
+    /// sink's frames are expected from; 0: none expected.
+    #[map]
+    static SINK_SOURCE: Array<u32> = Array::with_max_entries(1, 0);
+
+    /// Per-CPU counts of IPv4 UDP frames at the sink: [0] from
+    /// `SINK_SOURCE`, [1] from any other address.
+    #[map]
+    static SINK_BY_SOURCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
     /// Offsets in an untagged IPv4 frame.
     const IP_CHECK: usize = 14 + 10;
     const IP_SRC_LOW: usize = 14 + 14;
     const IHL_BYTE: usize = 14;
+    const ETHERTYPE: usize = 12;
+    const IP_PROTO: usize = 14 + 9;
+    const IP_SRC: usize = 14 + 12;
+    const ETH_P_ARP: [u8; 2] = [0x08, 0x06];
+    const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 
     #[xdp]
     pub fn bench_pass(_ctx: XdpContext) -> u32 {
@@ -51,10 +70,38 @@ mod programs {
     }
 
     #[xdp]
-    pub fn bench_sink(_ctx: XdpContext) -> u32 {
+    pub fn bench_sink(ctx: XdpContext) -> u32 {
+        let start = ctx.data();
+        let end = ctx.data_end();
+        if start + ETHERTYPE + 2 > end {
+            return XDP_DROP;
+        }
+        // SAFETY: bytes 12-13 lie inside the frame, checked just above.
+        let ethertype = unsafe { *((start + ETHERTYPE) as *const [u8; 2]) };
+        if ethertype == ETH_P_ARP {
+            return XDP_PASS;
+        }
         if let Some(count) = SINK_COUNT.get_ptr_mut(0) {
             // SAFETY: this CPU's slot; programs run with preemption disabled.
             unsafe { *count += 1 };
+        }
+        if ethertype == ETH_P_IP && start + IP_SRC + 4 <= end {
+            // SAFETY: the protocol byte (23) and the source address (26-29)
+            // lie inside the frame, checked just above.
+            let (proto, src) = unsafe {
+                (
+                    *((start + IP_PROTO) as *const u8),
+                    u32::from_ne_bytes(*((start + IP_SRC) as *const [u8; 4])),
+                )
+            };
+            if proto == 17 {
+                let expected = SINK_SOURCE.get(0).copied().unwrap_or(0);
+                let slot = if src == expected { 0 } else { 1 };
+                if let Some(count) = SINK_BY_SOURCE.get_ptr_mut(slot) {
+                    // SAFETY: this CPU's slot, as above.
+                    unsafe { *count += 1 };
+                }
+            }
         }
         XDP_DROP
     }

@@ -7,6 +7,13 @@ use clap::Parser;
 
 use super::{modes::Mode, rules};
 
+/// The kinds of cell (`--cells`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CellKind {
+    Local,
+    Remote,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "portmap-bench",
@@ -58,6 +65,23 @@ pub struct BenchArgs {
     /// --services).
     #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
     pub tcp_services: Vec<u32>,
+
+    /// Which cells to measure (comma-separated): `local`, the backends on
+    /// the node (with, once per repetition, portmap's per-packet cost,
+    /// control plane and footprint); `remote`, the backends on another node,
+    /// reached through SNAT / masquerading.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "local,remote"
+    )]
+    pub cells: Vec<CellKind>,
+
+    /// Service counts at which the remote-backend cells are measured
+    /// (comma-separated; default: every one of --services).
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub remote_services: Vec<u32>,
 
     /// Concurrent connections of the short-HTTP-request load (each request
     /// on a new connection).
@@ -143,10 +167,32 @@ pub(crate) fn validate(args: &BenchArgs) -> Result<BenchArgs> {
     if tcp_services.is_empty() {
         tcp_services.clone_from(&services);
     }
+    let mut remote_services = args.remote_services.clone();
+    remote_services.sort_unstable();
+    remote_services.dedup();
+    if let Some(bad) = remote_services.iter().find(|s| !services.contains(s)) {
+        bail!("--remote-services: {bad} is not one of --services");
+    }
+    let mut cells = Vec::new();
+    for c in &args.cells {
+        if !cells.contains(c) {
+            cells.push(*c);
+        }
+    }
+    if cells.is_empty() {
+        bail!("--cells: give local, remote or both");
+    }
+    if !cells.contains(&CellKind::Remote) {
+        remote_services.clear();
+    } else if remote_services.is_empty() {
+        remote_services.clone_from(&services);
+    }
     Ok(BenchArgs {
         portmap: args.portmap.clone(),
         services,
         tcp_services,
+        remote_services,
+        cells,
         modes,
         out: args.out.clone(),
         iptables_restore: args.iptables_restore.clone(),
@@ -173,5 +219,25 @@ mod tests {
         let checked = validate(&args).expect("valid");
         assert_eq!(checked.modes, [Mode::Portmap]);
         assert_eq!(checked.tcp_services, checked.services);
+    }
+
+    #[test]
+    fn remote_cells_default_to_every_service_count() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["portmap-bench", "--services", "1,100"];
+            argv.extend_from_slice(extra);
+            validate(&BenchArgs::try_parse_from(argv).expect("parses"))
+        };
+        let all = parse(&[]).expect("valid");
+        assert_eq!(all.cells, [CellKind::Local, CellKind::Remote]);
+        assert_eq!(all.remote_services, [1, 100]);
+        let one = parse(&["--cells", "remote", "--remote-services", "1"]).expect("valid");
+        assert_eq!(
+            (one.cells.as_slice(), one.remote_services.as_slice()),
+            ([CellKind::Remote].as_slice(), [1].as_slice())
+        );
+        let local = parse(&["--cells", "local"]).expect("valid");
+        assert!(local.remote_services.is_empty());
+        assert!(parse(&["--remote-services", "5"]).is_err());
     }
 }

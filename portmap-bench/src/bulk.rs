@@ -52,6 +52,10 @@ pub struct Bulk {
     pub retransmits: Option<u64>,
     /// Why the transfer failed.
     pub error: Option<String>,
+    /// The addresses the iperf3 server saw its connections come from
+    /// (distinct, sorted; none in runs from before they were recorded).
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 impl Bulk {
@@ -63,6 +67,7 @@ impl Bulk {
             seconds: 0.0,
             retransmits: None,
             error: Some(error),
+            sources: Vec::new(),
         }
     }
 }
@@ -132,12 +137,14 @@ pub fn run(
     }
     let status = iperf.stop();
     drop(server);
+    let sources = peers(&std::fs::read_to_string(&server_log).unwrap_or_default());
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     for p in [&out_path, &err_path, &server_log] {
         let _ = std::fs::remove_file(p);
     }
     let mut bulk = parse(streams, &stdout);
+    bulk.sources = sources;
     if stopped {
         let why = format!("did not finish within {limit:?}");
         bulk.error = Some(match bulk.error.take() {
@@ -152,6 +159,26 @@ pub fn run(
         bulk.gbps = None;
     }
     Ok(bulk)
+}
+
+/// The peers in an iperf3 server's log: "Accepted connection from ADDR,
+/// port P" (the control connection) and "[  5] local ... connected to ADDR
+/// port P" (each stream).
+fn peers(log: &str) -> Vec<String> {
+    let mut v: Vec<String> = log
+        .lines()
+        .filter_map(|l| {
+            if let Some((_, rest)) = l.split_once("Accepted connection from ") {
+                return rest.split(',').next();
+            }
+            let (_, rest) = l.split_once(" connected to ")?;
+            rest.split_whitespace().next()
+        })
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 /// Reads iperf3's JSON report (`--json`).
@@ -182,6 +209,7 @@ fn parse(streams: u32, json: &str) -> Bulk {
         seconds,
         retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
         error,
+        sources: Vec::new(),
     }
 }
 
@@ -201,6 +229,17 @@ mod tests {
             (2_500_000_000, Some(7), 8)
         );
         assert!(b.error.is_none());
+    }
+
+    #[test]
+    fn the_server_log_names_its_peers() {
+        let log = "-----------\nServer listening on 8080 (test #1)\n\
+                   Accepted connection from 198.19.32.1, port 61001\n\
+                   [  5] local 198.19.0.2 port 8080 connected to 198.19.32.1 port 61002\n\
+                   [  8] local 198.19.0.2 port 8080 connected to 198.18.0.2 port 40000\n\
+                   [ ID] Interval           Transfer     Bitrate         Retr\n";
+        assert_eq!(peers(log), ["198.18.0.2", "198.19.32.1"]);
+        assert!(peers("").is_empty());
     }
 
     #[test]

@@ -159,9 +159,133 @@ pub fn tcp_charts(r: &Results) -> Vec<(String, String)> {
     v
 }
 
-/// Writes `throughput_established.svg`, `throughput_new.svg`, `latency.svg`
-/// and the TCP charts ([`tcp_charts`]).
+/// The remote-backend charts of a run that has remote cells: file name,
+/// what it shows.
+pub fn remote_charts(r: &Results) -> Vec<(String, String)> {
+    if r.remote.is_empty() {
+        return Vec::new();
+    }
+    let mut v = vec![
+        (
+            "remote_established.svg".to_string(),
+            "established flows to backends on another node (SNAT)".to_string(),
+        ),
+        (
+            "remote_new.svg".to_string(),
+            "new flows to backends on another node (SNAT)".to_string(),
+        ),
+    ];
+    for n in &r.config.tcp_streams {
+        v.push((
+            format!("remote_tcp_bulk_{n}.svg"),
+            format!("TCP bulk throughput to backends on another node, {n} stream(s)"),
+        ));
+    }
+    v.push((
+        "remote_http.svg".to_string(),
+        "short HTTP requests to backends on another node".to_string(),
+    ));
+    v
+}
+
+fn write_remote(r: &Results, dir: &Path) -> Result<()> {
+    let xs: Vec<f64> = r.remote_counts().into_iter().map(f64::from).collect();
+    let remote_series = |f: &dyn Fn(Mode, u32) -> Option<Stat>,
+                         failed: &dyn Fn(Mode, u32) -> bool| {
+        r.config
+            .modes
+            .iter()
+            .map(|&mode| {
+                let counts = r.remote_counts();
+                let any_failed = counts.iter().any(|&s| failed(mode, s));
+                Series {
+                    mode,
+                    label: if any_failed {
+                        format!("{}: FAILED", mode.name())
+                    } else {
+                        mode.name().to_string()
+                    },
+                    points: counts
+                        .into_iter()
+                        .filter(|&s| !failed(mode, s))
+                        .filter_map(|s| f(mode, s).map(|st| (f64::from(s), st)))
+                        .collect(),
+                }
+            })
+            .filter(|s| !s.points.is_empty() || s.label.ends_with("FAILED"))
+            .collect::<Vec<_>>()
+    };
+    let never = |_: Mode, _: u32| false;
+    for (name, _) in remote_charts(r) {
+        let path = dir.join(&name);
+        match name.as_str() {
+            "remote_established.svg" => chart(
+                &path,
+                "Remote backends (SNAT), established flows: delivered packets/s",
+                "Mpps",
+                1e6,
+                &xs,
+                &remote_series(
+                    &|m, s| r.remote_stat(m, s, |c| c.established.map(|t| t.delivered_pps)),
+                    &never,
+                ),
+            )?,
+            "remote_new.svg" => chart(
+                &path,
+                "Remote backends (SNAT), new flows: delivered packets/s",
+                "Mpps",
+                1e6,
+                &xs,
+                &remote_series(
+                    &|m, s| r.remote_stat(m, s, |c| c.new_flows.map(|t| t.delivered_pps)),
+                    &never,
+                ),
+            )?,
+            "remote_http.svg" => chart(
+                &path,
+                "Remote backends (SNAT), short HTTP requests: answered/s",
+                "thousand requests/s",
+                1e3,
+                &xs,
+                &remote_series(
+                    &|m, s| r.remote_stat(m, s, |c| c.http.as_ref().map(|h| h.requests_per_s)),
+                    &|m, s| {
+                        r.remote.iter().any(|c| {
+                            c.mode == m
+                                && c.services == s
+                                && c.http.as_ref().is_some_and(|h| h.failed > 0)
+                        })
+                    },
+                ),
+            )?,
+            _ => {
+                let Some(streams) = name
+                    .strip_prefix("remote_tcp_bulk_")
+                    .and_then(|n| n.strip_suffix(".svg"))
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                chart(
+                    &path,
+                    &format!("Remote backends (SNAT), TCP bulk ({streams} stream(s)): received"),
+                    "Gbit/s",
+                    1.0,
+                    &xs,
+                    &remote_series(&|m, s| r.remote_bulk(m, s, streams).0, &|m, s| {
+                        r.remote_bulk(m, s, streams).1.failed > 0
+                    }),
+                )?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `throughput_established.svg`, `throughput_new.svg`, `latency.svg`,
+/// the TCP charts ([`tcp_charts`]) and the remote ones ([`remote_charts`]).
 pub fn write_all(r: &Results, dir: &Path) -> Result<()> {
+    write_remote(r, dir)?;
     let xs: Vec<f64> = r.service_counts().into_iter().map(f64::from).collect();
     chart(
         &dir.join("throughput_established.svg"),

@@ -66,6 +66,28 @@ pub struct HttpLoad {
 pub struct Nginx {
     _servers: Vec<Process>,
     dir: PathBuf,
+    /// Each backend's log of its peers' addresses, if asked for.
+    peer_logs: Vec<PathBuf>,
+}
+
+/// Whether nginx logs the address of every request's peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerLog {
+    Off,
+    /// One line per request (`$remote_addr`), unbuffered: a write per
+    /// request, which costs far less than the connection it closes.
+    On,
+}
+
+/// Requests the backends logged, by peer address.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Peers {
+    /// From the address expected.
+    pub expected: u64,
+    /// From any other address.
+    pub other: u64,
+    /// The first other address, as an example.
+    pub first_other: Option<String>,
 }
 
 impl Drop for Nginx {
@@ -76,7 +98,7 @@ impl Drop for Nginx {
 }
 
 impl Nginx {
-    pub fn start(backends: &[Netns], scratch: &Path, tag: &str) -> Result<Self> {
+    pub fn start(backends: &[Netns], scratch: &Path, tag: &str, log: PeerLog) -> Result<Self> {
         let dir = scratch.join(format!("{tag}-nginx"));
         let www = dir.join("www");
         std::fs::create_dir_all(&www).with_context(|| format!("creating {}", www.display()))?;
@@ -93,12 +115,16 @@ impl Nginx {
         let mut nginx = Self {
             _servers: Vec::new(),
             dir,
+            peer_logs: Vec::new(),
         };
         for (i, ns) in backends.iter().enumerate() {
             let run = nginx.dir.join(format!("b{i}"));
             std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
+            let peers = (log == PeerLog::On).then(|| run.join("peers.log"));
+            // The master (root) opens it; the worker inherits the descriptor.
+            nginx.peer_logs.extend(peers.clone());
             let conf = run.join("nginx.conf");
-            std::fs::write(&conf, config(&run, &www))
+            std::fs::write(&conf, config(&run, &www, peers.as_deref()))
                 .with_context(|| format!("writing {}", conf.display()))?;
             let log = run.join("error.log");
             let mut cmd = Command::new("nginx");
@@ -117,16 +143,43 @@ impl Nginx {
         }
         Ok(nginx)
     }
+
+    /// The requests logged so far by peer address ([`PeerLog::On`]): every
+    /// line is a request nginx answered, logged as it finished.
+    pub fn peers(&self, expected: &str) -> Result<Peers> {
+        let mut p = Peers::default();
+        for path in &self.peer_logs {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if line == expected {
+                    p.expected += 1;
+                } else {
+                    p.other += 1;
+                    p.first_other.get_or_insert_with(|| line.to_string());
+                }
+            }
+        }
+        Ok(p)
+    }
 }
 
-/// One master and one worker, nothing logged per request, every answer
-/// closes its connection; every path in the scratch directory.
-fn config(run: &Path, www: &Path) -> String {
+/// One master and one worker, nothing logged per request (or only the
+/// peer's address, to `peers`), every answer closes its connection; every
+/// path in the scratch directory.
+fn config(run: &Path, www: &Path, peers: Option<&Path>) -> String {
+    let access = match peers {
+        None => "access_log off;".to_string(),
+        Some(p) => format!(
+            "log_format peers '$remote_addr';\n  access_log {} peers;",
+            p.display()
+        ),
+    };
     let run = run.display();
     let mut c = format!(
         "daemon off;\nmaster_process on;\nworker_processes 1;\npid {run}/nginx.pid;\n\
          error_log {run}/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n\
-         \x20 access_log off;\n  keepalive_timeout 0;\n  default_type text/plain;\n"
+         \x20 {access}\n  keepalive_timeout 0;\n  default_type text/plain;\n"
     );
     for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
         let _ = writeln!(c, "  {t}_temp_path {run}/{t};");
@@ -370,11 +423,19 @@ mod tests {
 
     #[test]
     fn the_config_keeps_everything_in_its_directory() {
-        let c = config(Path::new("/s/b0"), Path::new("/s/www"));
+        let c = config(Path::new("/s/b0"), Path::new("/s/www"), None);
+        assert!(c.contains("access_log off;"));
         assert!(c.contains("pid /s/b0/nginx.pid;"));
         assert!(c.contains("client_body_temp_path /s/b0/client_body;"));
         assert!(c.contains("listen 8080 backlog=4096;"));
         assert!(c.contains("root /s/www;"));
         assert!(c.contains("keepalive_timeout 0;"));
+        let logged = config(
+            Path::new("/s/b0"),
+            Path::new("/s/www"),
+            Some(Path::new("/s/b0/peers.log")),
+        );
+        assert!(logged.contains("log_format peers '$remote_addr';"));
+        assert!(logged.contains("access_log /s/b0/peers.log peers;"));
     }
 }

@@ -27,6 +27,9 @@ mod kubesync;
 mod latency;
 mod loadgen;
 mod modes;
+mod nftrules;
+mod remote;
+mod remotereport;
 mod report;
 mod results;
 mod rules;
@@ -50,9 +53,10 @@ use portmap_testkit::signals;
 
 pub use self::{args::BenchArgs, modes::Mode};
 use self::{
-    args::validate,
+    args::{CellKind, validate},
+    http::PeerLog,
     loadgen::{BenchObject, PASS, SINK},
-    modes::{Env, Features},
+    modes::{Backends, Env, Features},
     results::{Cell, Config, Results, Throughput},
     rules::Services,
     topo::{BACKEND_IF, CLIENT_IF, CLIENT_IP, CLIENT_MAC, NODE_CLIENT_IF, NODE_MAC, Topology},
@@ -194,8 +198,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tcp_streams: bulk::STREAMS.to_vec(),
             tcp_seconds: tcp_seconds(&args),
             http_connections: args.http_connections,
+            remote_services: args.remote_services.clone(),
         },
         cells: Vec::new(),
+        remote: Vec::new(),
         xdp_cost: Vec::new(),
         control: Vec::new(),
         kube_sync: Vec::new(),
@@ -204,9 +210,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         error: None,
         elapsed_s: 0.0,
     };
-    let cells_per_rep = (args.services.len() * args.modes.len()) as u64;
+    let local = args.cells.contains(&CellKind::Local);
+    let local_counts = if local { args.services.len() } else { 0 };
+    let cells_per_rep = ((local_counts + args.remote_services.len()) * args.modes.len()) as u64;
     let portmap = args.modes.contains(&Mode::Portmap);
-    let extra_per_rep = if portmap {
+    let extra_per_rep = if portmap && local {
         1 + 2 * args.services.len() as u64
     } else {
         0
@@ -309,11 +317,17 @@ fn write_outputs(results: &Results, dir: &Path) -> Result<()> {
 
 fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
     let reps = ctx.args.repeats;
-    let counts = ctx.args.services.clone();
+    let local = ctx.args.cells.contains(&CellKind::Local);
+    let counts = if local {
+        ctx.args.services.clone()
+    } else {
+        Vec::new()
+    };
+    let remote_counts = ctx.args.remote_services.clone();
     let modes = ctx.args.modes.clone();
     for rep in 0..reps {
         let tag = format!("rep {}/{reps}", rep + 1);
-        if modes.contains(&Mode::Portmap) {
+        if local && modes.contains(&Mode::Portmap) {
             ctx.progress
                 .set_message(format!("{tag}: XDP per-packet cost"));
             let cost = xdpcost::measure(&ctx.bench, XDP_COST_REPEAT)?;
@@ -355,6 +369,15 @@ fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
                 ctx.progress.inc(1);
             }
         }
+        for &count in &remote_counts {
+            for &mode in &modes {
+                signals::check()?;
+                let c = remote::cell(ctx, rep, count, mode, &tag)?;
+                ctx.say(remotereport::summary(&c));
+                results.remote.push(c);
+                ctx.progress.inc(1);
+            }
+        }
     }
     Ok(())
 }
@@ -373,7 +396,7 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     step(ctx, "namespaces");
     let topo = topo::new(&prefix)?;
     step(ctx, "programming");
-    let programmed = modes::program(mode, &topo, &services, &ctx.env, &name)
+    let programmed = modes::program(mode, &topo, &services, &ctx.env, &name, Backends::Here)
         .with_context(|| format!("{}: programming {count} Services", mode.name()))?;
     // XDP_TX into the client's veth needs a program on its peer.
     let pass = match mode {
@@ -483,7 +506,7 @@ fn tcp(
         )?);
     }
     step("short HTTP requests");
-    let nginx = http::Nginx::start(&topo.backends, &ctx.env.scratch, name)?;
+    let nginx = http::Nginx::start(&topo.backends, &ctx.env.scratch, name, PeerLog::Off)?;
     let http = http::run(
         &topo.client,
         &programmed.http_targets,

@@ -22,6 +22,7 @@ use portmap_testkit::{
 };
 
 use super::{
+    nftrules,
     rules::{self, Services},
     topo::{self, BACKEND_PORT, NODE_CLIENT_IF, Topology},
 };
@@ -81,6 +82,15 @@ impl Features {
             no_socket_lb: help.contains("--no-socket-lb"),
         })
     }
+}
+
+/// Where a cell's backends are: on the node (behind its own veths), or on
+/// another node, reached through a router, so that every mode must
+/// masquerade (see `remote`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backends {
+    Here,
+    Remote,
 }
 
 /// What every cell needs to know.
@@ -161,6 +171,8 @@ pub struct Programmed {
     /// iptables and nftables: how long loading the whole ruleset took.
     pub load_time: Option<Duration>,
     pub daemon: Option<Daemon>,
+    /// `forward` towards remote backends: the static masquerade's table.
+    static_masq: bool,
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
@@ -207,6 +219,7 @@ pub fn program(
     services: &Services,
     env: &Env,
     cell: &str,
+    backends: Backends,
 ) -> Result<Programmed> {
     let mut programmed = Programmed {
         mode,
@@ -215,14 +228,23 @@ pub fn program(
         http_targets: vec![services.target_addr()],
         load_time: None,
         daemon: None,
+        static_masq: false,
     };
-    match mode {
-        Mode::Portmap => programmed.daemon = Some(start_daemon(topo, services, env, cell)?),
-        Mode::Iptables => {
+    match (mode, backends) {
+        (Mode::Portmap, Backends::Here) => {
+            programmed.daemon = Some(start_daemon(topo, services, env, cell)?);
+        }
+        (Mode::Portmap, Backends::Remote) => {
+            programmed.daemon = Some(super::remote::start_daemon(topo, services, env, cell)?);
+        }
+        (Mode::Iptables, _) => {
             // The whole nat table in one plain restore: the fastest way to
             // install it. (kube-proxy's `--noflush` grows much worse than
             // linearly on the nf_tables backend; the resync below shows it.)
-            let text = rules::iptables(services, &[]);
+            let text = match backends {
+                Backends::Here => rules::iptables(services, &[]),
+                Backends::Remote => rules::iptables_masq(services),
+            };
             let timed = load(
                 env,
                 topo,
@@ -233,16 +255,25 @@ pub fn program(
             )?;
             programmed.load_time = Some(timed.check("iptables-restore of the whole ruleset")?);
         }
-        Mode::Nftables => {
-            let text = rules::nftables(services);
+        (Mode::Nftables, _) => {
+            let text = match backends {
+                Backends::Here => nftrules::nftables(services),
+                Backends::Remote => nftrules::nftables_masq(services),
+            };
             let timed = load(env, topo, &mut nft_file(env), &text, cell, LOAD_TIMEOUT)?;
             programmed.load_time = Some(timed.check("nft -f of the whole ruleset")?);
         }
-        Mode::Forward => {
+        (Mode::Forward, _) => {
             let backend = |i| SocketAddrV4::new(topo::backend_ip(i), BACKEND_PORT);
             programmed.target = backend(0);
             programmed.bulk_target = programmed.bulk_target.map(|_| backend(0));
             programmed.http_targets = (0..topo::BACKENDS).map(backend).collect();
+            if backends == Backends::Remote {
+                let text = nftrules::static_masquerade(super::remote::NODE_ROUTER_IF);
+                load(env, topo, &mut nft_file(env), &text, cell, LOAD_TIMEOUT)?
+                    .check("nft -f of the static masquerade")?;
+                programmed.static_masq = true;
+            }
         }
     }
     Ok(programmed)
@@ -287,7 +318,7 @@ pub fn change(
             }
         }
         Mode::Nftables => {
-            let text = rules::nftables_change(services);
+            let text = nftrules::nftables_change(services);
             let timed = load(env, topo, &mut nft_file(env), &text, cell, CHANGE_TIMEOUT)?;
             times.partial_s = seconds(&timed, "nft -f of one Service")?;
         }
@@ -315,13 +346,19 @@ pub fn teardown(p: Programmed, topo: &Topology, env: &Env, cell: &str) -> Result
                 env,
                 topo,
                 &mut nft_file(env),
-                &rules::nftables_teardown(),
+                &nftrules::nftables_teardown(),
                 cell,
                 LOAD_TIMEOUT,
             )?
             .check("deleting the kube-proxy table")?;
         }
-        Mode::Forward => {}
+        Mode::Forward => {
+            if p.static_masq {
+                let text = nftrules::static_masquerade_teardown();
+                load(env, topo, &mut nft_file(env), &text, cell, LOAD_TIMEOUT)?
+                    .check("deleting the static masquerade")?;
+            }
+        }
     }
     Ok(())
 }
@@ -359,15 +396,29 @@ pub fn start_portmap(
     service_count: u32,
     publish: &[OsString],
 ) -> Result<Daemon> {
-    let limits = super::control::limits(service_count);
-    let mut cmd = Command::new(&env.exe);
-    cmd.args(["run", "--iface", NODE_CLIENT_IF]);
+    let mut args: Vec<OsString> = vec!["--iface".into(), NODE_CLIENT_IF.into()];
     if env.fast_path && env.features.backend_iface {
         for i in 0..topo::BACKENDS {
-            cmd.arg("--backend-iface").arg(topo::node_backend_if(i));
+            args.extend(["--backend-iface".into(), topo::node_backend_if(i).into()]);
         }
     }
-    cmd.args(publish);
+    args.extend_from_slice(publish);
+    start_portmap_with(&topo.node, env, cell, service_count, &args)
+}
+
+/// Starts `portmap run ARGS` (interfaces, what to publish, and any other
+/// flag) in `node` as [`start_portmap`] does.
+pub fn start_portmap_with(
+    node: &Netns,
+    env: &Env,
+    cell: &str,
+    service_count: u32,
+    args: &[OsString],
+) -> Result<Daemon> {
+    let limits = super::control::limits(service_count);
+    let mut cmd = Command::new(&env.exe);
+    cmd.arg("run");
+    cmd.args(args);
     let pins = env.features.bpffs_dir.then(|| {
         PathBuf::from(format!(
             "/sys/fs/bpf/portmap-bench-{}-{cell}",
@@ -393,8 +444,7 @@ pub fn start_portmap(
         .stdout(Stdio::null())
         .stderr(log_file)
         .env("RUST_LOG", "info");
-    let child = topo
-        .node
+    let child = node
         .enter(|| cmd.spawn())?
         .context("starting portmap run")?;
     let mut daemon = Daemon {
@@ -411,7 +461,7 @@ pub fn start_portmap(
             daemon.child = None;
             bail!("portmap run exited with {status}:\n{}", daemon.log_tail());
         }
-        if metrics_ready(&topo.node) {
+        if metrics_ready(node) {
             return Ok(daemon);
         }
         if start.elapsed() > DAEMON_START_TIMEOUT {

@@ -20,7 +20,7 @@ pub fn pps(v: f64) -> (f64, &'static str) {
     }
 }
 
-fn fmt_pps(s: Option<Stat>) -> String {
+pub(crate) fn fmt_pps(s: Option<Stat>) -> String {
     let Some(s) = s else { return "–".into() };
     let (div, unit) = pps(s.median);
     let d = if div == 1e6 { 2 } else { 0 };
@@ -61,7 +61,7 @@ fn fmt_secs_stat(s: Option<Stat>) -> String {
     }
 }
 
-fn fmt_ratio(a: Option<Stat>, b: Option<Stat>) -> String {
+pub(crate) fn fmt_ratio(a: Option<Stat>, b: Option<Stat>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b.median > 0.0 => format!("{:.2}×", a.median / b.median),
         _ => "–".into(),
@@ -171,6 +171,7 @@ pub fn render(r: &Results) -> String {
     latency(&mut out, r);
     tcpreport::bulk(&mut out, r);
     tcpreport::http(&mut out, r);
+    super::remotereport::section(&mut out, r);
     control(&mut out, r);
     kube_sync(&mut out, r);
     footprint(&mut out, r);
@@ -180,7 +181,10 @@ pub fn render(r: &Results) -> String {
         "## Charts\n\n![established-flow throughput](throughput_established.svg)\n\n\
          ![new-flow throughput](throughput_new.svg)\n\n![first-packet latency](latency.svg)\n"
     );
-    for (name, what) in super::charts::tcp_charts(r) {
+    for (name, what) in super::charts::tcp_charts(r)
+        .into_iter()
+        .chain(super::charts::remote_charts(r))
+    {
         let _ = writeln!(out, "![{what}]({name})\n");
     }
     method(&mut out, r);
@@ -221,6 +225,21 @@ fn machine(out: &mut String, r: &Results) {
             streams.join(" and "),
             c.tcp_seconds,
             c.http_connections
+        );
+    }
+    if r.cells.is_empty() && !r.remote.is_empty() {
+        let _ = writeln!(
+            out,
+            "- Backends on the node: not measured in this run (`--cells remote`); the sections \
+             below up to \"Backends on another node\" are empty"
+        );
+    }
+    if !c.remote_services.is_empty() {
+        let counts: Vec<String> = c.remote_services.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "- Backends on another node (SNAT), at {} Services",
+            counts.join(", ")
         );
     }
     let _ = writeln!(
@@ -590,8 +609,9 @@ fn method(out: &mut String, r: &Results) {
          machine is quiet (under 15 % busy over 250 ms; at most 2 s plus 2 s per 1,000 Services): the kernel tears \
          down a namespace that held 10,000 rules in the background, and a daemon's start-up is \
          not latency.\n\
-         - iptables and nftables rulesets follow kube-proxy's layouts without masquerading \
-         (portmap does not masquerade either); the iptables binary is `{}`.\n\
+         - iptables and nftables rulesets follow kube-proxy's layouts, in the local cells without \
+         masquerading (portmap does not SNAT flows to backends on its node either), in the \
+         remote-backend cells with it; the iptables binary is `{}`.\n\
          - With 2 shared CPUs absolute numbers are noisy: compare the modes side by side and \
          read the ratios.",
         r.machine.iptables

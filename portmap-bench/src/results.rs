@@ -7,7 +7,7 @@ use super::{
     bulk::Bulk,
     control::PortmapControl,
     footprint::Footprint,
-    http::HttpLoad,
+    http::{HttpLoad, Peers},
     kubesync::KubeSync,
     latency::Latency,
     modes::{ChangeTimes, Features, Mode},
@@ -46,6 +46,10 @@ pub struct Config {
     /// Concurrent connections of the HTTP load.
     #[serde(default)]
     pub http_connections: u32,
+    /// Service counts with remote-backend cells (none in runs from before
+    /// they existed).
+    #[serde(default)]
+    pub remote_services: Vec<u32>,
 }
 
 /// One load-generator measurement.
@@ -85,6 +89,51 @@ pub struct Cell {
     pub tso_off: Vec<String>,
 }
 
+/// Where the backends saw a remote cell's traffic come from: every frame,
+/// connection and request must come from the translating node's address
+/// towards them, else the cell measured something other than SNAT.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Sources {
+    /// The address expected: node A's on its link to node B.
+    pub node: String,
+    /// UDP frames at the sinks from it, and from any other address (both
+    /// load measurements).
+    pub udp_from_node: u64,
+    pub udp_from_other: u64,
+    /// HTTP requests nginx logged from it and from others.
+    pub http: Peers,
+}
+
+/// Drops of new flows on the translating node during the new-flow load.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct NewFlowDrops {
+    /// portmap: new flows refused for want of a free SNAT port
+    /// (`snat_exhausted`).
+    pub snat_exhausted: Option<u64>,
+    /// iptables, nftables, forward: conntrack entries that could not be
+    /// inserted (`insert_failed` + `drop` of /proc/net/stat/nf_conntrack).
+    pub conntrack_refused: Option<u64>,
+    /// ... and unreplied entries evicted to make room (`early_drop`).
+    pub conntrack_evicted: Option<u64>,
+}
+
+/// One remote-backend cell: (repetition, Service count, mode) with the
+/// backends behind another node, every flow masqueraded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteCell {
+    pub rep: u32,
+    pub services: u32,
+    pub mode: Mode,
+    pub established: Option<Throughput>,
+    pub new_flows: Option<Throughput>,
+    pub bulk: Vec<Bulk>,
+    pub http: Option<HttpLoad>,
+    pub sources: Sources,
+    #[serde(default)]
+    pub drops: NewFlowDrops,
+    pub tso_off: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     pub version: u32,
@@ -101,6 +150,9 @@ pub struct Results {
     /// runs made before it was measured).
     #[serde(default)]
     pub footprint: Vec<Footprint>,
+    /// The remote-backend cells (none in runs from before they existed).
+    #[serde(default)]
+    pub remote: Vec<RemoteCell>,
     pub complete: bool,
     pub error: Option<String>,
     pub elapsed_s: f64,
@@ -221,6 +273,50 @@ impl Results {
         all.into_iter()
             .filter(|s| self.config.tcp_services.contains(s))
             .collect()
+    }
+
+    /// A remote cell metric's median over repetitions.
+    pub fn remote_stat(
+        &self,
+        mode: Mode,
+        services: u32,
+        f: impl Fn(&RemoteCell) -> Option<f64>,
+    ) -> Option<Stat> {
+        Stat::of(
+            self.remote
+                .iter()
+                .filter(|c| c.mode == mode && c.services == services)
+                .filter_map(f),
+        )
+    }
+
+    /// The remote cells' TCP bulk throughput (Gbit/s, transfers that
+    /// succeeded) and how many failed of how many.
+    pub fn remote_bulk(&self, mode: Mode, services: u32, streams: u32) -> (Option<Stat>, Failures) {
+        let mut f = Failures::default();
+        let transfers: Vec<&Bulk> = self
+            .remote
+            .iter()
+            .filter(|c| c.mode == mode && c.services == services)
+            .flat_map(|c| c.bulk.iter().filter(|b| b.streams == streams))
+            .collect();
+        for b in &transfers {
+            f.of += 1;
+            if let Some(e) = &b.error {
+                f.failed += 1;
+                f.first.get_or_insert_with(|| e.clone());
+            }
+        }
+        (Stat::of(transfers.iter().filter_map(|b| b.gbps)), f)
+    }
+
+    /// The Service counts with remote cells, ascending.
+    pub fn remote_counts(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.remote.iter().map(|c| c.services).collect();
+        v.extend(&self.config.remote_services);
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// The Service counts measured, ascending.

@@ -2,6 +2,8 @@
 //! them: Kubernetes manifests for portmap, kube-proxy's iptables-mode and
 //! nftables-mode rulesets for the kernel.
 //!
+//! (kube-proxy's nftables layouts are in `nftrules`.)
+//!
 //! Service `i` has the VIP `198.19.64.0 + i` (198.19.64.0/18) and a TCP port
 //! 80 with 10 endpoints on port 8080 at addresses that do not exist
 //! (198.19.128.0/17). The last Service is the target: it also has a UDP port
@@ -35,7 +37,7 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn lower(self) -> &'static str {
+    pub(crate) fn lower(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
@@ -206,7 +208,7 @@ impl Services {
 
 /// FNV-1a, 64 bits: stands in for the SHA-256 that kube-proxy hashes chain
 /// names with (the names only need to be unique and of the same length).
-fn hash16(s: &str) -> String {
+pub(crate) fn hash16(s: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
@@ -234,10 +236,39 @@ fn sep_chain(s: &Svc, p: Proto, ep: Ipv4Addr) -> String {
     )
 }
 
+/// Whether a layout masquerades, as kube-proxy does when it knows the
+/// cluster's pod range (`--cluster-cidr`, detect-local-mode ClusterCIDR):
+/// traffic to a ClusterIP from outside that range is marked (the
+/// KUBE-MARK-MASQ mark, 0x4000), and so is an endpoint reaching itself
+/// through its Service (hairpin); marked traffic leaves through
+/// `MASQUERADE --random-fully` in KUBE-POSTROUTING (nftables mode:
+/// `mark-for-masquerade`, and `masquerade fully-random` in the
+/// `masquerading` chain of a `srcnat` postrouting hook).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Masq {
+    No,
+    Yes,
+}
+
+/// The cluster's pod range in the masquerading layouts: the backends
+/// (198.19.i.2) are in it, the client (198.18.0.0/16) is not.
+pub const CLUSTER_CIDR: &str = "198.19.0.0/16";
+/// kube-proxy's default `--iptables-masquerade-bit` 14.
+pub(crate) const MASQ_MARK: &str = "0x4000";
+
 /// kube-proxy's iptables-mode nat table, as one `iptables-restore` input.
 /// `deleted` lists chains to declare and delete (`-X`), as a sync that
 /// removed endpoints does.
 pub fn iptables(services: &Services, deleted: &[String]) -> String {
+    iptables_layout(services, deleted, Masq::No)
+}
+
+/// The same with masquerading ([`Masq`]).
+pub fn iptables_masq(services: &Services) -> String {
+    iptables_layout(services, &[], Masq::Yes)
+}
+
+fn iptables_layout(services: &Services, deleted: &[String], masq: Masq) -> String {
     let mut chains = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          :POSTROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n",
@@ -246,10 +277,22 @@ pub fn iptables(services: &Services, deleted: &[String]) -> String {
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
          -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
     );
+    if masq == Masq::Yes {
+        chains.push_str(":KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+        let _ = write!(
+            rules,
+            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+             -A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}\n\
+             -A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n\
+             -A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n\
+             -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" \
+             -j MASQUERADE --random-fully\n"
+        );
+    }
     let mut portals = String::new();
     for s in services.all() {
         for &p in &s.protos {
-            service_chains(s, p, &mut chains, &mut rules);
+            service_chains(s, p, masq, &mut chains, &mut rules);
             portal(s, p, &mut portals);
         }
     }
@@ -267,9 +310,19 @@ pub fn iptables(services: &Services, deleted: &[String]) -> String {
     chains + &rules + "COMMIT\n"
 }
 
-fn service_chains(s: &Svc, p: Proto, chains: &mut String, rules: &mut String) {
+fn service_chains(s: &Svc, p: Proto, masq: Masq, chains: &mut String, rules: &mut String) {
     let svc = svc_chain(s, p);
     let _ = writeln!(chains, ":{svc} - [0:0]");
+    if masq == Masq::Yes {
+        let _ = writeln!(
+            rules,
+            "-A {svc} ! -s {CLUSTER_CIDR} -d {}/32 -p {proto} -m comment --comment \"{} cluster IP\" \
+             -m {proto} --dport {SERVICE_PORT} -j KUBE-MARK-MASQ",
+            s.vip,
+            port_name(s, p),
+            proto = p.lower()
+        );
+    }
     let n = s.endpoints.len();
     for (e, ep) in s.endpoints.iter().enumerate() {
         let sep = sep_chain(s, p, *ep);
@@ -286,6 +339,13 @@ fn service_chains(s: &Svc, p: Proto, chains: &mut String, rules: &mut String) {
             let _ = writeln!(
                 rules,
                 "-A {svc} -m comment --comment \"{comment}\" -j {sep}"
+            );
+        }
+        if masq == Masq::Yes {
+            let _ = writeln!(
+                rules,
+                "-A {sep} -s {ep}/32 -m comment --comment \"{}\" -j KUBE-MARK-MASQ",
+                port_name(s, p)
             );
         }
         let _ = writeln!(
@@ -331,7 +391,7 @@ pub fn iptables_change(before: &Services) -> IptablesChange {
     let mut chains = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n");
     let mut rules = String::new();
     for &p in &new.protos {
-        service_chains(new, p, &mut chains, &mut rules);
+        service_chains(new, p, Masq::No, &mut chains, &mut rules);
     }
     for c in &deleted {
         let _ = writeln!(chains, ":{c} - [0:0]");
@@ -352,117 +412,6 @@ pub fn iptables_change(before: &Services) -> IptablesChange {
         full,
         partial: chains + &rules + "COMMIT\n",
     }
-}
-
-const NFT_TABLE: &str = "ip kube-proxy";
-
-fn nft_service_chain(s: &Svc, p: Proto) -> String {
-    let id = format!("{NAMESPACE}/{}/{}/{}", s.name, p.lower(), p.lower());
-    format!("service-{}-{id}", &hash16(&id)[..8])
-}
-
-fn nft_endpoint_chain(s: &Svc, p: Proto, ep: Ipv4Addr) -> String {
-    let id = format!(
-        "{NAMESPACE}/{}/{}/{}__{ep}/{BACKEND_PORT}",
-        s.name,
-        p.lower(),
-        p.lower()
-    );
-    format!("endpoint-{}-{id}", &hash16(&id)[..8])
-}
-
-fn nft_service_rules(s: &Svc, p: Proto, out: &mut String) {
-    let chain = nft_service_chain(s, p);
-    let targets: Vec<String> = s
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, ep)| format!("{i} : goto {}", nft_endpoint_chain(s, p, *ep)))
-        .collect();
-    let _ = writeln!(
-        out,
-        "add rule {NFT_TABLE} {chain} numgen random mod {} vmap {{ {} }}",
-        s.endpoints.len(),
-        targets.join(" , ")
-    );
-}
-
-fn nft_endpoint(s: &Svc, p: Proto, ep: Ipv4Addr, chains: &mut String, rules: &mut String) {
-    let chain = nft_endpoint_chain(s, p, ep);
-    let _ = writeln!(chains, "add chain {NFT_TABLE} {chain}");
-    let _ = writeln!(
-        rules,
-        "add rule {NFT_TABLE} {chain} meta l4proto {} dnat to {ep}:{BACKEND_PORT}",
-        p.lower()
-    );
-}
-
-/// kube-proxy's nftables-mode table, as one `nft -f` transaction.
-pub fn nftables(services: &Services) -> String {
-    let mut chains = format!(
-        "add table {NFT_TABLE}\n\
-         add map {NFT_TABLE} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; }}\n\
-         add chain {NFT_TABLE} services\n\
-         add chain {NFT_TABLE} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}\n"
-    );
-    let mut rules = format!(
-        "add rule {NFT_TABLE} nat-prerouting jump services\n\
-         add rule {NFT_TABLE} services ip daddr . meta l4proto . th dport vmap @service-ips\n"
-    );
-    let mut elements = String::new();
-    for s in services.all() {
-        for &p in &s.protos {
-            let chain = nft_service_chain(s, p);
-            let _ = writeln!(chains, "add chain {NFT_TABLE} {chain}");
-            for ep in &s.endpoints {
-                nft_endpoint(s, p, *ep, &mut chains, &mut rules);
-            }
-            nft_service_rules(s, p, &mut rules);
-            let _ = writeln!(
-                elements,
-                "add element {NFT_TABLE} service-ips {{ {} . {} . {SERVICE_PORT} : goto {chain} }}",
-                s.vip,
-                p.lower()
-            );
-        }
-    }
-    chains + &rules + &elements
-}
-
-/// The transaction kube-proxy's nftables mode makes when one endpoint of the
-/// first Service is replaced: the new endpoint's chain, the Service chain
-/// rewritten, the old endpoint's chain deleted.
-pub fn nftables_change(before: &Services) -> String {
-    let after = before.with_one_changed();
-    let (old, new) = (&before.list[0], &after.list[0]);
-    let mut chains = String::new();
-    let mut rules = String::new();
-    for &p in &new.protos {
-        let ep = new.endpoints[0];
-        nft_endpoint(new, p, ep, &mut chains, &mut rules);
-        let _ = writeln!(
-            chains,
-            "flush chain {NFT_TABLE} {}",
-            nft_endpoint_chain(new, p, ep)
-        );
-        let _ = writeln!(
-            rules,
-            "flush chain {NFT_TABLE} {}",
-            nft_service_chain(new, p)
-        );
-        nft_service_rules(new, p, &mut rules);
-        let _ = writeln!(
-            rules,
-            "delete chain {NFT_TABLE} {}",
-            nft_endpoint_chain(old, p, old.endpoints[0])
-        );
-    }
-    chains + &rules
-}
-
-/// Removes the kube-proxy table.
-pub fn nftables_teardown() -> String {
-    format!("delete table {NFT_TABLE}\n")
 }
 
 #[cfg(test)]
@@ -508,14 +457,34 @@ mod tests {
     }
 
     #[test]
-    fn nftables_layout() {
-        let s = Services::new(2).unwrap();
-        let text = nftables(&s);
-        assert!(text.contains("numgen random mod 10 vmap { 0 : goto endpoint-"));
-        assert!(text.contains("198.19.64.1 . udp . 80 : goto service-"));
-        let change = nftables_change(&s);
-        assert!(change.contains(&format!("dnat to {REPLACEMENT_ENDPOINT}:8080")));
-        assert!(change.contains("delete chain ip kube-proxy endpoint-"));
+    fn masquerading_layouts_mark_and_masquerade() {
+        let s = Services::new(2).unwrap().with_bulk();
+        let plain = iptables(&s, &[]);
+        assert!(!plain.contains("KUBE-MARK-MASQ"));
+        let text = iptables_masq(&s);
+        assert!(text.contains(
+            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"
+        ));
+        assert!(text.contains("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN"));
+        assert!(text.contains("-j MASQUERADE --random-fully"));
+        assert!(text.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000"));
+        // One mark rule per Service port, before its endpoints' jumps; one
+        // hairpin rule per endpoint, before its DNAT.
+        let svc_marks = text
+            .lines()
+            .filter(|l| l.contains("! -s 198.19.0.0/16 -d ") && l.ends_with("-j KUBE-MARK-MASQ"))
+            .count();
+        assert_eq!(svc_marks, 4, "bulk, svc 0, target tcp and udp");
+        let target_sep = text
+            .lines()
+            .position(|l| l.contains("-s 198.19.0.2/32") && l.contains("KUBE-MARK-MASQ"))
+            .expect("a hairpin rule for backend 0");
+        assert!(
+            text.lines()
+                .nth(target_sep + 1)
+                .is_some_and(|l| l.contains("DNAT --to-destination 198.19.0.2:8080")),
+            "the hairpin mark comes right before the DNAT"
+        );
     }
 
     #[test]
@@ -538,7 +507,6 @@ mod tests {
                 .partial
                 .contains("-d 198.19.63.80/32 -p tcp")
         );
-        assert!(nftables(&s).contains("198.19.63.80 . tcp . 80 : goto service-"));
         let y = s.manifests();
         assert_eq!(y.matches("kind: Service\n").count(), 3);
         assert!(y.contains("clusterIP: 198.19.63.80"));

@@ -10,7 +10,7 @@ use super::{
     results::{Failures, Results, Stat},
 };
 
-fn fmt_gbps(s: Option<Stat>) -> String {
+pub(crate) fn fmt_gbps(s: Option<Stat>) -> String {
     let Some(s) = s else { return "–".into() };
     if s.n > 1 {
         format!("{:.2} Gbit/s ({:.2}–{:.2})", s.median, s.min, s.max)
@@ -19,7 +19,7 @@ fn fmt_gbps(s: Option<Stat>) -> String {
     }
 }
 
-fn fmt_rps(s: Option<Stat>) -> String {
+pub(crate) fn fmt_rps(s: Option<Stat>) -> String {
     let Some(s) = s else { return "–".into() };
     let k = |v: f64| format!("{:.1}", v / 1e3);
     if s.n > 1 {
@@ -255,6 +255,7 @@ mod tests {
             error: gbps
                 .is_none()
                 .then(|| "iperf3: unable to connect to server: Connection timed out".into()),
+            sources: Vec::new(),
         }
     }
 
@@ -309,8 +310,10 @@ mod tests {
                 tcp_streams: vec![1, 8],
                 tcp_seconds: 2,
                 http_connections: 32,
+                remote_services: Vec::new(),
             },
             cells,
+            remote: Vec::new(),
             xdp_cost: Vec::new(),
             control: Vec::new(),
             kube_sync: Vec::new(),
@@ -386,6 +389,7 @@ mod tests {
         let text = report::render(&old);
         assert!(text.contains("## TCP bulk throughput\n\nNot measured in this run."));
         assert!(text.contains("## Short HTTP requests\n\nNot measured in this run."));
+        assert!(text.contains("## Backends on another node (SNAT)\n\nNot measured in this run."));
         assert!(!text.contains("| **FAILED**"));
     }
 }

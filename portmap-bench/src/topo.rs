@@ -78,9 +78,12 @@ fn features_on(ns: &Netns, ifname: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Every veth of the topology: its namespace, its name, and whether it
-/// stands for another host (client, backends: GRO on).
-fn veths(topo: &Topology) -> Vec<(&Netns, String, bool)> {
+/// A veth end: its namespace, its name, and whether it stands for another
+/// host (GRO on there).
+pub type Veth<'a> = (&'a Netns, String, bool);
+
+/// Every veth of the topology (client, backends: other hosts).
+fn veths(topo: &Topology) -> Vec<Veth<'_>> {
     let mut v = vec![
         (&topo.client, CLIENT_IF.to_string(), true),
         (&topo.node, NODE_CLIENT_IF.to_string(), false),
@@ -98,16 +101,21 @@ fn veths(topo: &Topology) -> Vec<(&Netns, String, bool)> {
 /// off all the same: the kernel turns it off on a veth whose peer runs an
 /// XDP program (so that no frame is too big for XDP), as portmap's do.
 pub fn default_offloads(topo: &Topology) -> Result<Vec<String>> {
+    default_offloads_of(&veths(topo))
+}
+
+/// [`default_offloads`] of the given veth ends.
+pub fn default_offloads_of(veths: &[Veth<'_>]) -> Result<Vec<String>> {
     let mut tso_off = Vec::new();
-    for (ns, ifname, _) in veths(topo) {
-        ns.enter(|| run_ok(tool("ethtool").args(["-K", &ifname, "tx", "on"])))?
+    for (ns, ifname, _) in veths {
+        ns.enter(|| run_ok(tool("ethtool").args(["-K", ifname, "tx", "on"])))?
             .with_context(|| format!("ethtool -K {ifname} tx on in {}", ns.name()))?;
     }
-    for (ns, ifname, gro) in veths(topo) {
-        let on = features_on(ns, &ifname)?;
+    for (ns, ifname, gro) in veths {
+        let on = features_on(ns, ifname)?;
         let wanted = DEFAULT_OFFLOADS
             .iter()
-            .filter(|f| gro || !f.contains("receive"));
+            .filter(|f| *gro || !f.contains("receive"));
         if let Some(missing) = wanted.into_iter().find(|f| !on.iter().any(|o| o == *f)) {
             anyhow::bail!("{ifname} in {}: {missing} is off", ns.name());
         }
@@ -115,6 +123,7 @@ pub fn default_offloads(topo: &Topology) -> Result<Vec<String>> {
             let role = match ns.name().rsplit('-').next().unwrap_or("") {
                 "c" => "client".to_string(),
                 "n" => "node".to_string(),
+                "r" => "router".to_string(),
                 b => b.replacen('b', "backend", 1),
             };
             tso_off.push(format!("{role}/{ifname}"));

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use portmap_bench::ebpf_object;
@@ -94,4 +94,51 @@ fn loadgen_restores_the_template_and_rotates_flows() {
 
     assert_eq!(run(&ebpf, "bench_pass", &frame).0, 2);
     assert_eq!(run(&ebpf, "bench_sink", &frame).0, 1);
+}
+
+/// `bench_sink` drops and counts what it gets, lets ARP through uncounted,
+/// and counts IPv4 UDP frames by source: from `SINK_SOURCE` or not (the
+/// remote-backend cell's check that everything was masqueraded).
+#[test]
+fn sink_counts_udp_frames_by_source_and_passes_arp() {
+    let mut ebpf = loaded();
+    let mut source: Array<_, u32> = Array::try_from(ebpf.take_map("SINK_SOURCE").unwrap()).unwrap();
+    source
+        .set(0, u32::from_ne_bytes([198, 19, 32, 1]), 0)
+        .unwrap();
+    let by_source: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.take_map("SINK_BY_SOURCE").unwrap()).unwrap();
+    let count: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(ebpf.take_map("SINK_COUNT").unwrap()).unwrap();
+    let read = |map: &PerCpuArray<_, u64>, i: u32| -> u64 { map.get(&i, 0).unwrap().iter().sum() };
+    let udp_from = |src: &str| {
+        Packet::udp(
+            src.parse().unwrap(),
+            "198.19.0.2:8080".parse().unwrap(),
+            &[1; 22],
+        )
+        .build()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            run(&ebpf, "bench_sink", &udp_from("198.19.32.1:61000")).0,
+            1
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(run(&ebpf, "bench_sink", &udp_from("198.18.0.2:1024")).0, 1);
+    }
+    let tcp = Packet::tcp(
+        "198.18.0.2:1024".parse().unwrap(),
+        "198.19.0.2:8080".parse().unwrap(),
+        0x02,
+    )
+    .build();
+    assert_eq!(run(&ebpf, "bench_sink", &tcp).0, 1, "TCP: dropped");
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.resize(60, 0);
+    assert_eq!(run(&ebpf, "bench_sink", &arp).0, 2, "ARP passes");
+    assert_eq!((read(&by_source, 0), read(&by_source, 1)), (3, 2));
+    assert_eq!(read(&count, 0), 6, "every frame but ARP counted");
 }

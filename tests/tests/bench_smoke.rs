@@ -1,6 +1,8 @@
 //! `portmap-bench` end to end on a small configuration: every mode delivers
-//! packets, moves TCP bulk data and answers HTTP requests, the report, the
-//! results and the charts are written, and nothing is left behind.
+//! packets, moves TCP bulk data and answers HTTP requests, with the backends
+//! on the node and on another node (through SNAT, where the backends must
+//! see only the translating node's address), the report, the results and
+//! the charts are written, and nothing is left behind.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use portmap_tests::{
 use serde_json::Value;
 
 const MODES: [&str; 4] = ["portmap", "iptables", "nftables", "forward"];
-const TIMEOUT: Duration = Duration::from_secs(240);
+const TIMEOUT: Duration = Duration::from_secs(420);
 
 /// The TCP measurements of one mode's cells: made at 1 Service (as
 /// `--tcp-services 1` asks), not at 100; every transfer received data, and
@@ -60,6 +62,60 @@ fn check_tcp(mode: &str, cells: &[&Value], log: &str) {
     }
 }
 
+/// The remote-backend cell of one mode (at 1 Service): UDP delivered in
+/// both loads, both transfers and the HTTP load through SNAT, and the
+/// backends saw node A's address only.
+fn check_remote(mode: &str, cell: &Value, log: &str) {
+    for pointer in ["/established/delivered", "/new_flows/delivered"] {
+        let delivered = cell.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
+        assert!(
+            delivered > 0,
+            "{mode}, remote: nothing delivered ({pointer}):
+{log}"
+        );
+    }
+    check_tcp(&format!("{mode}, remote"), &[cell], log);
+    let sources = &cell["sources"];
+    assert_eq!(sources["node"], "198.19.32.1", "{mode}: {sources}");
+    assert!(
+        sources["udp_from_node"].as_u64().unwrap_or(0) > 0,
+        "{mode}, remote: no UDP frame from node A: {sources}"
+    );
+    assert_eq!(
+        sources["udp_from_other"].as_u64(),
+        Some(0),
+        "{mode}, remote: UDP frames not masqueraded: {sources}"
+    );
+    assert_eq!(
+        sources.pointer("/http/other").and_then(Value::as_u64),
+        Some(0),
+        "{mode}, remote: HTTP requests not masqueraded: {sources}"
+    );
+    let logged = sources
+        .pointer("/http/expected")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let answered = cell.pointer("/http/requests").and_then(Value::as_u64);
+    assert!(
+        answered.is_some_and(|a| logged >= a),
+        "{mode}, remote: {logged} requests logged from node A, {answered:?} answered"
+    );
+    for t in cell["bulk"].as_array().into_iter().flatten() {
+        assert_eq!(
+            t["sources"],
+            serde_json::json!(["198.19.32.1"]),
+            "{mode}, remote: the iperf3 server's peers"
+        );
+    }
+    let drops = &cell["drops"];
+    let counted = if mode == "portmap" {
+        drops["snat_exhausted"].is_u64()
+    } else {
+        drops["conntrack_refused"].is_u64() && drops["conntrack_evicted"].is_u64()
+    };
+    assert!(counted, "{mode}, remote: new-flow drops not read: {drops}");
+}
+
 fn sum(cells: &[&Value], pointer: &str) -> u64 {
     cells
         .iter()
@@ -82,6 +138,8 @@ fn bench_measures_every_mode_and_writes_its_report() {
             "--connections",
             "50",
             "--tcp-services",
+            "1",
+            "--remote-services",
             "1",
         ],
         TIMEOUT,
@@ -106,6 +164,13 @@ fn bench_measures_every_mode_and_writes_its_report() {
         assert!(sum(&of_mode, "/latency/samples") > 0, "{mode}: no latency");
         check_tcp(mode, &of_mode, log);
     }
+    let remote = results["remote"].as_array().expect("remote cells");
+    for mode in MODES {
+        let of_mode: Vec<&Value> = remote.iter().filter(|c| c["mode"] == mode).collect();
+        assert_eq!(of_mode.len(), 1, "{mode}: one remote cell, at 1 Service");
+        assert_eq!(of_mode[0]["services"], 1);
+        check_remote(mode, of_mode[0], log);
+    }
     assert!(!results["xdp_cost"].as_array().unwrap().is_empty());
     assert_eq!(results["control"].as_array().unwrap().len(), 2);
     let footprint = results["footprint"].as_array().expect("footprint");
@@ -126,6 +191,7 @@ fn bench_measures_every_mode_and_writes_its_report() {
         "## Short HTTP requests",
         "## Control plane",
         "## Start-up and memory",
+        "## Backends on another node (SNAT)",
     ] {
         assert!(report.contains(section), "report.md lacks {section}");
     }
@@ -136,6 +202,11 @@ fn bench_measures_every_mode_and_writes_its_report() {
         "tcp_bulk_1.svg",
         "tcp_bulk_8.svg",
         "http_requests.svg",
+        "remote_established.svg",
+        "remote_new.svg",
+        "remote_tcp_bulk_1.svg",
+        "remote_tcp_bulk_8.svg",
+        "remote_http.svg",
     ] {
         let text = std::fs::read_to_string(out.join(svg)).unwrap_or_default();
         assert!(text.starts_with("<svg"), "{svg} is not an SVG");
