@@ -56,8 +56,15 @@ use self::{
 
 /// Capacity of `NODE_ADDRS`, as declared in the eBPF object.
 const NODE_ADDRS_CAPACITY: u64 = 1024;
-/// Entries of the `SNAT` map, as declared in `portmap-ebpf/src/maps.rs`.
-const SNAT_CAPACITY: u64 = 65_536;
+/// Fewest entries of the `SNAT` map (its size in `portmap-ebpf/src/maps.rs`).
+const MIN_SNAT_ENTRIES: u32 = 65_536;
+
+/// Entries of the `SNAT` map for a conntrack table of `conntrack` entries:
+/// one per flow it can hold (two entries each), so SNAT ports run out only
+/// when the flows towards one backend do, not when the table does.
+pub fn snat_entries(conntrack: u32) -> u32 {
+    (conntrack / 2).max(MIN_SNAT_ENTRIES)
+}
 
 /// Names of the programs in the eBPF object.
 pub const INGRESS_PROGRAM: &str = "portmap_ingress";
@@ -114,6 +121,8 @@ pub struct Dataplane {
     conntrack_entries: Option<u64>,
     /// SNAT ports taken, as of the last garbage collection.
     snat_entries: Option<u64>,
+    /// Entries of the `SNAT` map.
+    snat_capacity: u32,
     /// Services found pinned at load, from a previous daemon.
     adopted: usize,
     /// What the last publish left out, to report and retry.
@@ -176,6 +185,16 @@ impl Dataplane {
             (names::CONNTRACK, limits.conntrack),
         ];
         let adopting = pins.as_ref().is_some_and(PinDir::has_maps);
+        // A predecessor's SNAT map is adopted at its size: the ports it holds
+        // are flows that carry on.
+        let snat_capacity = match pins.as_ref().filter(|_| adopting) {
+            Some(p) => aya::maps::MapInfo::from_pin(p.map_path(names::SNAT))
+                .map(|i| i.max_entries())
+                .unwrap_or_else(|_| snat_entries(limits.conntrack)),
+            None => snat_entries(limits.conntrack),
+        };
+        let mut sizes = sizes.to_vec();
+        sizes.push((names::SNAT, snat_capacity));
         if let Some(pins) = pins.as_ref().filter(|_| adopting) {
             pins.check_compatible(ebpf_object(), &sizes)?;
         }
@@ -218,6 +237,7 @@ impl Dataplane {
             attachments: Attachments::new(pins),
             conntrack_entries: None,
             snat_entries: None,
+            snat_capacity,
             adopted: 0,
             publishing: publish::Publishing::default(),
         };

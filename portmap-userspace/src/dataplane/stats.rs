@@ -6,7 +6,7 @@ use portmap_common::abi::{DIR_REPLY, DIR_REQUEST, DatapathEvent, TrafficCounters
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Dataplane, InterfaceStatus, NODE_ADDRS_CAPACITY, SNAT_CAPACITY, SocketLbStatus,
+    Dataplane, InterfaceStatus, NODE_ADDRS_CAPACITY, SocketLbStatus,
     maps::{names, sum_counters},
     state::Applied,
 };
@@ -142,7 +142,7 @@ impl Applied {
     pub fn map_usage(
         &self,
         conntrack_entries: Option<u64>,
-        snat_entries: Option<u64>,
+        snat: Option<(u64, u64)>,
     ) -> Vec<MapUsage> {
         let frontends: usize = self.services.values().map(|s| s.frontends.len()).sum();
         let mut usage = vec![
@@ -174,8 +174,8 @@ impl Applied {
                 self.limits.conntrack.into(),
             ));
         }
-        if let Some(entries) = snat_entries {
-            usage.push(MapUsage::new(names::SNAT, entries, SNAT_CAPACITY));
+        if let Some((entries, capacity)) = snat {
+            usage.push(MapUsage::new(names::SNAT, entries, capacity));
         }
         usage
     }
@@ -215,8 +215,10 @@ impl Dataplane {
 
     /// How full each sized map is.
     pub fn map_usage(&self) -> Vec<MapUsage> {
-        self.applied
-            .map_usage(self.conntrack_entries, self.snat_entries)
+        self.applied.map_usage(
+            self.conntrack_entries,
+            self.snat_entries.map(|e| (e, self.snat_capacity.into())),
+        )
     }
 }
 
