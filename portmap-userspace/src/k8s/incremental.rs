@@ -38,6 +38,8 @@ pub struct ApiMemo {
     entries: HashMap<usize, Entry>,
     /// Counts calls: an entry not seen in the last is dropped.
     generation: u64,
+    /// Services translated by the last call (the others were kept).
+    translated: usize,
 }
 
 impl ApiMemo {
@@ -48,6 +50,12 @@ impl ApiMemo {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// How many Services the last call translated (the others' translation
+    /// was kept).
+    pub fn translated_last(&self) -> usize {
+        self.translated
     }
 }
 
@@ -103,6 +111,7 @@ pub fn translate_api(
     }
     let groups = group_slices(services, slices)?;
     memo.generation += 1;
+    memo.translated = 0;
     let generation = memo.generation;
     for service in services {
         let key = Arc::as_ptr(service) as usize;
@@ -129,6 +138,7 @@ pub fn translate_api(
             generation,
         };
         memo.entries.insert(key, entry);
+        memo.translated += 1;
     }
     memo.entries.retain(|_, e| e.generation == generation);
     Some(settle(&memo.entries))
