@@ -122,6 +122,12 @@ pub struct BenchArgs {
     /// Threads making TCP connections during the soak.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub soak_workers: u64,
+
+    /// Instead of the comparison: only "Following the API server"
+    /// (`--kubernetes`'s code in process) at each of --services, --repeats
+    /// times; prints the figures and writes kubesync.json.
+    #[arg(long, conflicts_with = "soak")]
+    pub kube_sync_only: bool,
 }
 
 /// The arguments with Service counts sorted and checked, modes deduplicated

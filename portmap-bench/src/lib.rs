@@ -150,6 +150,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("portmap-bench must run as root: it creates network namespaces and loads eBPF");
     }
+    if args.kube_sync_only {
+        return run_kube_sync(&args);
+    }
     let (iptables_restore, nft) = host::tools(&args)?;
     signals::install();
     let started = Instant::now();
@@ -283,6 +286,33 @@ fn run_soak(args: &BenchArgs, env: &Env) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--kube-sync-only`: the API-server cell alone, each count and repetition.
+fn run_kube_sync(args: &BenchArgs) -> Result<()> {
+    signals::install();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("--out {}: cannot create it", args.out.display()))?;
+    let mut runs = Vec::new();
+    for rep in 0..args.repeats {
+        for &count in &args.services {
+            signals::check()?;
+            let k = kubesync::measure(rep, count)?;
+            let ms = |q: f64| k.event_quantile(q).map_or(f64::NAN, |s| s * 1e3);
+            println!(
+                "rep {rep}, {count} Services: first sync {:.2} s; one event p50 {:.1} ms, \
+                 p99 {:.1} ms, max {:.1} ms",
+                k.first_sync_s,
+                ms(0.5),
+                ms(0.99),
+                ms(1.0)
+            );
+            runs.push(k);
+        }
+    }
+    let path = args.out.join("kubesync.json");
+    let json = serde_json::to_string_pretty(&runs).context("serializing the results")?;
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
 }
 
 fn rerender(path: &Path, out: &Path) -> Result<()> {

@@ -9,18 +9,21 @@
 mod kube;
 
 use std::{
+    fmt,
     hash::{Hash as _, Hasher as _},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
 use anyhow::Result;
+use portmap_testkit::lock;
 
 use crate::{
     docker::DockerHost,
-    k8s::{self, Assignments, NodeConfig, Rejected},
+    k8s::{self, ApiMemo, Assignments, NodeConfig, Rejected},
     kubeapi::Snapshot,
-    locality::{self, KernelRoutes, Masquerade},
+    locality::{self, KernelRoutes, Masquerade, RouteCache},
     model::{Cidr, DesiredState, PublishSpec},
 };
 
@@ -50,6 +53,30 @@ pub struct Loaded {
     /// The node as the translation saw it (with the Node object's
     /// addresses and pod CIDRs, with `--kubernetes`).
     pub node: NodeConfig,
+    /// What the next sync from the API server reuses.
+    pub memo: SyncMemo,
+}
+
+/// What a sync from the API server keeps for the next: each Service's
+/// translation ([`k8s::translate_api`]) and the kernel's route answers
+/// ([`RouteCache`]). Both are answers about the objects and routes they
+/// were asked of, true whether or not the sync that asked was applied; the
+/// states loaded one from the other share them.
+#[derive(Clone, Default)]
+pub struct SyncMemo(Arc<Mutex<Memo>>);
+
+#[derive(Default)]
+struct Memo {
+    api: ApiMemo,
+    /// Opened at the first use.
+    routes: Option<RouteCache>,
+}
+
+impl fmt::Debug for SyncMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let memo = lock(&self.0);
+        write!(f, "SyncMemo({} Services)", memo.api.len())
+    }
 }
 
 /// Why the sources could not make a desired state.
@@ -93,6 +120,10 @@ impl Sources {
             svc.source_ranges.clone_from(&self.allow_from);
         }
         let mut node = self.node.clone();
+        let memo = match api {
+            Some((_, Some(last))) => last.memo.clone(),
+            _ => SyncMemo::default(),
+        };
         let mut loaded = if self.manifests.is_empty() && api.is_none() {
             Loaded {
                 desired: DesiredState::default(),
@@ -100,6 +131,7 @@ impl Sources {
                 warnings: Vec::new(),
                 rejected: Vec::new(),
                 node: node.clone(),
+                memo: memo.clone(),
             }
         } else {
             let mut manifests = if self.manifests.is_empty() {
@@ -108,11 +140,25 @@ impl Sources {
                 k8s::read_manifests(&self.manifests)?
             };
             let mut warnings = Vec::new();
+            let mut fast = None;
             if let Some((api, _)) = api {
                 node = kube::node_config(api, &self.node, &mut warnings);
-                manifests.add_api_objects(api.services.iter().cloned(), api.slices.iter().cloned());
+                // Without files, each Service is its own: only those that
+                // changed are translated again.
+                if self.manifests.is_empty() {
+                    let mut m = lock(&memo.0);
+                    fast = k8s::translate_api(&api.services, &api.slices, &node, &mut m.api);
+                }
+                if fast.is_none() {
+                    manifests
+                        .add_api_objects(api.services.iter().cloned(), api.slices.iter().cloned());
+                }
             }
-            let mut t = k8s::translate_each(&manifests, &node, previous);
+            let from_api_alone = fast.is_some();
+            let mut t = match fast {
+                Some(t) => t,
+                None => k8s::translate_each(&manifests, &node, previous),
+            };
             // A file's error is the file's: the last good state stays whole.
             let whole = |r: &&Rejected| !r.source.from_api() || r.service.is_empty();
             if let Some(r) = t.rejected.iter().find(whole) {
@@ -127,18 +173,43 @@ impl Sources {
                 warnings,
                 rejected: t.rejected,
                 node: node.clone(),
+                memo: memo.clone(),
             };
             if let Some((_, last)) = api {
-                kube::settle(&mut loaded, &manifests, &desired, last.map(|l| &l.desired));
+                let api_ids: std::collections::HashSet<String> = if from_api_alone {
+                    Default::default()
+                } else {
+                    manifests
+                        .services
+                        .iter()
+                        .filter(|o| o.source.from_api())
+                        .map(|o| format!("{}/{}", o.namespace, o.name))
+                        .collect()
+                };
+                let from_api = |name: &str| from_api_alone || api_ids.contains(name);
+                kube::settle(&mut loaded, &from_api, &desired, last.map(|l| &l.desired));
             }
             loaded
         };
-        desired.services.append(&mut loaded.desired.services);
+        if desired.services.is_empty() {
+            // No `-p`: no copy of every unit.
+            std::mem::swap(&mut desired.services, &mut loaded.desired.services);
+        } else {
+            desired.services.append(&mut loaded.desired.services);
+        }
         desired.validate()?;
         // Every source's backends, the API server's included, are placed
         // and given their SNAT address here (a Service kept from the last
-        // state is resolved again: routes may have changed since).
-        let masq = locality::resolve(&mut desired, &self.masquerade, &mut KernelRoutes);
+        // state is resolved again: routes may have changed since, which the
+        // route cache follows).
+        let masq = if api.is_some() {
+            let mut m = lock(&memo.0);
+            m.routes
+                .get_or_insert_with(RouteCache::new)
+                .resolve(&mut desired, &self.masquerade)
+        } else {
+            locality::resolve(&mut desired, &self.masquerade, &mut KernelRoutes)
+        };
         loaded.warnings.extend(masq);
         loaded.desired = desired;
         Ok(loaded)

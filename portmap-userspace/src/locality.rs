@@ -16,11 +16,13 @@
 //! it decides: through a gateway is another node, on a link of this node is
 //! here. The route also gives the address SNAT uses (its preferred source).
 
-use std::{collections::HashMap, io, net::IpAddr, ops::RangeInclusive};
+use std::{io, net::IpAddr, ops::RangeInclusive};
+
+use foldhash::HashSet;
 
 use crate::{
-    model::{DesiredState, Placement, Protocol, Reach},
-    netlink::{Route, route_to},
+    model::{Cidr, DesiredState, Placement, Protocol, Reach},
+    netlink::{Route, RouteChange, RouteWatch, route_to},
 };
 
 /// `--snat-port-range` by default: above the NodePort range and the usual
@@ -98,7 +100,19 @@ pub fn resolve(
     policy: &Masquerade,
     routes: &mut impl Routes,
 ) -> Vec<String> {
-    let mut cache: HashMap<IpAddr, Option<Route>> = HashMap::new();
+    resolve_with(desired, policy, routes, &mut Known::default())
+}
+
+/// [`resolve`], with the answers already known in `known` (and the new
+/// ones added to it).
+fn resolve_with(
+    desired: &mut DesiredState,
+    policy: &Masquerade,
+    routes: &mut impl Routes,
+    known: &mut Known,
+) -> Vec<String> {
+    // Addresses whose route could not be asked: said once, not kept.
+    let mut failed: HashSet<IpAddr> = HashSet::default();
     let mut warnings = Vec::new();
     for svc in &mut desired.services {
         let dsr = svc
@@ -107,15 +121,27 @@ pub fn resolve(
             .is_some_and(|f| policy.lb_mode.dsr_for(f.proto));
         for ep in &mut svc.endpoints {
             ep.reach = Reach::Direct;
-            if ep.placement == Placement::KeepClient {
+            // A local backend keeps the client's address, whatever its route.
+            let needs_route = match ep.placement {
+                Placement::KeepClient => false,
+                Placement::Local => policy.all,
+                Placement::Remote | Placement::Unknown => true,
+            };
+            if !needs_route {
                 continue;
             }
-            let route = *cache.entry(ep.addr).or_insert_with(|| {
-                routes.route(ep.addr).unwrap_or_else(|e| {
-                    warnings.push(format!("route to backend {}: {e}", ep.addr));
-                    None
-                })
-            });
+            let route = match known.get(&ep.addr) {
+                Some(route) => *route,
+                None if failed.contains(&ep.addr) => None,
+                None => match routes.route(ep.addr) {
+                    Ok(route) => *known.entry(ep.addr).or_insert(route),
+                    Err(e) => {
+                        warnings.push(format!("route to backend {}: {e}", ep.addr));
+                        failed.insert(ep.addr);
+                        None
+                    }
+                },
+            };
             let remote = match ep.placement {
                 Placement::Local | Placement::KeepClient => false,
                 Placement::Remote => true,
@@ -142,6 +168,81 @@ pub fn resolve(
     warnings.sort();
     warnings.dedup();
     warnings
+}
+
+/// Route answers by destination.
+type Known = foldhash::HashMap<IpAddr, Option<Route>>;
+
+/// The kernel's route answers, kept between syncs: a sync asks only for
+/// the backends it has not seen, or whose answer a change of routes,
+/// addresses, rules or interfaces may have moved since (see
+/// [`RouteWatch`]). Without the watch, nothing is kept.
+#[derive(Debug)]
+pub struct RouteCache {
+    watch: Option<RouteWatch>,
+    known: Known,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RouteCache {
+    /// Subscribes to the changes first, so none after an answer is missed.
+    pub fn new() -> Self {
+        let watch = match RouteWatch::open() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!(
+                    "following route changes: {e}; every sync asks every backend's route again"
+                );
+                None
+            }
+        };
+        RouteCache {
+            watch,
+            known: Known::default(),
+        }
+    }
+
+    /// [`resolve`] with the kernel's routes, asking only what is not known.
+    pub fn resolve(&mut self, desired: &mut DesiredState, policy: &Masquerade) -> Vec<String> {
+        match &self.watch {
+            Some(watch) => forget(&mut self.known, &watch.read_all()),
+            None => self.known.clear(),
+        }
+        let warnings = resolve_with(desired, policy, &mut KernelRoutes, &mut self.known);
+        // Backends gone from the state are not kept for ever.
+        if self.known.len() > 2 * endpoints(desired) + 1024 {
+            self.known.clear();
+        }
+        warnings
+    }
+}
+
+fn endpoints(desired: &DesiredState) -> usize {
+    desired.services.iter().map(|s| s.endpoints.len()).sum()
+}
+
+/// Drops the answers `changes` may have moved.
+fn forget(known: &mut Known, changes: &[RouteChange]) {
+    for change in changes {
+        match *change {
+            RouteChange::All => known.clear(),
+            RouteChange::Prefix { addr, len } => {
+                let prefix = Cidr { addr, prefix: len };
+                known.retain(|ip, _| !prefix.contains(*ip));
+            }
+            // Unreachable answers too: a route may have come back up.
+            RouteChange::Link(ifindex) => known
+                .retain(|_, route| route.is_some_and(|r| r.oif.is_some_and(|oif| oif != ifindex))),
+        }
+        if known.is_empty() {
+            return;
+        }
+    }
 }
 
 /// The interfaces the replies of SNATed flows come back on (the routes'
@@ -328,5 +429,43 @@ mod tests {
         let mut d = state_of(Protocol::Tcp, &endpoints);
         assert!(resolve(&mut d, &policy(LbMode::Dsr, true), &mut Table).is_empty());
         assert_eq!(reaches(&d), vec![snat, snat, snat, snat]);
+    }
+
+    #[test]
+    fn a_change_forgets_only_the_answers_it_may_move() {
+        let via = |oif| {
+            Some(Route {
+                gateway: None,
+                source: None,
+                local: false,
+                oif: Some(oif),
+            })
+        };
+        let mut known: Known = [
+            ("198.18.5.7", via(3)),
+            ("198.18.6.7", via(4)),
+            ("2001:db8::1", None),
+        ]
+        .into_iter()
+        .map(|(a, r)| (a.parse().unwrap(), r))
+        .collect();
+        let keys = |k: &Known| {
+            let mut v: Vec<String> = k.keys().map(IpAddr::to_string).collect();
+            v.sort();
+            v
+        };
+        let prefix = RouteChange::Prefix {
+            addr: "198.18.5.0".parse().unwrap(),
+            len: 24,
+        };
+        forget(&mut known, &[prefix]);
+        assert_eq!(keys(&known), ["198.18.6.7", "2001:db8::1"]);
+        forget(&mut known, &[RouteChange::Link(3)]);
+        assert_eq!(keys(&known), ["198.18.6.7"], "unreachable answers go too");
+        forget(&mut known, &[RouteChange::Link(4)]);
+        assert!(known.is_empty());
+        known.insert("198.18.6.7".parse().unwrap(), via(4));
+        forget(&mut known, &[RouteChange::All]);
+        assert!(known.is_empty());
     }
 }

@@ -6,7 +6,9 @@
 //! The unit is a [`Service`]: frontends that share one backend set. The
 //! dataplane gives each service one Maglev table and points its frontends at it.
 
-use std::{collections::HashMap, fmt, net::IpAddr, ops::RangeInclusive};
+use std::{fmt, net::IpAddr, ops::RangeInclusive};
+
+use foldhash::HashMapExt as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -297,6 +299,9 @@ pub struct Service {
     pub source_ranges: Vec<Cidr>,
 }
 
+/// The key of the service publishing each frontend.
+pub type FrontendOwners<'a> = foldhash::HashMap<Frontend, &'a str>;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub services: Vec<Service>,
@@ -361,8 +366,8 @@ impl DesiredState {
 
     /// The key of the service publishing each frontend, once [`Self::validate`]'s
     /// checks pass.
-    pub fn frontend_owners(&self) -> Result<HashMap<Frontend, &str>, ModelError> {
-        let mut owners: HashMap<Frontend, &str> = HashMap::with_capacity(self.services.len() * 2);
+    pub fn frontend_owners(&self) -> Result<FrontendOwners<'_>, ModelError> {
+        let mut owners = FrontendOwners::with_capacity(self.services.len() * 2);
         for svc in &self.services {
             for fe in &svc.frontends {
                 if let Some(first) = owners.insert(*fe, &svc.key) {

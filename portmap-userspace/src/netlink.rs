@@ -9,8 +9,10 @@
 //! internally) exposes no API for either.
 
 mod route;
+mod route_watch;
 
 pub use route::{Route, route_to};
+pub use route_watch::{RouteChange, RouteWatch};
 
 use std::{
     io,

@@ -4,11 +4,11 @@
 //! spec, a manifest file or an older Service has) is rejected alone, and
 //! keeps the units it had published, unless they now clash too.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::Loaded;
 use crate::{
-    k8s::{Manifests, NodeConfig, Rejected},
+    k8s::{NodeConfig, Rejected, Source},
     kubeapi::{NodeView, Snapshot},
     model::{DesiredState, Frontend},
 };
@@ -34,23 +34,18 @@ pub(super) fn node_config(
     }
 }
 
-/// Rejects the API Services that claim what `specs` or a manifest file
-/// publish, then gives each rejected Service back its units of `last`
-/// where nothing published now claims their frontends.
+/// Rejects the API Services (the units `from_api` says are theirs) that
+/// claim what `specs` or a manifest file publish, then gives each rejected
+/// Service back its units of `last` where nothing published now claims
+/// their frontends.
 pub(super) fn settle(
     loaded: &mut Loaded,
-    manifests: &Manifests,
+    from_api: &dyn Fn(&str) -> bool,
     specs: &DesiredState,
     last: Option<&DesiredState>,
 ) {
-    let from_api: BTreeMap<String, &crate::k8s::Object<_>> = manifests
-        .services
-        .iter()
-        .filter(|o| o.source.from_api())
-        .map(|o| (format!("{}/{}", o.namespace, o.name), o))
-        .collect();
     // What `-p` specs and files publish is theirs.
-    let mut taken: BTreeMap<Frontend, String> = BTreeMap::new();
+    let mut taken: HashMap<Frontend, String> = HashMap::new();
     for svc in &specs.services {
         for fe in &svc.frontends {
             taken.insert(*fe, format!("-p ({})", svc.key));
@@ -60,50 +55,45 @@ pub(super) fn settle(
         .desired
         .services
         .iter()
-        .filter(|s| !from_api.contains_key(&s.name))
+        .filter(|s| !from_api(&s.name))
     {
         for fe in &svc.frontends {
             taken.insert(*fe, format!("Service {} of a manifest file", svc.name));
         }
     }
     let mut clashing: BTreeMap<String, String> = BTreeMap::new();
-    for svc in loaded
-        .desired
-        .services
-        .iter()
-        .filter(|s| from_api.contains_key(&s.name))
-    {
-        for fe in &svc.frontends {
-            if let Some(owner) = taken.get(fe) {
-                clashing
-                    .entry(svc.name.clone())
-                    .or_insert_with(|| format!("frontend {fe} is already published by {owner}"));
+    if !taken.is_empty() {
+        for svc in loaded.desired.services.iter().filter(|s| from_api(&s.name)) {
+            for fe in &svc.frontends {
+                if let Some(owner) = taken.get(fe) {
+                    clashing.entry(svc.name.clone()).or_insert_with(|| {
+                        format!("frontend {fe} is already published by {owner}")
+                    });
+                }
             }
         }
     }
-    loaded
-        .desired
-        .services
-        .retain(|s| !clashing.contains_key(&s.name));
+    if !clashing.is_empty() {
+        loaded
+            .desired
+            .services
+            .retain(|s| !clashing.contains_key(&s.name));
+    }
     for (service, why) in clashing {
-        let obj = from_api[&service];
+        // As the translation names an API Service.
+        let source = Source::api(format!("Service {service}"));
         loaded.rejected.push(Rejected {
-            error: obj.source.err("", why),
-            source: obj.source.clone(),
+            error: source.err("", why),
+            source,
             service,
         });
     }
 
     let Some(last) = last else { return };
+    if loaded.rejected.is_empty() {
+        return;
+    }
     let rejected: BTreeSet<&str> = loaded.rejected.iter().map(|r| r.service.as_str()).collect();
-    let mut claimed: HashSet<Frontend> = taken.keys().copied().collect();
-    claimed.extend(
-        loaded
-            .desired
-            .services
-            .iter()
-            .flat_map(|s| s.frontends.iter().copied()),
-    );
     let mut kept: BTreeMap<&str, Vec<&crate::model::Service>> = BTreeMap::new();
     for unit in last
         .services
@@ -112,6 +102,17 @@ pub(super) fn settle(
     {
         kept.entry(unit.name.as_str()).or_default().push(unit);
     }
+    if kept.is_empty() {
+        return;
+    }
+    let mut claimed: HashSet<Frontend> = taken.keys().copied().collect();
+    claimed.extend(
+        loaded
+            .desired
+            .services
+            .iter()
+            .flat_map(|s| s.frontends.iter().copied()),
+    );
     for (service, units) in kept {
         let clash = units
             .iter()

@@ -6,7 +6,7 @@
 //! (`plan::tests`, `apply::tests`) run it against maps held in memory.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     time::Instant,
 };
@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     maglev,
-    model::{DesiredState, Frontend, Service},
+    model::{DesiredState, FrontendOwners, Service},
 };
 
 /// Why an apply was refused before it changed anything.
@@ -111,7 +111,7 @@ impl Applied {
     fn update(
         &mut self,
         svc: &Service,
-        owners: &HashMap<Frontend, &str>,
+        owners: &FrontendOwners<'_>,
         maps: &mut impl MapWriter,
         now: Instant,
     ) -> Result<()> {

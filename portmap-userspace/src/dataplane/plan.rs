@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     maglev::{self, MaglevBackend},
-    model::{Cidr, EndpointState, Frontend, HostAddr, Service, WhenEmpty},
+    model::{Cidr, EndpointState, Frontend, FrontendOwners, HostAddr, Service, WhenEmpty},
 };
 
 /// A `BACKENDS` entry.
@@ -247,7 +247,7 @@ impl Applied {
     pub fn plan_update(
         &mut self,
         svc: &Service,
-        owners: &HashMap<Frontend, &str>,
+        owners: &FrontendOwners<'_>,
         now: Instant,
     ) -> Result<Plan> {
         if !self.services.contains_key(&svc.key) {
@@ -272,7 +272,7 @@ impl Applied {
         &mut self,
         plan: &mut Plan,
         svc: &Service,
-        owners: &HashMap<Frontend, &str>,
+        owners: &FrontendOwners<'_>,
         now: Instant,
     ) -> Result<()> {
         let Applied {
@@ -475,7 +475,7 @@ impl Applied {
     /// first, so no packet finds a frontend whose backends are gone, then its
     /// backends, tables, prefixes and id. `None` if no such service is
     /// published.
-    pub fn plan_removal(&self, key: &str, owners: &HashMap<Frontend, &str>) -> Option<Plan> {
+    pub fn plan_removal(&self, key: &str, owners: &FrontendOwners<'_>) -> Option<Plan> {
         let applied = self.services.get(key)?;
         let steps = 2 * applied.frontends.len() + applied.backends.len();
         let mut plan = Plan::new(key, steps + applied.source_ranges.len() + 3);
@@ -520,7 +520,7 @@ fn retire_frontend(
     plan: &mut Plan,
     fe: &Frontend,
     value: &FrontendValue,
-    owners: &HashMap<Frontend, &str>,
+    owners: &FrontendOwners<'_>,
     from: &str,
 ) {
     if owners.get(fe).is_none_or(|owner| *owner == from) {

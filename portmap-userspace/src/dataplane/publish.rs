@@ -82,8 +82,13 @@ impl Publishing {
             now.insert(key.clone(), NotPublished { reason, why, typed });
         }
         let before = std::mem::take(&mut self.unpublished);
-        let desired_keys: BTreeSet<&str> =
-            desired.services.iter().map(|s| s.key.as_str()).collect();
+        // Only when something was left out: a sync of a large cluster
+        // should not index every key for nothing.
+        let desired_keys: BTreeSet<&str> = if before.is_empty() {
+            BTreeSet::new()
+        } else {
+            desired.services.iter().map(|s| s.key.as_str()).collect()
+        };
         let recovered: Vec<&String> = before
             .keys()
             .filter(|k| desired_keys.contains(k.as_str()) && !now.contains_key(*k))

@@ -26,6 +26,13 @@ pub struct Composed {
 /// they keep (refusing new flows) only while nobody else wants it: Docker
 /// hands a stopped container's host ports to the next container.
 pub fn compose(base: &DesiredState, containers: &[Container]) -> Composed {
+    if containers.is_empty() {
+        // Without Docker, a sync need not index every frontend.
+        return Composed {
+            desired: base.clone(),
+            ..Composed::default()
+        };
+    }
     let mut owners: HashMap<Frontend, String> = HashMap::new();
     for svc in &base.services {
         let owner = if svc.name.is_empty() {

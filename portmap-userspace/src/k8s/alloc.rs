@@ -6,7 +6,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use super::{Family, NodeConfig, error::ManifestError, plan::Plan};
+use super::{
+    Family, NodeConfig,
+    error::{ManifestError, Source},
+    plan::Plan,
+};
 use crate::model::{Cidr, Protocol};
 
 /// What was assigned by us rather than given in the manifests. Pass the last
@@ -254,6 +258,94 @@ fn pick(cidrs: &[Cidr], key: &str, taken: &BTreeSet<IpAddr>) -> Option<IpAddr> {
     None
 }
 
+/// A nodePort a Service's manifest gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct GivenNodePort {
+    pub node_port: u16,
+    pub proto: Protocol,
+    /// `spec.ports[N].nodePort`.
+    pub field: String,
+}
+
+/// The nodePorts `plan` gives, in port order.
+pub(super) fn given_node_ports(plan: &Plan<'_>) -> Vec<GivenNodePort> {
+    plan.ports
+        .iter()
+        .filter(|p| p.node_port_given)
+        .filter_map(|p| {
+            Some(GivenNodePort {
+                node_port: p.node_port?,
+                proto: p.proto,
+                field: format!("{}.nodePort", p.field()),
+            })
+        })
+        .collect()
+}
+
+/// Reserves the given nodePorts of each Service in turn (by index in
+/// `services`): a Service's are reserved together, or not at all when one
+/// is already taken (by an earlier Service, or by another of its ports).
+/// Returns who holds each, and the Services refused.
+pub(super) fn reserve_given_node_ports<'s>(
+    services: impl Iterator<Item = (&'s Source, &'s [GivenNodePort])>,
+) -> (BTreeMap<(u16, Protocol), usize>, Failed) {
+    let mut failed = Failed::new();
+    let mut owners: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+    let mut sources: Vec<&Source> = Vec::new();
+    for (i, (source, ports)) in services.enumerate() {
+        sources.push(source);
+        let mut mine: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
+        let mut clash = None;
+        for port in ports {
+            let key = (port.node_port, port.proto);
+            let other = if mine.contains_key(&key) {
+                Some("another port of this Service".to_string())
+            } else {
+                owners.get(&key).map(|first| sources[*first].named())
+            };
+            if let Some(other) = other {
+                clash = Some(source.err(
+                    &port.field,
+                    format!(
+                        "{}/{} is already used by {other}",
+                        port.node_port,
+                        port.proto.as_str()
+                    ),
+                ));
+                break;
+            }
+            mine.insert(key, i);
+        }
+        match clash {
+            Some(e) => failed.push((i, e)),
+            None => owners.extend(mine),
+        }
+    }
+    (owners, failed)
+}
+
+/// Fills `plan.cluster_ips` with the ClusterIPs its manifest gives, as
+/// [`assign_cluster_ips`] would, if they and its given nodePorts are all
+/// it needs; `false` (and `plan` unchanged) when something is left to
+/// assign, which depends on every other Service.
+pub(super) fn given_only(plan: &mut Plan<'_>) -> bool {
+    let given = |f: Family| {
+        plan.given_ips
+            .iter()
+            .map(|(_, ip)| *ip)
+            .find(|ip| Family::of(*ip) == f)
+    };
+    let ips: Option<Vec<IpAddr>> = plan.families.iter().map(|f| given(*f)).collect();
+    let node_ports_left = plan.wants_node_ports && plan.ports.iter().any(|p| p.node_port.is_none());
+    match ips {
+        Some(ips) if !node_ports_left && plan.cluster_ips.is_empty() => {
+            plan.cluster_ips = ips;
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Fills `node_port` of the ports of NodePort and LoadBalancer Services:
 /// given ones are reserved first (two Services with the same nodePort and
 /// protocol are an error), then missing ones keep their previous port if it
@@ -265,35 +357,14 @@ pub(super) fn assign_node_ports(
     previous: Option<&Assignments>,
     out: &mut Assignments,
 ) -> Failed {
-    let mut failed = Failed::new();
     let range = node.node_port_range.clone();
-    let mut owners: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
-    for (i, plan) in plans.iter().enumerate() {
-        // A Service's given nodePorts are reserved together, or not at all.
-        let mut mine: BTreeMap<(u16, Protocol), usize> = BTreeMap::new();
-        let mut clash = None;
-        for port in plan.ports.iter().filter(|p| p.node_port_given) {
-            let Some(np) = port.node_port else { continue };
-            let key = (np, port.proto);
-            let other = if mine.contains_key(&key) {
-                Some("another port of this Service".to_string())
-            } else {
-                owners.get(&key).map(|first| plans[*first].source.named())
-            };
-            if let Some(other) = other {
-                clash = Some(plan.source.err(
-                    format!("{}.nodePort", port.field()),
-                    format!("{np}/{} is already used by {other}", port.proto.as_str()),
-                ));
-                break;
-            }
-            mine.insert(key, i);
-        }
-        match clash {
-            Some(e) => failed.push((i, e)),
-            None => owners.extend(mine),
-        }
-    }
+    let given: Vec<Vec<GivenNodePort>> = plans.iter().map(given_node_ports).collect();
+    let (mut owners, mut failed) = reserve_given_node_ports(
+        plans
+            .iter()
+            .zip(&given)
+            .map(|(plan, ports)| (plan.source, ports.as_slice())),
+    );
     let skip = |i: usize, failed: &Failed| failed.iter().any(|(at, _)| *at == i);
     if let Some(prev) = previous {
         for (i, plan) in plans.iter_mut().enumerate() {

@@ -17,7 +17,7 @@ use super::{
 use crate::model::{EndpointState, Protocol};
 
 /// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A usable endpoint and whether it is on this node.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use crate::model::{self, Cidr};
 mod alloc;
 mod endpoints;
 mod error;
+mod incremental;
 mod plan;
 mod read;
 mod translate;
@@ -31,6 +32,7 @@ mod translate;
 pub use alloc::Assignments;
 pub use endpoints::{Locality, locality};
 pub use error::{ManifestError, Source};
+pub use incremental::{ApiMemo, translate_api};
 pub use plan::SERVICE_PROXY_NAME_LABEL;
 pub use read::{Manifests, Object};
 

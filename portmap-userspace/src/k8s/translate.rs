@@ -84,32 +84,38 @@ pub(super) fn translate(
     }
 
     let index = Index::new(m);
-    let mut out = Units {
-        node,
-        owners: BTreeMap::new(),
-        warnings,
-        services: Vec::new(),
-    };
-    for plan in &plans {
-        // All of a Service's units or none.
-        let mark = out.services.len();
-        let mut claimed = Vec::new();
-        if let Err(error) = out.add_plan(plan, &index, &mut claimed) {
-            out.services.truncate(mark);
-            for frontend in claimed {
-                out.owners.remove(&frontend);
-            }
-            rejected.push(reject(plan.source, plan.namespace, plan.name, error));
-        }
-    }
-    let mut warnings = out.warnings;
-    // Claims were settled oldest first; the units go out by name, as ever.
-    let mut services = out.services;
-    services.sort_by(|a, b| a.name.cmp(&b.name));
+    let units: Vec<Units> = plans
+        .iter()
+        .map(|plan| units_of(plan, &index, node))
+        .collect();
+    let candidates: Vec<Candidate<'_>> = plans
+        .iter()
+        .zip(&units)
+        .map(|(plan, units)| Candidate {
+            source: plan.source,
+            namespace: plan.namespace,
+            name: plan.name,
+            id: &plan.id,
+            units,
+        })
+        .collect();
+    let services = merge(&candidates, &mut warnings, &mut rejected);
+    finish(services, assignments, warnings, rejected)
+}
+
+/// The translation, once every Service's units are settled: checked whole,
+/// and each warning said once.
+pub(super) fn finish(
+    services: Vec<model::Service>,
+    assignments: Assignments,
+    mut warnings: Vec<String>,
+    mut rejected: Vec<Rejected>,
+) -> Translation {
     let state = DesiredState { services };
     if let Err(e) = state.validate() {
-        // Units of one family and owners checked above make this unreachable;
-        // if it is not, nothing goes out rather than an inconsistent state.
+        // Units of one family and owners checked in `merge` make this
+        // unreachable; if it is not, nothing goes out rather than an
+        // inconsistent state.
         rejected.push(Rejected {
             service: String::new(),
             source: Source::api(""),
@@ -126,6 +132,121 @@ pub(super) fn translate(
     }
 }
 
+/// One Service's units, translated alone: the frontends they claim and the
+/// warnings, in the order the translation met them (for [`merge`] to
+/// replay against the Services before it), and what stopped it, if
+/// anything.
+#[derive(Clone, Debug)]
+pub(super) struct Units {
+    pub steps: Vec<Step>,
+    /// What is wrong with the Service (its endpoints, or two of its own
+    /// units claiming one frontend), met after `steps`.
+    pub error: Option<ManifestError>,
+    /// In the order made.
+    pub services: Vec<model::Service>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Step {
+    /// A unit takes a frontend, through a field of the Service.
+    Claim {
+        frontend: Frontend,
+        field: String,
+    },
+    Warn(String),
+}
+
+/// A planned Service and its units, for [`merge`].
+pub(super) struct Candidate<'r> {
+    pub source: &'r Source,
+    pub namespace: &'r str,
+    pub name: &'r str,
+    /// `NAMESPACE/NAME`.
+    pub id: &'r str,
+    pub units: &'r Units,
+}
+
+/// Settles the claims of `candidates`, oldest first: a Service that
+/// claims a frontend an earlier one kept is rejected whole (as one whose
+/// own units failed), and gives back what it had claimed. Returns the
+/// units of the others, by Service name.
+pub(super) fn merge(
+    candidates: &[Candidate<'_>],
+    warnings: &mut Vec<String>,
+    rejected: &mut Vec<Rejected>,
+) -> Vec<model::Service> {
+    let mut owners: foldhash::HashMap<Frontend, (usize, &str)> =
+        foldhash::HashMapExt::with_capacity(candidates.len());
+    let mut accepted = Vec::new();
+    for (c, candidate) in candidates.iter().enumerate() {
+        let mut claimed = Vec::new();
+        let mut error = None;
+        for step in &candidate.units.steps {
+            match step {
+                Step::Warn(w) => warnings.push(w.clone()),
+                Step::Claim { frontend, field } => {
+                    if let Some((other, other_field)) = owners.get(frontend) {
+                        let other = &candidates[*other];
+                        let by = if other.source == candidate.source {
+                            "this Service".to_string()
+                        } else {
+                            other.source.named()
+                        };
+                        error = Some(candidate.source.err(
+                            field,
+                            format!(
+                                "frontend {frontend} is already published by {by} through \
+                                 {other_field}"
+                            ),
+                        ));
+                        break;
+                    }
+                    owners.insert(*frontend, (c, field));
+                    claimed.push(*frontend);
+                }
+            }
+        }
+        match error.or_else(|| candidate.units.error.clone()) {
+            Some(error) => {
+                for frontend in claimed {
+                    owners.remove(&frontend);
+                }
+                let c = candidate;
+                rejected.push(reject(c.source, c.namespace, c.name, error));
+            }
+            None => accepted.push(c),
+        }
+    }
+    // Claims were settled oldest first; the units go out by name, as ever.
+    accepted.sort_by(|a, b| candidates[*a].id.cmp(candidates[*b].id));
+    let count = accepted
+        .iter()
+        .map(|c| candidates[*c].units.services.len())
+        .sum();
+    let mut services = Vec::with_capacity(count);
+    for c in accepted {
+        services.extend(candidates[c].units.services.iter().cloned());
+    }
+    services
+}
+
+/// Translates one planned Service alone.
+pub(super) fn units_of(plan: &Plan<'_>, index: &Index<'_>, node: &NodeConfig) -> Units {
+    let mut b = Builder {
+        node,
+        owners: BTreeMap::new(),
+        units: Units {
+            steps: Vec::new(),
+            error: None,
+            services: Vec::new(),
+        },
+    };
+    if let Err(error) = b.add_plan(plan, index) {
+        b.units.error = Some(error);
+    }
+    b.units
+}
+
 fn reject(source: &Source, namespace: &str, name: &str, error: ManifestError) -> Rejected {
     Rejected {
         service: format!("{namespace}/{name}"),
@@ -134,35 +255,32 @@ fn reject(source: &Source, namespace: &str, name: &str, error: ManifestError) ->
     }
 }
 
-/// Who publishes a frontend, to name both when two do.
-struct Owner<'a> {
-    source: &'a Source,
+/// Which unit of the Service publishes a frontend, through which field.
+struct Owner {
     unit: String,
     field: String,
 }
 
-/// The units built so far.
-struct Units<'a> {
+/// The units of one Service built so far.
+struct Builder<'a> {
     node: &'a NodeConfig,
-    owners: BTreeMap<Frontend, Owner<'a>>,
-    warnings: Vec<String>,
-    services: Vec<model::Service>,
+    owners: BTreeMap<Frontend, Owner>,
+    units: Units,
 }
 
-impl<'a> Units<'a> {
-    /// Adds the units of every port and family of a Service; `claimed`
-    /// gets the frontends it took, to give back if it fails part way.
-    fn add_plan(
-        &mut self,
-        plan: &Plan<'a>,
-        index: &Index<'_>,
-        claimed: &mut Vec<Frontend>,
-    ) -> Result<(), ManifestError> {
+impl Builder<'_> {
+    /// Adds the units of every port and family of a Service.
+    fn add_plan(&mut self, plan: &Plan<'_>, index: &Index<'_>) -> Result<(), ManifestError> {
         for port in &plan.ports {
-            let backends = endpoints::backends(plan, port, index, self.node, &mut self.warnings)?;
+            let mut warnings = Vec::new();
+            let backends = endpoints::backends(plan, port, index, self.node, &mut warnings);
+            self.units
+                .steps
+                .extend(warnings.into_iter().map(Step::Warn));
+            let backends = backends?;
             for family in [Family::V4, Family::V6] {
                 if plan.families.contains(&family) {
-                    self.add(plan, port, family, &backends, claimed)?;
+                    self.add(plan, port, family, &backends)?;
                 }
             }
         }
@@ -172,11 +290,10 @@ impl<'a> Units<'a> {
     /// Adds the units of one port and family.
     fn add(
         &mut self,
-        plan: &Plan<'a>,
+        plan: &Plan<'_>,
         port: &PortPlan,
         family: Family,
         backends: &[Backend],
-        claimed: &mut Vec<Frontend>,
     ) -> Result<(), ManifestError> {
         let node = self.node;
         let fe = |addr: HostAddr, port_number: u16| Frontend {
@@ -229,12 +346,12 @@ impl<'a> Units<'a> {
         for (field, ip) in plan.ingress_ips.iter().filter(|(_, ip)| of_family(ip)) {
             if ranges.is_empty() && !plan.source_ranges.is_empty() {
                 // Allowing all would be the opposite of what was asked.
-                self.warnings.push(plan.source.warn(
+                self.units.steps.push(Step::Warn(plan.source.warn(
                     field,
                     format_args!(
                         "spec.loadBalancerSourceRanges has no {family} range: {ip} not published"
                     ),
-                ));
+                )));
                 continue;
             }
             lb.push((fe(HostAddr::Ip(*ip), port.port), field.clone()));
@@ -254,26 +371,20 @@ impl<'a> Units<'a> {
                     if other.unit == key {
                         continue; // the same address listed twice
                     }
-                    let by = if other.source == plan.source {
-                        "this Service".to_string()
-                    } else {
-                        other.source.named()
-                    };
                     let other_field = &other.field;
                     return Err(plan.source.err(
                         field,
                         format!(
-                            "frontend {frontend} is already published by {by} through {other_field}"
+                            "frontend {frontend} is already published by this Service through \
+                             {other_field}"
                         ),
                     ));
                 }
-                let owner = Owner {
-                    source: plan.source,
-                    unit: key,
-                    field,
-                };
-                self.owners.insert(frontend, owner);
-                claimed.push(frontend);
+                self.units.steps.push(Step::Claim {
+                    frontend,
+                    field: field.clone(),
+                });
+                self.owners.insert(frontend, Owner { unit: key, field });
                 list.push(frontend);
             }
             if list.is_empty() {
@@ -302,7 +413,7 @@ impl<'a> Units<'a> {
             } else {
                 WhenEmpty::Reject
             };
-            self.services.push(model::Service {
+            self.units.services.push(model::Service {
                 key: unit_key(plan, port, family, scope),
                 name: plan.id.clone(),
                 port_name: port.name.clone(),

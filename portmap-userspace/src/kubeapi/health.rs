@@ -13,7 +13,7 @@
 //!   send only to nodes that have endpoints.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -27,7 +27,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{api::discovery::v1::EndpointSlice, jiff::Timestamp};
 use log::{info, warn};
 use portmap_testkit::lock;
 use tokio::task::AbortHandle;
@@ -169,6 +169,7 @@ pub struct ServiceHealth {
 /// endpoint counts.
 pub fn service_health(api: &Snapshot, node: &NodeConfig) -> BTreeMap<u16, ServiceHealth> {
     let mut wanted = BTreeMap::new();
+    let mut by_service = None;
     for svc in &api.services {
         let Some(spec) = &svc.spec else { continue };
         let port = spec.health_check_node_port.unwrap_or(0);
@@ -181,14 +182,25 @@ pub fn service_health(api: &Snapshot, node: &NodeConfig) -> BTreeMap<u16, Servic
         }
         let namespace = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
-        let slices = api.slices.iter().filter(|s| {
-            s.metadata.namespace.as_deref() == Some(namespace.as_str())
-                && s.metadata
+        // Indexed once, when a Service wants a check: not per Service.
+        let by_service = by_service.get_or_insert_with(|| {
+            let mut index: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+            for s in &api.slices {
+                let service = s
+                    .metadata
                     .labels
                     .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    == Some(&name)
+                    .and_then(|l| l.get("kubernetes.io/service-name"));
+                if let (Some(ns), Some(service)) = (s.metadata.namespace.as_deref(), service) {
+                    index.entry((ns, service.as_str())).or_default().push(s);
+                }
+            }
+            index
         });
+        let slices = by_service
+            .get(&(namespace.as_str(), name.as_str()))
+            .into_iter()
+            .flatten();
         // As kube-proxy counts: distinct local ready `IP:port`s over the
         // Service's ports (two ports to one target port count once).
         let mut local = std::collections::BTreeSet::new();

@@ -7,6 +7,7 @@ use crate::model::{Cidr, EndpointState, Protocol, Service, WhenEmpty};
 
 mod assign;
 mod errors;
+mod incremental;
 mod policy;
 mod reading;
 

@@ -192,7 +192,7 @@ fn a_replaced_table_is_released_by_the_last_step() {
     let before = web_service(&[ready("198.19.0.2"), ready("198.19.0.3")], &[]);
     assert!(lab.apply(&state(vec![before])).is_complete());
     let after = web_service(&[ready("198.19.0.2"), ready("198.19.0.4")], &[]);
-    let owners = HashMap::from([(fe(), "default/web:http")]);
+    let owners: FrontendOwners<'_> = [(fe(), "default/web:http")].into_iter().collect();
     let plan = lab.applied.plan_update(&after, &owners, lab.now).unwrap();
     let commits: Vec<&Commit> = plan.steps.iter().map(|s| &s.commit).collect();
     assert_eq!(

@@ -4,8 +4,6 @@
 //! check after every operation that nothing a packet could meet is broken
 //! (see `fake`).
 
-use std::collections::HashMap;
-
 use portmap_common::abi::{
     BACKEND_ACTIVE, BACKEND_TERMINATING, BACKEND_UNUSED, FE_AFFINITY_CLIENT_IP,
     FE_DROP_NO_BACKENDS, FE_HOST_ONLY, FE_REJECT_NO_BACKENDS, FE_SOURCE_RANGES, FRONTEND_GEN_FREE,
@@ -18,7 +16,9 @@ use crate::{
         plan::{MapOp, Plan},
         state::Commit,
     },
-    model::{Cidr, DesiredState, Endpoint, EndpointState, Frontend, Service, WhenEmpty},
+    model::{
+        Cidr, DesiredState, Endpoint, EndpointState, Frontend, FrontendOwners, Service, WhenEmpty,
+    },
 };
 
 fn cidr(s: &str) -> Cidr {
@@ -306,7 +306,7 @@ fn an_unchanged_service_writes_nothing() {
 fn a_plan_is_data_until_carried_out() {
     let mut lab = Lab::new();
     let svc = web_service(&[ready("198.19.0.2")], &["198.18.0.0/24"]);
-    let owners = HashMap::from([(fe(), "default/web:http")]);
+    let owners: FrontendOwners<'_> = [(fe(), "default/web:http")].into_iter().collect();
     let plan: Plan = lab
         .applied
         .plan_update(&svc, &owners, lab.now)
@@ -350,7 +350,7 @@ fn a_removal_plan_lets_go_in_order() {
     assert!(lab.apply(&desired).is_complete());
     let plan = lab
         .applied
-        .plan_removal("default/web:http", &HashMap::new())
+        .plan_removal("default/web:http", &FrontendOwners::default())
         .expect("published");
     let commits: Vec<&Commit> = plan.steps.iter().map(|s| &s.commit).collect();
     assert!(
@@ -370,7 +370,7 @@ fn a_removal_plan_lets_go_in_order() {
     );
     assert!(
         lab.applied
-            .plan_removal("nothing", &HashMap::new())
+            .plan_removal("nothing", &FrontendOwners::default())
             .is_none()
     );
 }
