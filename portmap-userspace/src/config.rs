@@ -219,9 +219,20 @@ impl Sources {
     pub fn fingerprint(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for path in &self.manifests {
-            stamp(path, &mut h);
+            // A directory by the manifests it holds, not its own time (which
+            // any file written in it moves).
+            if !path.is_dir() {
+                stamp(path, &mut h);
+            }
             if let Ok(entries) = std::fs::read_dir(path) {
-                let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                // Only what is read: a file being written beside them (a
+                // temporary one renamed into place when complete) must not
+                // trigger a reload of the old contents.
+                let mut files: Vec<PathBuf> = entries
+                    .flatten()
+                    .filter(|e| k8s::is_manifest_name(&e.file_name().to_string_lossy()))
+                    .map(|e| e.path())
+                    .collect();
                 files.sort();
                 for file in files {
                     stamp(&file, &mut h);
@@ -284,6 +295,35 @@ mod tests {
             1,
             "only the -p spec left"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_written_beside_the_manifests_changes_nothing_until_it_is_one() {
+        let dir = std::env::temp_dir().join(format!("portmap-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("a.yaml"),
+            "apiVersion: v1\nkind: List\nitems: []\n",
+        )
+        .unwrap();
+        let sources = Sources {
+            specs: Vec::new(),
+            allow_from: Vec::new(),
+            manifests: vec![dir.clone()],
+            node: NodeConfig::default(),
+            docker: None,
+            masquerade: Masquerade::default(),
+        };
+        let before = sources.fingerprint();
+        // A writer's temporary file, and an editor's swap file: not read,
+        // so no reload of what has not changed yet.
+        std::fs::write(dir.join(".a.yaml.tmp"), "partial").unwrap();
+        std::fs::write(dir.join("notes.txt"), "x").unwrap();
+        assert_eq!(sources.fingerprint(), before);
+        // Renamed into place: now it is one.
+        std::fs::rename(dir.join(".a.yaml.tmp"), dir.join("b.yaml")).unwrap();
+        assert_ne!(sources.fingerprint(), before);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -34,7 +34,7 @@ pub use endpoints::{Locality, locality};
 pub use error::{ManifestError, Source};
 pub use incremental::{ApiMemo, translate_api};
 pub use plan::SERVICE_PROXY_NAME_LABEL;
-pub use read::{Manifests, Object};
+pub use read::{Manifests, Object, is_manifest_name};
 
 /// What the translation needs to know about this node.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -62,6 +62,13 @@ impl ApiObject for EndpointSlice {
 /// `.json` files in them, by name, leaving out hidden files). A file named
 /// directly is read whatever its name. The same file named twice is read
 /// once.
+/// Whether a directory entry named `name` is read as a manifest: YAML or
+/// JSON, and not hidden (an editor's or a writer's temporary file, a
+/// ConfigMap volume's `..data`).
+pub fn is_manifest_name(name: &str) -> bool {
+    [".yaml", ".yml", ".json"].iter().any(|s| name.ends_with(s)) && !name.starts_with('.')
+}
+
 pub fn read_manifests(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
     let mut m = Manifests::default();
     let mut done = BTreeSet::new();
@@ -74,10 +81,9 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
             for entry in fs::read_dir(path).map_err(cant)? {
                 let entry = entry.map_err(cant)?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let wanted = [".yaml", ".yml", ".json"].iter().any(|s| name.ends_with(s));
                 // Following symlinks: a ConfigMap volume links its files
                 // into `..data/`.
-                if wanted && !name.starts_with('.') && entry.path().is_file() {
+                if is_manifest_name(&name) && entry.path().is_file() {
                     files.push(entry.path());
                 }
             }
