@@ -52,6 +52,19 @@ pub fn key_of(flow: &Flow, direction: u8) -> CtKey {
     }
 }
 
+/// The key of a reply to `flow`'s packet (its ends swapped), in the reply
+/// direction: how a backend's answer to a request it got is looked up.
+#[inline(always)]
+pub fn reply_key_of(flow: &Flow) -> CtKey {
+    CtKey {
+        src: flow.dst,
+        dst: flow.src,
+        sport: flow.dport,
+        dport: flow.sport,
+        ..key_of(flow, CT_REPLY)
+    }
+}
+
 /// The key of the other entry of the flow that `key` and `entry` belong to,
 /// for a flow that is not SNATed (a SNATed one's twin is found through SNAT
 /// state: see `snat`).

@@ -32,10 +32,14 @@ use aya_ebpf::{
     helpers::bpf_check_mtu,
     programs::TcContext,
 };
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 use portmap_common::{
     abi::{
-        CT_F_DSR, CT_F_DSR_REPLY, CT_REPLY, CT_REQUEST, CT_STATE_CLOSING, CtValue, DatapathEvent,
-        FAMILY_V4, FrontendKey, NO_BACKEND_ID, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
+        CT_F_DSR, CT_F_DSR_REPLY, CT_REQUEST, CT_STATE_CLOSING, CtValue, DatapathEvent, FAMILY_V4,
+        FrontendKey, NO_BACKEND_ID, PROTO_TCP, REFRESH_INTERVAL_NS, RawAddr,
     },
     dsr::{EXT6_LEN, IPV6_DSTOPTS, OPT4_LEN, OPT4_TYPE, OPT6_DATA_LEN, OPT6_TYPE, ext6, opt4},
 };
@@ -47,14 +51,12 @@ use crate::{
     maps::{CONNTRACK, CT_SCRATCH, FRONTENDS},
     nat::{Side, rewrite_tc},
     packet::{PacketBuf, ptr_at},
-    parse::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse_skb},
+    parse::{ETH_P_IP, ETH_P_IPV6, Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse_skb},
 };
 
-const ETH_HLEN: usize = 14;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_HLEN: usize = EthHdr::LEN;
+const IPV4_HLEN: usize = Ipv4Hdr::LEN;
+const IPV6_HLEN: usize = Ipv6Hdr::LEN;
 
 /// Whether a DSR flow's packet must carry the frontend: a SYN opening a TCP
 /// connection (its later segments are known by then on the backend's node,
@@ -278,11 +280,7 @@ fn close_learned(ctx: &TcContext) {
     let Ok(flow) = parse_skb(ctx) else {
         return;
     };
-    let mut key = conntrack::key_of(&flow, CT_REPLY);
-    key.src = flow.dst;
-    key.dst = flow.src;
-    key.sport = flow.dport;
-    key.dport = flow.sport;
+    let key = conntrack::reply_key_of(&flow);
     let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
         return;
     };
@@ -363,13 +361,9 @@ fn learn(ctx: &TcContext) {
     // SAFETY: a valid map value this run uses alone: the program holds its
     // CPU and nothing here yields.
     let s = unsafe { &mut *scratch };
-    s.key = conntrack::key_of(&flow, CT_REPLY);
     // The reply's key: from the backend (this packet's destination) to the
     // client.
-    s.key.src = flow.dst;
-    s.key.dst = flow.src;
-    s.key.sport = flow.dport;
-    s.key.dport = flow.sport;
+    s.key = conntrack::reply_key_of(&flow);
     let now = conntrack::now_ns();
     let mut insert_flags = u64::from(BPF_NOEXIST);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&s.key) {

@@ -22,8 +22,8 @@ use aya_ebpf::programs::TcContext;
 
 use crate::packet::{MAX_OFFSET, PacketBuf, ptr_at};
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
