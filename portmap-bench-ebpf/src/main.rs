@@ -12,6 +12,9 @@
 //!   counted by source: from the address in `SINK_SOURCE`, or from another
 //!   (the remote-backend cell checks that every one came from the node that
 //!   masqueraded them).
+//! - `bench_lookup_wide`, `bench_lookup_narrow`: one LRU hash lookup of the
+//!   same IPv4 flow, with portmap's 40-byte conntrack key and with a 16-byte
+//!   IPv4-only key: what the key's size costs a conntrack hit.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -26,11 +29,16 @@ mod programs {
         bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
         helpers::{bpf_get_smp_processor_id, bpf_xdp_store_bytes},
         macros::{map, xdp},
-        maps::{Array, PerCpuArray},
+        maps::{Array, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
-    use portmap_bench_common::{LOADGEN_MAX_FRAME, LoadgenConfig};
-    use portmap_common::csum::CsumDelta;
+    use portmap_bench_common::{
+        LOADGEN_MAX_FRAME, LoadgenConfig, NarrowCtKey, priced_narrow_key, priced_wide_key,
+    };
+    use portmap_common::{
+        abi::{CtKey, CtValue},
+        csum::CsumDelta,
+    };
 
     /// The frame template and the number of flows.
     #[map]
@@ -53,6 +61,14 @@ mod programs {
     /// `SINK_SOURCE`, [1] from any other address.
     #[map]
     static SINK_BY_SOURCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+    /// Conntrack-shaped tables, one flow each (inserted by userspace), sized
+    /// as `xdpcost` sizes portmap's own.
+    #[map]
+    static LOOKUP_WIDE: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(4096, 0);
+
+    #[map]
+    static LOOKUP_NARROW: LruHashMap<NarrowCtKey, CtValue> = LruHashMap::with_max_entries(4096, 0);
 
     /// Offsets in an untagged IPv4 frame.
     const IP_CHECK: usize = 14 + 10;
@@ -104,6 +120,29 @@ mod programs {
             }
         }
         XDP_DROP
+    }
+
+    /// `XDP_PASS` if the flow is found, `XDP_ABORTED` (which the benchmark
+    /// refuses to measure) if not.
+    #[xdp]
+    pub fn bench_lookup_wide(_ctx: XdpContext) -> u32 {
+        let key = priced_wide_key();
+        // SAFETY: the value is only tested for presence, never read.
+        match unsafe { LOOKUP_WIDE.get(&key) } {
+            Some(_) => XDP_PASS,
+            None => XDP_ABORTED,
+        }
+    }
+
+    /// [`bench_lookup_wide`] with the 16-byte key.
+    #[xdp]
+    pub fn bench_lookup_narrow(_ctx: XdpContext) -> u32 {
+        let key = priced_narrow_key();
+        // SAFETY: as above.
+        match unsafe { LOOKUP_NARROW.get(&key) } {
+            Some(_) => XDP_PASS,
+            None => XDP_ABORTED,
+        }
     }
 
     #[xdp]

@@ -66,6 +66,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
     pub tcp_services: Vec<u32>,
 
+    /// No TCP measurements at all (a quicker run of the packet-rate cells,
+    /// for comparing one change of the dataplane with the next).
+    #[arg(long, conflicts_with = "tcp_services")]
+    pub no_tcp: bool,
+
     /// Which cells to measure (comma-separated): `local`, the backends on
     /// the node (with, once per repetition, portmap's per-packet cost,
     /// control plane and footprint); `remote`, the backends on another node,
@@ -170,7 +175,9 @@ pub(crate) fn validate(args: &BenchArgs) -> Result<BenchArgs> {
     if let Some(bad) = tcp_services.iter().find(|s| !services.contains(s)) {
         bail!("--tcp-services: {bad} is not one of --services");
     }
-    if tcp_services.is_empty() {
+    if args.no_tcp {
+        tcp_services.clear();
+    } else if tcp_services.is_empty() {
         tcp_services.clone_from(&services);
     }
     let mut remote_services = args.remote_services.clone();

@@ -50,6 +50,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use portmap_testkit::signals;
+use portmap_userspace::dataplane::Limits;
 
 pub use self::{args::BenchArgs, modes::Mode};
 use self::{
@@ -71,6 +72,9 @@ pub fn ebpf_object() -> &'static [u8] {
 /// Runs of BPF_PROG_TEST_RUN per case of the per-packet cost.
 const XDP_COST_REPEAT: u32 = 5_000_000;
 const WARMUP: Duration = Duration::from_millis(300);
+/// At most this long sending new flows to fill the conntrack table before
+/// the new-flow measurement.
+const FILL_LIMIT: Duration = Duration::from_secs(10);
 
 /// iperf3 measures whole seconds: `--duration` rounded, at least one.
 fn tcp_seconds(args: &BenchArgs) -> u32 {
@@ -454,10 +458,10 @@ fn cell(ctx: &mut Ctx, rep: u32, count: u32, mode: Mode, tag: &str) -> Result<Ce
     let src = SocketAddrV4::new(CLIENT_IP, 1024);
     let template = frames::udp(NODE_MAC, CLIENT_MAC, src, programmed.target);
     step(ctx, "established flows");
-    let established = throughput(ctx, &topo, ifindex, &template, ctx.args.flows)
+    let established = throughput(ctx, &topo, ifindex, &template, ctx.args.flows, false)
         .with_context(|| format!("{}: established flows at {count} Services", mode.name()))?;
     step(ctx, "new flows");
-    let new_flows = throughput(ctx, &topo, ifindex, &template, 0)
+    let new_flows = throughput(ctx, &topo, ifindex, &template, 0, true)
         .with_context(|| format!("{}: new flows at {count} Services", mode.name()))?;
     drop(sinks);
     // The TCP measurements: what a node of this mode has, no more (no
@@ -552,16 +556,35 @@ fn tcp(
     })
 }
 
+/// Frames per second delivered with `flows` flows (0: a new flow each).
+/// `fill_conntrack`: first send new flows until portmap's conntrack table
+/// is full (the local cells' new-flow measurement; the remote cells
+/// measure what fills first, the SNAT ports).
 fn throughput(
     ctx: &mut Ctx,
     topo: &Topology,
     ifindex: u32,
     template: &[u8],
     flows: u32,
+    fill_conntrack: bool,
 ) -> Result<Throughput> {
     ctx.bench.configure(template, flows)?;
-    ctx.bench
-        .generate(&topo.client, ifindex, template, WARMUP)?;
+    let mut warmed = ctx
+        .bench
+        .generate(&topo.client, ifindex, template, WARMUP)?
+        .generated;
+    // New flows are measured with the conntrack table full (portmap's
+    // default size, two entries a flow), so every flow evicts: the steady
+    // state of a node taking new flows, not an empty table's first second.
+    // The generator's flows never repeat, so these are all distinct.
+    let fill = u64::from(Limits::default().conntrack) / 2 * 5 / 4;
+    let filling = Instant::now();
+    while fill_conntrack && warmed < fill && filling.elapsed() < FILL_LIMIT {
+        warmed += ctx
+            .bench
+            .generate(&topo.client, ifindex, template, WARMUP)?
+            .generated;
+    }
     signals::sleep(Duration::from_millis(50))?;
     let before = ctx.bench.sunk()?;
     let duration = Duration::from_secs_f64(ctx.args.duration);

@@ -12,10 +12,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpLink, xdp::XdpMode},
 };
-use portmap_bench_common::{LOADGEN_MAX_FRAME, LoadgenConfig};
+use portmap_bench_common::{
+    LOADGEN_MAX_FRAME, LoadgenConfig, NarrowCtKey, priced_narrow_key, priced_wide_key,
+};
+use portmap_common::abi::{CtKey, CtValue};
 use portmap_testkit::{netns::Netns, signals};
 
 use super::{ebpf_object, frames};
@@ -23,6 +26,8 @@ use super::{ebpf_object, frames};
 pub const PASS: &str = "bench_pass";
 pub const LOADGEN: &str = "bench_loadgen";
 pub const SINK: &str = "bench_sink";
+pub const LOOKUP_WIDE: &str = "bench_lookup_wide";
+pub const LOOKUP_NARROW: &str = "bench_lookup_narrow";
 
 /// Frames per live-frames batch (the kernel's default is 64).
 const BATCH: u32 = 256;
@@ -65,7 +70,7 @@ pub struct Burst {
 impl BenchObject {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(ebpf_object()).context("loading the benchmark's eBPF object")?;
-        for name in [PASS, LOADGEN, SINK] {
+        for name in [PASS, LOADGEN, SINK, LOOKUP_WIDE, LOOKUP_NARROW] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .with_context(|| format!("no program {name} in the benchmark object"))?
@@ -86,6 +91,7 @@ impl BenchObject {
                 .context("no map SINK_BY_SOURCE")?,
         )
         .context("map SINK_BY_SOURCE")?;
+        insert_priced_flow(&mut ebpf)?;
         Ok(Self {
             ebpf,
             config,
@@ -263,7 +269,31 @@ pub fn ns_per_run(prog: &Xdp, frame: &[u8], repeat: u32, rounds: u32) -> Result<
     Ok(best)
 }
 
+/// The flow `bench_lookup_wide` and `bench_lookup_narrow` look up, into
+/// their tables.
+fn insert_priced_flow(ebpf: &mut Ebpf) -> Result<()> {
+    let value = CtValue::default();
+    let mut wide: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(ebpf.map_mut("LOOKUP_WIDE").context("no map LOOKUP_WIDE")?)
+            .context("map LOOKUP_WIDE")?;
+    wide.insert(priced_wide_key(), value, 0)
+        .context("inserting into LOOKUP_WIDE")?;
+    let mut narrow: HashMap<_, NarrowCtKey, CtValue> = HashMap::try_from(
+        ebpf.map_mut("LOOKUP_NARROW")
+            .context("no map LOOKUP_NARROW")?,
+    )
+    .context("map LOOKUP_NARROW")?;
+    narrow
+        .insert(priced_narrow_key(), value, 0)
+        .context("inserting into LOOKUP_NARROW")
+}
+
 impl BenchObject {
+    /// `bench_lookup_wide` and `bench_lookup_narrow`, their flow in place.
+    pub fn lookups(&self) -> Result<(&Xdp, &Xdp)> {
+        Ok((self.program(LOOKUP_WIDE)?, self.program(LOOKUP_NARROW)?))
+    }
+
     /// `bench_pass`, for the per-packet cost baseline.
     pub fn pass(&self) -> Result<&Xdp> {
         self.program(PASS)

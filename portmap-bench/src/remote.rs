@@ -396,6 +396,6 @@ fn by_source(
     flows: u32,
 ) -> Result<(Throughput, BySource)> {
     let before = ctx.bench.sunk_by_source()?;
-    let t = throughput(ctx, topo, ifindex, template, flows)?;
+    let t = throughput(ctx, topo, ifindex, template, flows, false)?;
     Ok((t, ctx.bench.sunk_by_source()?.since(before)))
 }

@@ -112,16 +112,16 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
         .min_by(|a, b| a.1.total_cmp(&b.1));
     out.push(match worst {
         Some((s, x)) => Target {
-            what: "Established-flow throughput ≥ 3× forward (every Service count)".into(),
+            what: "Established-flow throughput ≥ 2× forward (every Service count)".into(),
             measured: format!("{x:.2}× (the lowest, at S = {s})"),
-            verdict: if x >= 3.0 {
+            verdict: if x >= 2.0 {
                 Verdict::Holds
             } else {
                 Verdict::Missed
             },
         },
         None => Target {
-            what: "Established-flow throughput ≥ 3× forward".into(),
+            what: "Established-flow throughput ≥ 2× forward".into(),
             measured: need(&[pm, Mode::Forward], &[]),
             verdict: Verdict::NotMeasured,
         },
@@ -159,10 +159,17 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
     ));
     let pass = Stat::of(r.xdp_cost.iter().map(|c| c.pass_ns));
     let hit = Stat::of(r.xdp_cost.iter().map(|c| c.hit_ns));
-    out.push(at_least_inverse(
+    // The program's own cost, without the harness's: what a change of the
+    // dataplane moves, where the ratio also moves with the machine.
+    let own = match (hit, pass) {
+        (Some(h), Some(p)) => format!(" (the program's own +{:.0} ns)", h.median - p.median),
+        _ => String::new(),
+    };
+    out.push(at_most(
         "Conntrack-hit cost ≤ 2× the bare XDP_PASS program",
         ratio(hit, pass),
         2.0,
+        &own,
     ));
     let control = |f: fn(&super::control::PortmapControl) -> f64| {
         Stat::of(r.control.iter().filter(|c| c.services == BIG).map(f))
@@ -182,11 +189,11 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
     out
 }
 
-fn at_least_inverse(what: &str, r: Option<f64>, max: f64) -> Target {
+fn at_most(what: &str, r: Option<f64>, max: f64, detail: &str) -> Target {
     match r {
         Some(r) => Target {
             what: what.into(),
-            measured: format!("{r:.2}×"),
+            measured: format!("{r:.2}×{detail}"),
             verdict: if r <= max {
                 Verdict::Holds
             } else {

@@ -34,6 +34,13 @@ pub struct XdpCost {
     pub new_flow_ns: f64,
     pub miss_ns: f64,
     pub arp_ns: f64,
+    /// One LRU hash lookup of an IPv4 flow with portmap's 40-byte conntrack
+    /// key (`bench_lookup_wide`), and with a 16-byte one
+    /// (`bench_lookup_narrow`); 0 in results of runs that predate them.
+    #[serde(default)]
+    pub lookup_wide_ns: f64,
+    #[serde(default)]
+    pub lookup_narrow_ns: f64,
 }
 
 fn identity_state() -> Result<DesiredState> {
@@ -121,12 +128,21 @@ pub fn measure(bench: &BenchObject, repeat: u32) -> Result<XdpCost> {
             after_new - after_hits
         );
     }
+    let (wide, narrow) = bench.lookups()?;
+    for (name, lookup) in [("wide", wide), ("narrow", narrow)] {
+        let action = run_once(lookup, &udp_hit)?;
+        if action != XDP_PASS {
+            bail!("the {name}-key lookup did not find its flow (returned {action})");
+        }
+    }
     Ok(XdpCost {
         pass_ns,
         hit_ns,
         new_flow_ns,
         miss_ns: ns_per_run(prog, &udp_miss, per_round, rounds)?,
         arp_ns: ns_per_run(prog, &arp, per_round, rounds)?,
+        lookup_wide_ns: ns_per_run(wide, &udp_hit, per_round, rounds)?,
+        lookup_narrow_ns: ns_per_run(narrow, &udp_hit, per_round, rounds)?,
     })
 }
 
@@ -155,13 +171,20 @@ mod tests {
         for _ in 0..3 {
             let c = measure(&bench, 500_000).expect("measured");
             println!(
-                "pass {:.1} ns, hit {:.1} ns ({:.2}x), new flow {:.1} ns, miss {:.1} ns, ARP {:.1} ns",
+                "pass {:.1} ns, hit {:.1} ns ({:.2}x), new flow {:.1} ns, miss {:.1} ns, ARP {:.1} ns, \
+                 lookup 40-byte key {:.1} ns, 16-byte key {:.1} ns",
                 c.pass_ns,
                 c.hit_ns,
                 c.hit_ns / c.pass_ns,
                 c.new_flow_ns,
                 c.miss_ns,
-                c.arp_ns
+                c.arp_ns,
+                c.lookup_wide_ns,
+                c.lookup_narrow_ns
+            );
+            assert!(
+                c.lookup_wide_ns > c.pass_ns && c.lookup_narrow_ns > c.pass_ns,
+                "a lookup costs more than nothing"
             );
             assert!(c.hit_ns > c.pass_ns, "a hit costs more than nothing");
         }

@@ -171,7 +171,25 @@ fn bench_measures_every_mode_and_writes_its_report() {
         assert_eq!(of_mode[0]["services"], 1);
         check_remote(mode, of_mode[0], log);
     }
-    assert!(!results["xdp_cost"].as_array().unwrap().is_empty());
+    let xdp_cost = results["xdp_cost"].as_array().unwrap();
+    assert!(!xdp_cost.is_empty());
+    for c in xdp_cost {
+        // A hit and a new flow cost well more than the bare XDP_PASS (the
+        // harness is in both); the lookups were measured (they refuse to be
+        // if their flow is not found).
+        let pass = c["pass_ns"].as_f64().unwrap_or(0.0);
+        for key in ["hit_ns", "new_flow_ns"] {
+            let v = c[key].as_f64().unwrap_or(0.0);
+            assert!(
+                v > pass && pass > 0.0,
+                "xdp_cost {key} is {v}, pass {pass}: {c}"
+            );
+        }
+        for key in ["lookup_wide_ns", "lookup_narrow_ns"] {
+            let v = c[key].as_f64().unwrap_or(0.0);
+            assert!(v > 0.0, "xdp_cost {key} is {v}: {c}");
+        }
+    }
     assert_eq!(results["control"].as_array().unwrap().len(), 2);
     let footprint = results["footprint"].as_array().expect("footprint");
     assert_eq!(footprint.len(), 2, "one per Service count");
