@@ -3,6 +3,8 @@
 //! none of it is part of portmap's own dataplane.
 #![no_std]
 
+use portmap_common::abi::{CT_REQUEST, CtKey, FAMILY_V4, RawAddr};
+
 /// Longest frame template of the load generator.
 pub const LOADGEN_MAX_FRAME: usize = 128;
 
@@ -59,16 +61,16 @@ pub const PRICED_FLOW: ([u8; 4], [u8; 4], u16, u16, u8) =
     ([198, 18, 0, 1], [198, 18, 0, 2], 40_000, 8080, 17);
 
 /// [`PRICED_FLOW`] as portmap's 40-byte conntrack key.
-pub fn priced_wide_key() -> portmap_common::abi::CtKey {
+pub fn priced_wide_key() -> CtKey {
     let (src, dst, sport, dport, proto) = PRICED_FLOW;
-    portmap_common::abi::CtKey {
-        src: portmap_common::abi::RawAddr([u32::from_ne_bytes(src), 0, 0, 0]),
-        dst: portmap_common::abi::RawAddr([u32::from_ne_bytes(dst), 0, 0, 0]),
+    CtKey {
+        src: RawAddr([u32::from_ne_bytes(src), 0, 0, 0]),
+        dst: RawAddr([u32::from_ne_bytes(dst), 0, 0, 0]),
         sport: sport.to_be(),
         dport: dport.to_be(),
         proto,
-        family: portmap_common::abi::FAMILY_V4,
-        direction: portmap_common::abi::CT_REQUEST,
+        family: FAMILY_V4,
+        direction: CT_REQUEST,
         _pad: 0,
     }
 }
@@ -82,7 +84,7 @@ pub fn priced_narrow_key() -> NarrowCtKey {
         sport: sport.to_be(),
         dport: dport.to_be(),
         proto,
-        direction: portmap_common::abi::CT_REQUEST,
+        direction: CT_REQUEST,
         _pad: 0,
     }
 }

@@ -6,32 +6,15 @@ use std::fmt::Write as _;
 use super::{
     modes::Mode,
     remote::NODE_A_IP,
-    report::{fmt_pps, fmt_ratio, table_head},
+    report::{bulk_summary, fmt_pps, fmt_ratio, http_summary, mpps, push_failures, table_head},
     results::{RemoteCell, Results, Stat},
-    tcpreport::{fmt_gbps, fmt_rps},
+    tcpreport::{fmt_gbps, fmt_rps, others, tso_off_by_mode},
 };
 
 /// One line about a remote cell, printed as the run goes.
 pub fn summary(c: &RemoteCell) -> String {
-    let mpps = |t: Option<super::results::Throughput>| {
-        t.map_or("–".into(), |t| format!("{:.2}", t.delivered_pps / 1e6))
-    };
-    let bulk: Vec<String> = c
-        .bulk
-        .iter()
-        .map(|b| match b.gbps {
-            Some(g) => format!("{}×{g:.2}", b.streams),
-            None => format!("{}×FAILED", b.streams),
-        })
-        .collect();
-    let http = c.http.as_ref().map_or("–".into(), |h| {
-        let failed = if h.failed > 0 {
-            format!(" ({} FAILED)", h.failed)
-        } else {
-            String::new()
-        };
-        format!("{:.0} req/s{failed}", h.requests_per_s)
-    });
+    let bulk = bulk_summary(&c.bulk);
+    let http = http_summary(c.http.as_ref());
     let mut line = format!(
         "rep {} {:>5} Services {:<8} remote backends (SNAT): established {} Mpps, new {} Mpps, \
          TCP {} Gbit/s, HTTP {http}; the backends saw {} only",
@@ -43,28 +26,8 @@ pub fn summary(c: &RemoteCell) -> String {
         bulk.join(" "),
         c.sources.node,
     );
-    for b in &c.bulk {
-        if let Some(e) = &b.error {
-            let _ = write!(line, "\n    TCP bulk, {} stream(s) FAILED: {e}", b.streams);
-        }
-    }
-    if let Some(e) = c.http.as_ref().and_then(|h| h.first_error.as_ref()) {
-        let _ = write!(line, "\n    HTTP: first failure: {e}");
-    }
+    push_failures(&mut line, &c.bulk, c.http.as_ref());
     line
-}
-
-/// The modes portmap is compared with, if portmap was measured.
-fn others(r: &Results) -> Vec<Mode> {
-    if !r.config.modes.contains(&Mode::Portmap) {
-        return Vec::new();
-    }
-    r.config
-        .modes
-        .iter()
-        .copied()
-        .filter(|m| *m != Mode::Portmap)
-        .collect()
 }
 
 /// A table of one remote metric: a row per Service count, a column per
@@ -168,20 +131,7 @@ pub fn section(out: &mut String, r: &Results) {
 /// Where the kernel had TSO off (a veth whose peer runs XDP: portmap's, on
 /// both of node A's interfaces).
 fn tso_note(out: &mut String, r: &Results) {
-    let mut notes = Vec::new();
-    for &m in &r.config.modes {
-        let mut ifs: Vec<&str> = r
-            .remote
-            .iter()
-            .filter(|c| c.mode == m)
-            .flat_map(|c| c.tso_off.iter().map(String::as_str))
-            .collect();
-        ifs.sort_unstable();
-        ifs.dedup();
-        if !ifs.is_empty() {
-            notes.push(format!("{}: {}", m.name(), ifs.join(", ")));
-        }
-    }
+    let notes = tso_off_by_mode(r, r.remote.iter().map(|c| (c.mode, &c.tso_off)));
     if !notes.is_empty() {
         let _ = writeln!(
             out,

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 use super::{
+    bulk::Bulk,
+    http::HttpLoad,
     modes::Mode,
     results::{Cell, Results, Stat, Throughput},
     targets::{self, Verdict},
@@ -106,25 +108,50 @@ fn metric_table(
 }
 
 /// One line about a cell, printed as the run goes (and the failures under it).
-pub fn summary(c: &Cell) -> String {
-    let mpps =
-        |t: Option<Throughput>| t.map_or("–".into(), |t| format!("{:.2}", t.delivered_pps / 1e6));
-    let bulk: Vec<String> = c
-        .bulk
-        .iter()
-        .map(|b| match (b.gbps, &b.error) {
-            (Some(g), _) => format!("{}×{g:.2}", b.streams),
-            (None, _) => format!("{}×FAILED", b.streams),
+/// Delivered Mpps, for the line printed after a cell.
+pub(crate) fn mpps(t: Option<Throughput>) -> String {
+    t.map_or("–".into(), |t| format!("{:.2}", t.delivered_pps / 1e6))
+}
+
+/// Each transfer as `streams×Gbit/s` (or `×FAILED`), for the line printed
+/// after a cell.
+pub(crate) fn bulk_summary(bulk: &[Bulk]) -> Vec<String> {
+    bulk.iter()
+        .map(|b| match b.gbps {
+            Some(g) => format!("{}×{g:.2}", b.streams),
+            None => format!("{}×FAILED", b.streams),
         })
-        .collect();
-    let http = c.http.as_ref().map_or("–".into(), |h| {
+        .collect()
+}
+
+/// The HTTP load's rate and failures, for the line printed after a cell.
+pub(crate) fn http_summary(http: Option<&HttpLoad>) -> String {
+    http.map_or("–".into(), |h| {
         let failed = if h.failed > 0 {
             format!(" ({} FAILED)", h.failed)
         } else {
             String::new()
         };
         format!("{:.0} req/s{failed}", h.requests_per_s)
-    });
+    })
+}
+
+/// The errors of failed transfers and the HTTP load's first failure, each
+/// on a line of its own after the cell's line.
+pub(crate) fn push_failures(line: &mut String, bulk: &[Bulk], http: Option<&HttpLoad>) {
+    for b in bulk {
+        if let Some(e) = &b.error {
+            let _ = write!(line, "\n    TCP bulk, {} stream(s) FAILED: {e}", b.streams);
+        }
+    }
+    if let Some(e) = http.and_then(|h| h.first_error.as_ref()) {
+        let _ = write!(line, "\n    HTTP: first failure: {e}");
+    }
+}
+
+pub fn summary(c: &Cell) -> String {
+    let bulk = bulk_summary(&c.bulk);
+    let http = http_summary(c.http.as_ref());
     let tcp = if bulk.is_empty() {
         "–".to_string()
     } else {
@@ -141,17 +168,7 @@ pub fn summary(c: &Cell) -> String {
         c.latency
             .map_or("–".into(), |l| format!("{:.0} µs", l.p50_us)),
     );
-    for b in &c.bulk {
-        if let Some(e) = &b.error {
-            line.push_str(&format!(
-                "\n    TCP bulk, {} stream(s) FAILED: {e}",
-                b.streams
-            ));
-        }
-    }
-    if let Some(e) = c.http.as_ref().and_then(|h| h.first_error.as_ref()) {
-        line.push_str(&format!("\n    HTTP: first failure: {e}"));
-    }
+    push_failures(&mut line, &c.bulk, c.http.as_ref());
     line
 }
 

@@ -37,7 +37,7 @@ fn ratio(a: Option<Stat>, b: Option<Stat>) -> String {
 }
 
 /// The modes portmap is compared with, if portmap was measured.
-fn others(r: &Results) -> Vec<Mode> {
+pub(crate) fn others(r: &Results) -> Vec<Mode> {
     if !r.config.modes.contains(&Mode::Portmap) {
         return Vec::new();
     }
@@ -131,15 +131,18 @@ fn failed_transfers(out: &mut String, r: &Results) {
     }
 }
 
-/// Where the kernel had TSO off: a veth whose peer runs an XDP program.
-fn tso_note(out: &mut String, r: &Results) {
+/// `mode: interfaces` for each mode whose cells (`(mode, interfaces with
+/// TSO off)`) had TSO off anywhere, in the run's order of modes.
+pub(crate) fn tso_off_by_mode<'a>(
+    r: &Results,
+    cells: impl Iterator<Item = (Mode, &'a Vec<String>)> + Clone,
+) -> Vec<String> {
     let mut notes = Vec::new();
     for &m in &r.config.modes {
-        let mut ifs: Vec<&str> = r
-            .cells
-            .iter()
-            .filter(|c| c.mode == m)
-            .flat_map(|c| c.tso_off.iter().map(String::as_str))
+        let mut ifs: Vec<&str> = cells
+            .clone()
+            .filter(|(mode, _)| *mode == m)
+            .flat_map(|(_, off)| off.iter().map(String::as_str))
             .collect();
         ifs.sort_unstable();
         ifs.dedup();
@@ -147,6 +150,12 @@ fn tso_note(out: &mut String, r: &Results) {
             notes.push(format!("{}: {}", m.name(), ifs.join(", ")));
         }
     }
+    notes
+}
+
+/// Where the kernel had TSO off: a veth whose peer runs an XDP program.
+fn tso_note(out: &mut String, r: &Results) {
+    let notes = tso_off_by_mode(r, r.cells.iter().map(|c| (c.mode, &c.tso_off)));
     if !notes.is_empty() {
         let _ = writeln!(
             out,
