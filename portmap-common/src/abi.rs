@@ -271,6 +271,49 @@ pub struct CtValue {
 /// entry is checked, and recreated if the LRU evicted it, at those writes.
 pub const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
 
+/// A slot of the per-CPU `HOP_CACHE`: the next hop `bpf_fib_lookup` gave a
+/// request translated to backend `backend_id`, so that the next requests to
+/// that backend on this CPU need no lookup (see `hopcache` in the
+/// dataplane). Slots are direct-mapped by backend id. A slot is used only
+/// while all of these hold; otherwise the lookup is made again:
+/// - it is the backend's: same id and generation;
+/// - `epoch` is `HOP_EPOCH`'s, which is not 0. Userspace changes it on every
+///   route, neighbour, address, rule or link event netlink reports, on
+///   changes of the fast path's interfaces, and at each start; it sets 0
+///   (nothing cached) while policy rules, multipath or source-specific
+///   routes could make the answer depend on more than the backend;
+/// - it is younger than [`HOP_MAX_AGE_NS`], which bounds how stale an answer
+///   gets while no daemon follows netlink (during a restart);
+/// - the packet came in on `in_ifindex` and is at most `checked_len` bytes
+///   (the largest the lookup checked against the egress MTU).
+///
+/// Per backend, not per flow: a node's backends are few and their slots stay
+/// in cache, where a flow's slot would miss it as often as the lookup costs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopSlot {
+    /// `bpf_ktime_get_coarse_ns` when looked up.
+    pub at_ns: u64,
+    pub backend_id: u32,
+    pub backend_generation: u32,
+    pub epoch: u32,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    /// IP length (header included) checked against the egress MTU; 0 while
+    /// the slot is being filled.
+    pub checked_len: u16,
+    /// Destination MAC, then source MAC.
+    pub macs: [u8; 12],
+    pub _pad: [u8; 6],
+}
+
+/// How long a next hop stays in a [`HopSlot`] without being looked up again,
+/// whatever netlink says.
+pub const HOP_MAX_AGE_NS: u64 = 1_000_000_000;
+
+/// Slots of the per-CPU `HOP_CACHE` (a power of two): 48 KiB a CPU.
+pub const HOP_SLOTS: u32 = 1024;
+
 /// Index into [`TrafficCounters`]: client → backend.
 pub const DIR_REQUEST: usize = 0;
 /// Index into [`TrafficCounters`]: backend → client.
@@ -495,6 +538,10 @@ pub enum DatapathEvent {
     /// A request carried a DSR option for a frontend this node does not
     /// publish; nothing was recorded.
     DsrUnknownFrontend = 28,
+    /// The fast path looked up a request's next hop (`bpf_fib_lookup`):
+    /// none was cached for its backend (see `HopSlot`), or it was stale, or
+    /// caching is off.
+    FastPathHopLookedUp = 29,
 }
 
 /// Slots of the `EVENTS` map: more than there are events, so that adding one
@@ -502,7 +549,7 @@ pub enum DatapathEvent {
 pub const EVENT_SLOTS: u32 = 64;
 
 impl DatapathEvent {
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 30;
     pub const ALL: [DatapathEvent; Self::COUNT as usize] = [
         Self::FlowCreated,
         Self::FlowReselected,
@@ -533,6 +580,7 @@ impl DatapathEvent {
         Self::DsrOptionSkipped,
         Self::DsrLearned,
         Self::DsrUnknownFrontend,
+        Self::FastPathHopLookedUp,
     ];
 
     /// The `event` label of the metric.
@@ -567,6 +615,7 @@ impl DatapathEvent {
             Self::DsrOptionSkipped => "dsr_option_skipped",
             Self::DsrLearned => "dsr_learned",
             Self::DsrUnknownFrontend => "dsr_unknown_frontend",
+            Self::FastPathHopLookedUp => "fast_path_hop_looked_up",
         }
     }
 }
@@ -580,6 +629,7 @@ const _: () = {
     assert!(size_of::<Backend>() == 28);
     assert!(size_of::<CtKey>() == 40);
     assert!(size_of::<CtValue>() == 48);
+    assert!(size_of::<HopSlot>() == 48);
     assert!(size_of::<TrafficCounters>() == 32);
     assert!(size_of::<NodeAddrKey>() == 20);
     assert!(size_of::<DatapathConfig>() == 56);

@@ -51,6 +51,7 @@ mod pod {
         Backend,
         CtKey,
         CtValue,
+        HopSlot,
         TrafficCounters,
         NodeAddrKey,
         DatapathConfig,

@@ -11,7 +11,9 @@
 //!   stays the GSO super-packet the backend sent, its checksum partial.
 //!
 //! `bpf_fib_lookup` finds the egress interface and the next hop's MAC for the
-//! packet as it will be after translation. If the redirect can finish the job
+//! packet as it will be after translation; for requests, its answer is kept
+//! per backend while the routing state is unchanged (see `hopcache`). If the
+//! redirect can finish the job
 //! (route found, fits the MTU, TTL left, egress interface in `DEVMAP`) the
 //! MACs are rewritten, the TTL decremented and the packet redirected.
 //! Otherwise it goes to the kernel, which resolves the neighbour, sends
@@ -35,6 +37,7 @@ use portmap_common::{
 
 use crate::{
     counters::count_event,
+    hopcache::{self, Cached, HopTag},
     maps::{DEVMAP, FIB_SCRATCH},
     packet::{PacketBuf, ptr_at},
     parse::Flow,
@@ -45,14 +48,16 @@ const AF_INET6: u8 = 10;
 
 /// Where a packet goes next, found before it is rewritten.
 pub struct NextHop {
-    ifindex: u32,
-    /// The MACs, if the neighbour is known (always, for XDP).
-    macs: Option<([u8; 6], [u8; 6])>,
+    pub ifindex: u32,
+    /// The MACs (source, destination), if the neighbour is known (always,
+    /// for XDP).
+    pub macs: Option<([u8; 6], [u8; 6])>,
 }
 
 /// The next hop of `flow` once its addresses and ports are `src`:`sport` →
 /// `dst`:`dport`, if XDP can forward it there; `None` (counted) if the
-/// kernel must.
+/// kernel must. `tag`: the backend the request goes to, whose cached next
+/// hop is used if current.
 #[inline(always)]
 pub fn route(
     ctx: &XdpContext,
@@ -60,6 +65,7 @@ pub fn route(
     flow: &Flow,
     src: (&RawAddr, u16),
     dst: (&RawAddr, u16),
+    tag: &HopTag,
 ) -> Option<NextHop> {
     if cfg.flags & DP_FAST_PATH == 0 {
         return None;
@@ -71,8 +77,20 @@ pub fn route(
         return None;
     }
     let ifindex = ctx.ingress_ifindex() as u32;
+    let slot = match hopcache::get(tag, flow, ifindex) {
+        Cached::Hit(hop) => {
+            if ttl_left(ctx, flow)? {
+                return Some(hop);
+            }
+            count_event(DatapathEvent::FastPathOther);
+            return None;
+        }
+        Cached::Fill(slot) => Some(slot),
+        Cached::Off => None,
+    };
+    count_event(DatapathEvent::FastPathHopLookedUp);
     // XDP cannot queue a packet for neighbour resolution: the kernel does.
-    lookup(
+    let hop = lookup(
         ctx,
         ctx.ctx.cast(),
         ifindex,
@@ -81,7 +99,11 @@ pub fn route(
         dst,
         flow.ip_len,
         false,
-    )
+    )?;
+    if let Some(slot) = slot {
+        hopcache::fill(slot, &hop, flow.ip_len);
+    }
+    Some(hop)
 }
 
 /// [`route`] for tc: the MTU is checked against the skb (a GSO packet against
@@ -168,12 +190,7 @@ fn lookup(
     };
     // Only into interfaces portmap was given (a redirect into one that cannot
     // take the packet would lose it), and never with the TTL spent.
-    // TTL with the protocol (IPv4), hop limit with the next header (IPv6):
-    // two bytes, as a 1-byte bounds check confuses the verifier.
-    let word: *const [u8; 2] = ptr_at(buf, ttl_word(flow))?;
-    // SAFETY: bounds checked by `ptr_at` just above.
-    let ttl = unsafe { (*word)[usize::from(flow.family != FAMILY_V4)] };
-    if DEVMAP.get(p.ifindex).is_none() || ttl <= 1 {
+    if DEVMAP.get(p.ifindex).is_none() || !ttl_left(buf, flow)? {
         count_event(DatapathEvent::FastPathOther);
         return None;
     }
@@ -181,6 +198,18 @@ fn lookup(
         ifindex: p.ifindex,
         macs: known.then_some((p.smac, p.dmac)),
     })
+}
+
+/// Whether the packet's TTL (IPv4) or hop limit (IPv6) allows one more hop;
+/// `None` if the header cannot be read.
+#[inline(always)]
+fn ttl_left(buf: &impl PacketBuf, flow: &Flow) -> Option<bool> {
+    // TTL with the protocol (IPv4), hop limit with the next header (IPv6):
+    // two bytes, as a 1-byte bounds check confuses the verifier.
+    let word: *const [u8; 2] = ptr_at(buf, ttl_word(flow))?;
+    // SAFETY: bounds checked by `ptr_at` just above.
+    let ttl = unsafe { (*word)[usize::from(flow.family != FAMILY_V4)] };
+    Some(ttl > 1)
 }
 
 /// Offset of the 16-bit word that holds the TTL (IPv4: TTL, protocol) or

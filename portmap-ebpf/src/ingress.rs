@@ -14,6 +14,7 @@ use portmap_common::abi::{
 use crate::{
     conntrack::{self, Decision},
     counters::{count_event, count_traffic},
+    hopcache::HopTag,
     icmp, lb,
     maps::{CONNTRACK, program_variant},
     nat::Side,
@@ -81,14 +82,14 @@ fn translate(ctx: &XdpContext, flow: &Flow) -> u32 {
                 if e.flags & CT_F_SNAT == 0 {
                     conntrack::touch_unsnated(&key, entry, flow, now);
                 }
-                return forward(ctx, cfg, flow, &e, false);
+                return forward(ctx, cfg, flow, &e, now, false);
             }
             Decision::Reselect => count_event(DatapathEvent::FlowReselected),
             Decision::New => {}
         }
     }
     match new_flow(ctx, cfg, flow, now) {
-        Ok(e) => forward(ctx, cfg, flow, &e, true),
+        Ok(e) => forward(ctx, cfg, flow, &e, now, true),
         Err(verdict) => verdict,
     }
 }
@@ -139,8 +140,20 @@ fn new_flow(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, now: u64) -> Re
 /// request (its source becomes this node's address and the flow's port too)
 /// is handed to tc ingress.
 #[inline(always)]
-fn forward(ctx: &XdpContext, cfg: &DatapathConfig, flow: &Flow, e: &CtValue, created: bool) -> u32 {
-    let outcome = xlate::write(ctx, cfg, flow, (&e.nat_addr, e.nat_port), e.flags);
+fn forward(
+    ctx: &XdpContext,
+    cfg: &DatapathConfig,
+    flow: &Flow,
+    e: &CtValue,
+    now: u64,
+    created: bool,
+) -> u32 {
+    let tag = HopTag {
+        backend_id: e.backend_id,
+        backend_generation: e.backend_generation,
+        now,
+    };
+    let outcome = xlate::write(ctx, cfg, flow, (&e.nat_addr, e.nat_port), e.flags, &tag);
     if matches!(outcome, Outcome::Written(_) | Outcome::Deferred) {
         count_traffic(e.frontend_id, e.backend_id, DIR_REQUEST, flow);
         if program_variant() != 0 {

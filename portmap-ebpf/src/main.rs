@@ -42,6 +42,8 @@ mod fastpath;
 #[cfg(target_arch = "bpf")]
 mod handoff;
 #[cfg(target_arch = "bpf")]
+mod hopcache;
+#[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
 mod ingress;

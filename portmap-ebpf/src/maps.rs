@@ -18,6 +18,8 @@
 //! | `SOURCE_RANGES` | LPM trie | (service, source prefix) → allowed | userspace |
 //! | `SOCK_REVNAT` | LRU hash | (socket, backend) → frontend the socket addressed | socket programs |
 //! | `DEVMAP` | devmap hash | interfaces the fast path redirects into | userspace |
+//! | `HOP_EPOCH` | array of 1 | generation of the routes and neighbours cached next hops must match; 0: no caching | userspace, on netlink events |
+//! | `HOP_CACHE` | per-CPU array | backend id → the next hop of its requests | dataplane |
 //! | `FIB_SCRATCH`, `SNAT_SCRATCH`, `CT_SCRATCH` | per-CPU array | `bpf_fib_lookup` parameters, SNAT keys tried, new conntrack entries: off the stack | dataplane |
 
 use aya_ebpf::{
@@ -27,8 +29,8 @@ use aya_ebpf::{
 };
 use portmap_common::abi::{
     AffinityKey, AffinityValue, Backend, BackendNat, CtKey, CtValue, DatapathConfig, EVENT_SLOTS,
-    FrontendKey, FrontendValue, MaglevBlock, NodeAddrKey, SnatValue, SockRevKey, SockRevValue,
-    SourceRangeKey, TrafficCounters,
+    FrontendKey, FrontendValue, HOP_SLOTS, HopSlot, MaglevBlock, NodeAddrKey, SnatValue,
+    SockRevKey, SockRevValue, SourceRangeKey, TrafficCounters,
 };
 
 /// Frontends: where clients send. A frontend on all node addresses has an
@@ -67,6 +69,19 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::with_max_entries(
 /// client's replies to another).
 #[map]
 pub static SNAT: HashMap<CtKey, SnatValue> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// The generation of the node's routing state that a cached next hop
+/// (`HOP_CACHE`) must have been looked up under; 0: cache nothing. Userspace
+/// changes it on every route, neighbour, address, rule and link event
+/// netlink reports, on changes of `DEVMAP`, and at start.
+#[map]
+pub static HOP_EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The next hop of requests to each backend, direct-mapped by backend id
+/// (`HopSlot`). Per CPU: a slot never has two writers, and is never read
+/// half-written.
+#[map]
+pub static HOP_CACHE: PerCpuArray<HopSlot> = PerCpuArray::with_max_entries(HOP_SLOTS, 0);
 
 /// Scratch space for `bpf_fib_lookup`'s parameters (one slot per CPU), so
 /// the fast path's 64-byte struct stays off the programs' stack.

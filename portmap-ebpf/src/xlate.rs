@@ -22,6 +22,7 @@ use crate::{
     counters::count_event,
     dsr, fastpath,
     handoff::{self, Kind},
+    hopcache::HopTag,
     nat::{L4Check, Side, l4_check_field, rewrite_xdp},
     parse::Flow,
 };
@@ -56,7 +57,8 @@ impl Outcome {
 /// Writes `flow`'s new destination `(addr, port)` into its packet and sends
 /// it: by the fast path if XDP can forward it, else to the kernel. A SNATed
 /// request, and a DSR request that must carry its frontend (see `dsr`), are
-/// marked for tc ingress instead (`flags`: the conntrack entry's).
+/// marked for tc ingress instead (`flags`: the conntrack entry's). `tag`:
+/// the backend, whose next hop may be cached (see `hopcache`).
 #[inline(always)]
 pub fn write(
     ctx: &XdpContext,
@@ -64,6 +66,7 @@ pub fn write(
     flow: &Flow,
     (addr, port): (&RawAddr, u16),
     flags: u8,
+    tag: &HopTag,
 ) -> Outcome {
     if flags & CT_F_DSR != 0 && dsr::needs_option(flow) {
         if handoff::defer(ctx, Kind::Dsr).is_some() {
@@ -83,7 +86,7 @@ pub fn write(
         count_event(DatapathEvent::RewriteFailed);
         return Outcome::Failed;
     }
-    let hop = fastpath::route(ctx, cfg, flow, (&flow.src, flow.sport), (addr, port));
+    let hop = fastpath::route(ctx, cfg, flow, (&flow.src, flow.sport), (addr, port), tag);
     let Some(old_check) = l4_check_field(ctx, flow) else {
         count_event(DatapathEvent::RewriteFailed);
         return Outcome::Failed;

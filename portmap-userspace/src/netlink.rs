@@ -10,9 +10,11 @@
 
 mod route;
 mod route_watch;
+mod routing;
 
 pub use route::{Route, route_to};
 pub use route_watch::{RouteChange, RouteWatch};
+pub use routing::{RoutingEvents, RoutingWatch, routing_is_per_destination};
 
 use std::{
     io,

@@ -177,3 +177,161 @@ fn without_backend_ifaces_there_is_no_fast_path() {
         assert_eq!(events(&m, e), 0.0, "{e}");
     }
 }
+
+/// Requests' next hops are cached per backend (see `HopSlot`); the cache
+/// follows the routing under traffic. Each step changes the next hop of one
+/// UDP flow's backend and checks the very next requests: a cache that kept
+/// its answer would send them the old way for up to its second.
+#[test]
+fn cached_next_hops_follow_the_routing_under_traffic() {
+    let topo = Topology::new("hop", 2).unwrap();
+    for backend in &topo.backends {
+        backend
+            .exec("ethtool", &["-K", "eth-n", "gro", "on"])
+            .unwrap();
+    }
+    let b0 = SocketAddr::new(backend_v4(0), 3000);
+    // Backend 1 can answer on backend 0's address, once routes send it there.
+    topo.backends[1]
+        .ip(&["addr", "add", "198.19.0.2/32", "dev", "eth-n"])
+        .unwrap();
+    let _servers = [
+        Server::start(&topo.backends[0], "b0", &[], &[b0]).unwrap(),
+        Server::start(&topo.backends[1], "b1", &[], &[b0]).unwrap(),
+    ];
+    let pm = Portmap::start(
+        &topo.node,
+        &[
+            "--iface",
+            NODE_IFACE,
+            "--backend-iface",
+            "eth-b0",
+            "--backend-iface",
+            "eth-b1",
+            "-p",
+            "8080:198.19.0.2:3000/udp",
+        ],
+    )
+    .unwrap();
+    // Slots are per CPU, and a veth runs XDP on the sender's: every
+    // request from one CPU meets the slot the ones before it filled.
+    pin_to_first_cpu();
+    let frontend = sa(NODE_V4, 8080);
+    let socket = udp_socket(&topo.client, frontend).unwrap();
+    let ask_all = |n: usize, expected: &str| {
+        for i in 0..n {
+            let (answer, _) = udp_ask(&socket, frontend, &format!("d{i}")).unwrap();
+            assert_eq!(served_by(&answer), expected, "datagram {i}: {answer}");
+        }
+    };
+    let looked_up = || events(&pm.metrics(&topo.node).unwrap(), "fast_path_hop_looked_up");
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(100));
+    ask_all(10, "b0");
+
+    // Cached: most requests need no lookup.
+    let start = pm.metrics(&topo.node).unwrap();
+    ask_all(20, "b0");
+    let end = pm.metrics(&topo.node).unwrap();
+    let cached_run =
+        events(&end, "fast_path_hop_looked_up") - events(&start, "fast_path_hop_looked_up");
+    let redirected = events(&end, "fast_path_redirected") - events(&start, "fast_path_redirected");
+    assert!(redirected >= 40.0, "only {redirected} packets redirected");
+    assert!(cached_run <= 10.0, "{cached_run} of 20 requests looked up");
+
+    // A policy rule could route clients of one backend apart: no caching.
+    let rule = [
+        "rule",
+        "add",
+        "from",
+        "198.18.0.0/24",
+        "lookup",
+        "main",
+        "pref",
+        "100",
+    ];
+    topo.node.ip(&rule).unwrap();
+    settle();
+    let before = looked_up();
+    ask_all(20, "b0");
+    assert!(
+        looked_up() - before >= 20.0,
+        "requests looked up with a policy rule"
+    );
+    topo.node
+        .ip(&[
+            "rule",
+            "del",
+            "from",
+            "198.18.0.0/24",
+            "lookup",
+            "main",
+            "pref",
+            "100",
+        ])
+        .unwrap();
+    settle();
+    // Cached afresh, then moved: a route to backend 1.
+    ask_all(5, "b0");
+    topo.node
+        .ip(&["route", "add", "198.19.0.2/32", "dev", "eth-b1"])
+        .unwrap();
+    settle();
+    ask_all(20, "b1");
+
+    // The neighbour's MAC changed: the next requests go to the new one (a
+    // MAC no one has, so nothing answers), then back once it is right.
+    topo.node
+        .ip(&[
+            "neigh",
+            "replace",
+            "198.19.0.2",
+            "dev",
+            "eth-b1",
+            "lladdr",
+            "02:00:5e:00:53:01",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    settle();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(150)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for i in 0..3 {
+        // No longer than the requests before (a longer one would be looked
+        // up for its MTU anyway).
+        socket
+            .send_to(format!("L{i}").as_bytes(), frontend)
+            .unwrap();
+        assert!(
+            socket.recv_from(&mut buf).is_err(),
+            "answered through a neighbour entry that was replaced"
+        );
+    }
+    topo.node
+        .ip(&["neigh", "del", "198.19.0.2", "dev", "eth-b1"])
+        .unwrap();
+    settle();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(700)))
+        .unwrap();
+    ask_all(5, "b1");
+}
+
+/// Keeps the calling thread on the first CPU it may use.
+fn pin_to_first_cpu() {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls get and set the
+    // calling thread's affinity through valid pointers of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|c| libc::CPU_ISSET(*c, &set))
+            .expect("a CPU to run on");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
+    }
+}

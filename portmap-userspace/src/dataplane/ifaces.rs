@@ -200,6 +200,7 @@ impl Dataplane {
         for index in present.into_iter().filter(|i| !wanted.contains(i)) {
             let _ = self.maps.devmap.remove(index);
         }
-        Ok(())
+        // Next hops cached towards interfaces that left the fast path go.
+        self.maps.hop_epoch.bump()
     }
 }

@@ -38,6 +38,9 @@ pub mod names {
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
     pub const DEVMAP: &str = "DEVMAP";
     pub const SOCK_REVNAT: &str = "SOCK_REVNAT";
+    /// Not pinned: each load starts its own, empty, and only the daemon that
+    /// follows netlink for it sets it.
+    pub const HOP_EPOCH: &str = "HOP_EPOCH";
 
     /// Every map, pinned by these names.
     pub const ALL: &[&str] = &[
@@ -76,6 +79,7 @@ pub struct Maps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub devmap: DevMapHash<MapData>,
+    pub hop_epoch: super::hops::HopEpoch,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -114,6 +118,7 @@ impl Maps {
             source_ranges: typed!(ebpf, names::SOURCE_RANGES),
             affinity: typed!(ebpf, names::AFFINITY),
             devmap: typed!(ebpf, names::DEVMAP),
+            hop_epoch: super::hops::HopEpoch::new(typed!(ebpf, names::HOP_EPOCH)),
         })
     }
 }

@@ -16,6 +16,7 @@ mod bpf_sys;
 #[cfg(test)]
 mod fake;
 mod gc;
+mod hops;
 mod ifaces;
 pub mod maps;
 mod pin;
@@ -35,7 +36,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, Xdp},
 };
-use portmap_common::abi::{DatapathConfig, MAGLEV_BLOCK_SLOTS};
+use portmap_common::abi::{DP_FAST_PATH, DatapathConfig, MAGLEV_BLOCK_SLOTS};
 
 pub use self::{
     apply::{ApplyReport, CapacityError},
@@ -127,6 +128,8 @@ pub struct Dataplane {
     adopted: usize,
     /// What the last publish left out, to report and retry.
     publishing: publish::Publishing,
+    /// With the fast path on: the thread that keeps cached next hops current.
+    hop_follower: Option<hops::HopFollower>,
 }
 
 impl Dataplane {
@@ -228,6 +231,11 @@ impl Dataplane {
         maps.config
             .set(0, config, 0)
             .context("writing the datapath config")?;
+        let hop_follower = if config.flags & DP_FAST_PATH != 0 {
+            Some(hops::HopFollower::start(maps.hop_epoch.clone())?)
+        } else {
+            None
+        };
         let applied = Applied::new(limits, maps.maglev.slots());
         let mut dataplane = Self {
             ebpf,
@@ -240,6 +248,7 @@ impl Dataplane {
             snat_capacity,
             adopted: 0,
             publishing: publish::Publishing::default(),
+            hop_follower,
         };
         if adopting {
             dataplane.adopted = dataplane.adopt().context("adopting the pinned dataplane")?;
@@ -258,6 +267,9 @@ impl Dataplane {
     /// object itself may still be referenced by in-flight requests; it holds
     /// no link once this returns.)
     pub fn shutdown(&mut self, keep: bool) -> Result<()> {
+        // Programs kept running are left nothing cached: no one follows
+        // netlink for them any more.
+        self.hop_follower = None;
         let result = self.attachments.release_all(!keep);
         if !keep && let Some(pins) = &self.attachments.pins {
             pins.remove_all()?;

@@ -8,19 +8,19 @@ use std::{io, net::IpAddr, os::fd::OwnedFd};
 
 use super::{RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK, attributes, messages, nl_socket, recv, u32_at};
 
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-const RTMGRP_IPV4_RULE: u32 = 0x80;
-const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+pub(super) const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+pub(super) const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+pub(super) const RTMGRP_IPV4_RULE: u32 = 0x80;
+pub(super) const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+pub(super) const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 /// `RTNLGRP_IPV6_RULE` (19) as a group bit.
-const RTMGRP_IPV6_RULE: u32 = 1 << 18;
+pub(super) const RTMGRP_IPV6_RULE: u32 = 1 << 18;
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
-const RTM_NEWROUTE: u16 = 24;
+pub(super) const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
-const RTM_NEWRULE: u16 = 32;
+pub(super) const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
 const RTMSG_LEN: usize = 12;
 const RTA_DST: u16 = 1;

@@ -1,0 +1,294 @@
+//! What the dataplane's cached next hops depend on (see `dataplane::hops`):
+//! every event that may change a route lookup's answer, and whether the
+//! routing answers by destination alone.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use super::{
+    NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, RTMGRP_LINK, attributes, messages, nl_socket, recv,
+    route_watch::{
+        RTM_NEWROUTE, RTM_NEWRULE, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
+        RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE,
+    },
+    u32_at,
+};
+
+const RTMGRP_NEIGH: u32 = 0x4;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+const RTM_DELRULE: u16 = 33;
+const RTM_GETRULE: u16 = 34;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+/// `rtmsg` and `fib_rule_hdr`: both 12 bytes, attributes after.
+const HDR_LEN: usize = 12;
+const RTA_MULTIPATH: u16 = 9;
+const RTA_NH_ID: u16 = 30;
+const FR_ACT_TO_TBL: u8 = 1;
+const FRA_PRIORITY: u16 = 6;
+const FRA_SUPPRESS_IFGROUP: u16 = 13;
+const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
+const FRA_TABLE: u16 = 15;
+const FRA_PROTOCOL: u16 = 21;
+const RT_TABLE_DEFAULT: u32 = 253;
+const RT_TABLE_LOCAL: u32 = 255;
+
+/// What a wait saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutingEvents {
+    None,
+    /// Neighbour, address or link events only: answers may have changed,
+    /// not whether they depend on the client.
+    Neighbours,
+    /// A route or rule changed, or events were lost.
+    Routing,
+}
+
+/// A socket subscribed to route, rule, address, neighbour and link events
+/// of this network namespace.
+#[derive(Debug)]
+pub struct RoutingWatch {
+    fd: OwnedFd,
+}
+
+impl RoutingWatch {
+    pub fn open() -> io::Result<Self> {
+        let groups = RTMGRP_LINK
+            | RTMGRP_NEIGH
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV4_RULE
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV6_ROUTE
+            | RTMGRP_IPV6_RULE;
+        Ok(Self {
+            fd: nl_socket(groups)?,
+        })
+    }
+
+    /// Waits up to `timeout` for events, then reads every one waiting.
+    pub fn wait(&self, timeout: Duration) -> RoutingEvents {
+        if !readable(&self.fd, timeout) {
+            return RoutingEvents::None;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut seen = RoutingEvents::None;
+        loop {
+            match recv(&self.fd, &mut buf) {
+                Ok(Some(n)) => seen = seen.max(classify(&buf[..n])),
+                Ok(None) => return seen,
+                // ENOBUFS (events were lost), or worse.
+                Err(_) => return RoutingEvents::Routing,
+            }
+        }
+    }
+}
+
+impl RoutingEvents {
+    fn max(self, other: Self) -> Self {
+        let rank = |e| match e {
+            RoutingEvents::None => 0,
+            RoutingEvents::Neighbours => 1,
+            RoutingEvents::Routing => 2,
+        };
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+fn classify(datagram: &[u8]) -> RoutingEvents {
+    messages(datagram).fold(RoutingEvents::None, |seen, (kind, _)| {
+        seen.max(match kind {
+            RTM_NEWROUTE | RTM_DELROUTE | RTM_NEWRULE | RTM_DELRULE => RoutingEvents::Routing,
+            RTM_NEWNEIGH | RTM_DELNEIGH => RoutingEvents::Neighbours,
+            NLMSG_DONE | NLMSG_ERROR => RoutingEvents::None,
+            // Links and addresses.
+            _ => RoutingEvents::Neighbours,
+        })
+    })
+}
+
+fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the call's duration.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    n > 0
+}
+
+/// Whether a route lookup's answer depends on the destination alone, as a
+/// next hop cached per backend assumes: every policy rule only sends
+/// lookups to the local, main or default table, with no selector (source,
+/// interface, mark, ports...), and no route is multipath, a nexthop object
+/// (which may be a group) or source-specific (IPv6 `from`).
+pub fn routing_is_per_destination() -> io::Result<bool> {
+    let plain_rules = dump(RTM_GETRULE)?.iter().all(|m| plain_rule(m));
+    Ok(plain_rules && dump(RTM_GETROUTE)?.iter().all(|m| plain_route(m)))
+}
+
+fn plain_rule(payload: &[u8]) -> bool {
+    let Some(hdr) = payload.get(..HDR_LEN) else {
+        return false;
+    };
+    // fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action.
+    let (dst_len, src_len, tos, table, action) = (hdr[1], hdr[2], hdr[3], hdr[4], hdr[7]);
+    if dst_len != 0 || src_len != 0 || tos != 0 || action != FR_ACT_TO_TBL {
+        return false;
+    }
+    let mut table = u32::from(table);
+    for (kind, value) in attributes(&payload[HDR_LEN..]) {
+        match kind {
+            FRA_TABLE => table = u32_at(value, 0).unwrap_or(0),
+            FRA_PRIORITY | FRA_SUPPRESS_IFGROUP | FRA_SUPPRESS_PREFIXLEN | FRA_PROTOCOL => {}
+            _ => return false,
+        }
+    }
+    (RT_TABLE_DEFAULT..=RT_TABLE_LOCAL).contains(&table)
+}
+
+fn plain_route(payload: &[u8]) -> bool {
+    // rtmsg: family, dst_len, src_len, ...
+    let Some(src_len) = payload.get(2) else {
+        return false;
+    };
+    *src_len == 0
+        && attributes(payload.get(HDR_LEN..).unwrap_or_default())
+            .all(|(kind, _)| kind != RTA_MULTIPATH && kind != RTA_NH_ID)
+}
+
+/// The payloads of a dump of every family's `kind` (`RTM_GETRULE`,
+/// `RTM_GETROUTE`).
+fn dump(kind: u16) -> io::Result<Vec<Vec<u8>>> {
+    let fd = nl_socket(0)?;
+    let mut request = [0u8; NLMSG_HDRLEN + HDR_LEN];
+    let len = request.len() as u32;
+    request[0..4].copy_from_slice(&len.to_ne_bytes());
+    request[4..6].copy_from_slice(&kind.to_ne_bytes());
+    request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // Family AF_UNSPEC (0): all of them.
+    // SAFETY: `request` is valid for reads of its length.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
+    loop {
+        let Some(n) = recv(&fd, &mut buf)? else {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::other("rtnetlink did not finish its dump"));
+            }
+            readable(&fd, left);
+            continue;
+        };
+        for (kind, payload) in messages(&buf[..n]) {
+            match kind {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let errno = u32_at(payload, 0).map_or(0, |e| -(e as i32));
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+                _ => out.push(payload.to_vec()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_attrs(hdr: [u8; 12], attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut m = hdr.to_vec();
+        for (kind, value) in attrs {
+            m.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+            m.extend_from_slice(&kind.to_ne_bytes());
+            m.extend_from_slice(value);
+            while !m.len().is_multiple_of(4) {
+                m.push(0);
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn only_selectorless_rules_to_the_standard_tables_are_plain() {
+        let main = with_attrs(
+            [2, 0, 0, 0, 254, 0, 0, FR_ACT_TO_TBL, 0, 0, 0, 0],
+            &[
+                (FRA_TABLE, &254u32.to_ne_bytes()),
+                (FRA_PRIORITY, &32766u32.to_ne_bytes()),
+            ],
+        );
+        assert!(plain_rule(&main));
+        // `from 198.18.0.0/15 lookup main`
+        let mut from = main.clone();
+        from[2] = 15;
+        assert!(!plain_rule(&from));
+        // `lookup 100`
+        let other_table = with_attrs(
+            [2, 0, 0, 0, 100, 0, 0, FR_ACT_TO_TBL, 0, 0, 0, 0],
+            &[(FRA_TABLE, &100u32.to_ne_bytes())],
+        );
+        assert!(!plain_rule(&other_table));
+        // `fwmark 1 lookup main` (FRA_FWMARK = 10)
+        let fwmark = with_attrs(
+            [2, 0, 0, 0, 254, 0, 0, FR_ACT_TO_TBL, 0, 0, 0, 0],
+            &[(10, &1u32.to_ne_bytes())],
+        );
+        assert!(!plain_rule(&fwmark));
+        // `blackhole`
+        assert!(!plain_rule(&[2, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0]));
+        assert!(!plain_rule(&[2, 0]));
+    }
+
+    #[test]
+    fn multipath_and_source_specific_routes_are_not_plain() {
+        let hdr = [2, 24, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        assert!(plain_route(&with_attrs(hdr, &[(1, &[198, 18, 5, 0])])));
+        assert!(!plain_route(&with_attrs(hdr, &[(RTA_MULTIPATH, &[0; 8])])));
+        assert!(!plain_route(&with_attrs(
+            hdr,
+            &[(RTA_NH_ID, &[1, 0, 0, 0])]
+        )));
+        let mut from = hdr;
+        from[2] = 64;
+        assert!(!plain_route(&from));
+    }
+
+    #[test]
+    fn events_are_ranked() {
+        let message = |kind: u16| {
+            let mut m = 16u32.to_ne_bytes().to_vec();
+            m.extend_from_slice(&kind.to_ne_bytes());
+            m.extend_from_slice(&[0; 10]);
+            m
+        };
+        assert_eq!(classify(&message(RTM_NEWNEIGH)), RoutingEvents::Neighbours);
+        let mut both = message(RTM_NEWNEIGH);
+        both.extend(message(RTM_DELRULE));
+        assert_eq!(classify(&both), RoutingEvents::Routing);
+        assert_eq!(classify(&[]), RoutingEvents::None);
+    }
+
+    #[test]
+    fn this_namespace_can_be_read() {
+        // Whatever the machine's routing, the dumps themselves succeed.
+        routing_is_per_destination().unwrap();
+    }
+}
