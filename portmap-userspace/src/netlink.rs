@@ -14,7 +14,7 @@ mod routing;
 
 pub use route::{Route, route_to};
 pub use route_watch::{RouteChange, RouteWatch};
-pub use routing::{RoutingEvents, RoutingWatch, routing_is_per_destination};
+pub use routing::{RoutingEvents, RoutingWatch, routes_are_plain, rules_are_plain};
 
 use std::{
     io,

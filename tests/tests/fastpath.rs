@@ -270,6 +270,34 @@ fn cached_next_hops_follow_the_routing_under_traffic() {
         ])
         .unwrap();
     settle();
+    // A multipath route (to elsewhere) could send one backend's clients
+    // different ways: no caching either, until it is gone.
+    let multipath = [
+        "route",
+        "add",
+        "198.19.200.0/24",
+        "nexthop",
+        "via",
+        "198.19.0.2",
+        "nexthop",
+        "via",
+        "198.19.1.2",
+    ];
+    topo.node.ip(&multipath).unwrap();
+    settle();
+    let before = looked_up();
+    ask_all(10, "b0");
+    assert!(
+        looked_up() - before >= 10.0,
+        "requests looked up with a multipath route"
+    );
+    topo.node.ip(&["route", "del", "198.19.200.0/24"]).unwrap();
+    // The routes are read again at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let before = looked_up();
+    ask_all(10, "b0");
+    let again = looked_up() - before;
+    assert!(again <= 5.0, "{again} of 10 requests looked up after it");
     // Cached afresh, then moved: a route to backend 1.
     ask_all(5, "b0");
     topo.node

@@ -10,13 +10,13 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, MapData};
 
-use crate::netlink::{RoutingEvents, RoutingWatch, routing_is_per_destination};
+use crate::netlink::{RoutingEvents, RoutingWatch, routes_are_plain, rules_are_plain};
 
 /// The `HOP_EPOCH` map, shared by the daemon's threads.
 #[derive(Clone)]
@@ -94,13 +94,14 @@ impl HopFollower {
     /// it: an event between the two is not missed.
     pub fn start(epoch: HopEpoch) -> Result<Self> {
         let watch = RoutingWatch::open().context("subscribing to netlink routing events")?;
-        epoch.set_caching(per_destination())?;
+        let routing = Routing::read();
+        epoch.set_caching(routing.per_destination())?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("next-hops".into())
             .spawn({
                 let (epoch, stop) = (epoch.clone(), stop.clone());
-                move || follow(&watch, &epoch, &stop)
+                move || follow(&watch, routing, &epoch, &stop)
             })
             .context("starting the next-hop thread")?;
         Ok(Self {
@@ -123,25 +124,87 @@ impl Drop for HopFollower {
     }
 }
 
-fn follow(watch: &RoutingWatch, epoch: &HopEpoch, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let result = match watch.wait(POLL_INTERVAL) {
-            RoutingEvents::None => continue,
-            RoutingEvents::Neighbours => epoch.bump(),
-            // A route or rule may have made answers depend on the client.
-            RoutingEvents::Routing => epoch.set_caching(per_destination()),
-        };
-        if let Err(e) = result {
-            log::warn!("{e:#}; next hops are looked up per packet until the next event");
+/// What the node's routing was last seen to be: whether answers may depend
+/// on the client (see `netlink::routing`).
+#[derive(Clone, Copy)]
+struct Routing {
+    rules_plain: bool,
+    routes_plain: bool,
+    /// When the routes were last dumped.
+    routes_read: Instant,
+    /// A route event came while the routes were not plain, and has not been
+    /// followed by a dump yet.
+    routes_pending: bool,
+}
+
+/// Routes are dumped again at most this often: a dump is as large as the
+/// routing (a node of a BGP fabric may hold a full table), and only needed
+/// to find out that a route that turned caching off is gone.
+const ROUTE_DUMP_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Routing {
+    fn read() -> Self {
+        Self {
+            rules_plain: checked("rules", rules_are_plain()),
+            routes_plain: checked("routes", routes_are_plain()),
+            routes_read: Instant::now(),
+            routes_pending: false,
+        }
+    }
+
+    fn per_destination(&self) -> bool {
+        self.rules_plain && self.routes_plain
+    }
+
+    /// Follows `events`. A plain route added or removed cannot make answers
+    /// depend on the client: only the epoch moves. Routes are dumped again
+    /// only while some were not plain (to see whether they are gone), or
+    /// after lost events.
+    fn follow(&mut self, events: &RoutingEvents) {
+        if events.lost {
+            *self = Self::read();
+            return;
+        }
+        if events.rules {
+            self.rules_plain = checked("rules", rules_are_plain());
+        }
+        if events.not_plain_route_added {
+            self.routes_plain = false;
+        }
+        if events.routes && !self.routes_plain {
+            self.routes_pending = true;
+        }
+        if self.routes_pending && self.routes_read.elapsed() >= ROUTE_DUMP_INTERVAL {
+            self.routes_plain = checked("routes", routes_are_plain());
+            self.routes_read = Instant::now();
+            self.routes_pending = false;
         }
     }
 }
 
-/// Whether the node's routing answers the same for every client of a
-/// backend; `false` when it cannot be told.
-fn per_destination() -> bool {
-    routing_is_per_destination().unwrap_or_else(|e| {
-        log::warn!("reading the routing rules and routes: {e}; next hops are not cached");
+fn follow(watch: &RoutingWatch, mut routing: Routing, epoch: &HopEpoch, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let events = watch.wait(POLL_INTERVAL);
+        let was = routing.per_destination();
+        routing.follow(&events);
+        let now = routing.per_destination();
+        let result = if now != was {
+            epoch.set_caching(now)
+        } else if events.any {
+            epoch.bump()
+        } else {
+            continue;
+        };
+        if let Err(e) = result {
+            log::warn!("{e:#}; cached next hops are at most a second old until the next event");
+        }
+    }
+}
+
+/// `read`'s answer; `false` (no caching) when the routing cannot be read.
+fn checked(what: &str, read: std::io::Result<bool>) -> bool {
+    read.unwrap_or_else(|e| {
+        log::warn!("reading the routing {what}: {e}; next hops are not cached meanwhile");
         false
     })
 }

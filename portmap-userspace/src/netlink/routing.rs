@@ -20,8 +20,6 @@ use super::{
 const RTMGRP_NEIGH: u32 = 0x4;
 const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_DELNEIGH: u16 = 29;
 const RTM_DELRULE: u16 = 33;
 const RTM_GETRULE: u16 = 34;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -40,14 +38,20 @@ const RT_TABLE_DEFAULT: u32 = 253;
 const RT_TABLE_LOCAL: u32 = 255;
 
 /// What a wait saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RoutingEvents {
-    None,
-    /// Neighbour, address or link events only: answers may have changed,
-    /// not whether they depend on the client.
-    Neighbours,
-    /// A route or rule changed, or events were lost.
-    Routing,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RoutingEvents {
+    /// Anything at all: a neighbour, address, link, route or rule event.
+    pub any: bool,
+    /// A rule was added or removed.
+    pub rules: bool,
+    /// A route was added, changed or removed.
+    pub routes: bool,
+    /// A route added is multipath, a nexthop object or source-specific (see
+    /// [`routes_are_plain`]). (Whether such a route removed was the last one
+    /// takes a dump to tell.)
+    pub not_plain_route_added: bool,
+    /// Events were lost: anything may have changed.
+    pub lost: bool,
 }
 
 /// A socket subscribed to route, rule, address, neighbour and link events
@@ -74,47 +78,44 @@ impl RoutingWatch {
 
     /// Waits up to `timeout` for events, then reads every one waiting.
     pub fn wait(&self, timeout: Duration) -> RoutingEvents {
+        let mut seen = RoutingEvents::default();
         if !readable(&self.fd, timeout) {
-            return RoutingEvents::None;
+            return seen;
         }
         let mut buf = vec![0u8; 64 * 1024];
-        let mut seen = RoutingEvents::None;
         loop {
             match recv(&self.fd, &mut buf) {
-                Ok(Some(n)) => seen = seen.max(classify(&buf[..n])),
+                Ok(Some(n)) => seen.add(&buf[..n]),
                 Ok(None) => return seen,
                 // ENOBUFS (events were lost), or worse.
-                Err(_) => return RoutingEvents::Routing,
+                Err(_) => {
+                    seen.any = true;
+                    seen.lost = true;
+                    return seen;
+                }
             }
         }
     }
 }
 
 impl RoutingEvents {
-    fn max(self, other: Self) -> Self {
-        let rank = |e| match e {
-            RoutingEvents::None => 0,
-            RoutingEvents::Neighbours => 1,
-            RoutingEvents::Routing => 2,
-        };
-        if rank(other) > rank(self) {
-            other
-        } else {
-            self
+    /// Adds the events of one datagram.
+    fn add(&mut self, datagram: &[u8]) {
+        for (kind, payload) in messages(datagram) {
+            match kind {
+                NLMSG_DONE | NLMSG_ERROR => continue,
+                RTM_NEWRULE | RTM_DELRULE => self.rules = true,
+                RTM_NEWROUTE => {
+                    self.routes = true;
+                    self.not_plain_route_added |= !plain_route(payload);
+                }
+                RTM_DELROUTE => self.routes = true,
+                // Neighbours, links and addresses.
+                _ => {}
+            }
+            self.any = true;
         }
     }
-}
-
-fn classify(datagram: &[u8]) -> RoutingEvents {
-    messages(datagram).fold(RoutingEvents::None, |seen, (kind, _)| {
-        seen.max(match kind {
-            RTM_NEWROUTE | RTM_DELROUTE | RTM_NEWRULE | RTM_DELRULE => RoutingEvents::Routing,
-            RTM_NEWNEIGH | RTM_DELNEIGH => RoutingEvents::Neighbours,
-            NLMSG_DONE | NLMSG_ERROR => RoutingEvents::None,
-            // Links and addresses.
-            _ => RoutingEvents::Neighbours,
-        })
-    })
 }
 
 fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
@@ -128,14 +129,22 @@ fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
     n > 0
 }
 
-/// Whether a route lookup's answer depends on the destination alone, as a
-/// next hop cached per backend assumes: every policy rule only sends
-/// lookups to the local, main or default table, with no selector (source,
-/// interface, mark, ports...), and no route is multipath, a nexthop object
-/// (which may be a group) or source-specific (IPv6 `from`).
-pub fn routing_is_per_destination() -> io::Result<bool> {
-    let plain_rules = dump(RTM_GETRULE)?.iter().all(|m| plain_rule(m));
-    Ok(plain_rules && dump(RTM_GETROUTE)?.iter().all(|m| plain_route(m)))
+// A route lookup's answer depends on the destination alone, as a next hop
+// cached per backend assumes, when both of these hold: the rules are plain
+// (each only sends lookups to the local, main or default table, with no
+// selector: source, interface, mark, ports...), and so are the routes (none
+// is multipath, a nexthop object, which may be a group, or source-specific,
+// IPv6 `from`).
+
+/// Whether every policy rule is plain (see above): a dump of a few messages.
+pub fn rules_are_plain() -> io::Result<bool> {
+    Ok(dump(RTM_GETRULE)?.iter().all(|m| plain_rule(m)))
+}
+
+/// Whether every route of every table is plain (see above): a dump as large
+/// as the node's routing.
+pub fn routes_are_plain() -> io::Result<bool> {
+    Ok(dump(RTM_GETROUTE)?.iter().all(|m| plain_route(m)))
 }
 
 fn plain_rule(payload: &[u8]) -> bool {
@@ -272,23 +281,43 @@ mod tests {
     }
 
     #[test]
-    fn events_are_ranked() {
-        let message = |kind: u16| {
-            let mut m = 16u32.to_ne_bytes().to_vec();
+    fn events_are_summed_up() {
+        const RTM_NEWNEIGH: u16 = 28;
+        let message = |kind: u16, payload: &[u8]| {
+            let mut m = ((16 + payload.len()) as u32).to_ne_bytes().to_vec();
             m.extend_from_slice(&kind.to_ne_bytes());
             m.extend_from_slice(&[0; 10]);
+            m.extend_from_slice(payload);
             m
         };
-        assert_eq!(classify(&message(RTM_NEWNEIGH)), RoutingEvents::Neighbours);
-        let mut both = message(RTM_NEWNEIGH);
-        both.extend(message(RTM_DELRULE));
-        assert_eq!(classify(&both), RoutingEvents::Routing);
-        assert_eq!(classify(&[]), RoutingEvents::None);
+        let plain = [2, 24, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        let multipath = with_attrs(plain, &[(RTA_MULTIPATH, &[0; 8])]);
+        let mut seen = RoutingEvents::default();
+        seen.add(&message(RTM_NEWNEIGH, &[]));
+        assert_eq!(
+            seen,
+            RoutingEvents {
+                any: true,
+                ..Default::default()
+            }
+        );
+        seen.add(&message(RTM_NEWROUTE, &plain));
+        assert!(seen.routes && !seen.not_plain_route_added && !seen.rules);
+        let mut both = message(RTM_DELROUTE, &multipath);
+        both.extend(message(RTM_DELRULE, &[0; 12]));
+        seen.add(&both);
+        assert!(!seen.not_plain_route_added && seen.rules && !seen.lost);
+        seen.add(&message(RTM_NEWROUTE, &multipath));
+        assert!(seen.not_plain_route_added);
+        let mut nothing = RoutingEvents::default();
+        nothing.add(&[]);
+        assert_eq!(nothing, RoutingEvents::default());
     }
 
     #[test]
     fn this_namespace_can_be_read() {
         // Whatever the machine's routing, the dumps themselves succeed.
-        routing_is_per_destination().unwrap();
+        rules_are_plain().unwrap();
+        routes_are_plain().unwrap();
     }
 }
