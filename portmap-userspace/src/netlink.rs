@@ -90,6 +90,25 @@ fn nl_socket(groups: u32) -> io::Result<OwnedFd> {
     }
 }
 
+/// Sends one request of type `kind` with `flags` (sequence number 1), its
+/// message header followed by `body`.
+fn send_request(fd: &OwnedFd, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
+    let len = NLMSG_HDRLEN + body.len();
+    let mut request = Vec::with_capacity(len);
+    request.extend_from_slice(&(len as u32).to_ne_bytes());
+    request.extend_from_slice(&kind.to_ne_bytes());
+    request.extend_from_slice(&flags.to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(body);
+    // SAFETY: `request` is valid for reads of its length.
+    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Reads one datagram; `Ok(None)` when none is waiting.
 fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is valid for writes of its length.
@@ -239,19 +258,10 @@ pub fn master_of(ifindex: u32) -> io::Result<Option<u32>> {
 /// (`None` if there is no such interface).
 fn link_attribute(ifindex: u32, read: impl Fn(&[u8]) -> Option<u32>) -> io::Result<Option<u32>> {
     let fd = nl_socket(0)?;
-    let mut request = [0u8; NLMSG_HDRLEN + IFINFOMSG_LEN];
-    let len = request.len() as u32;
-    request[0..4].copy_from_slice(&len.to_ne_bytes());
-    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    request[NLMSG_HDRLEN] = libc::AF_UNSPEC as u8;
-    request[NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8].copy_from_slice(&ifindex.to_ne_bytes());
-    // SAFETY: `request` is valid for reads of its length.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut ifinfo = [0u8; IFINFOMSG_LEN];
+    ifinfo[0] = libc::AF_UNSPEC as u8;
+    ifinfo[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    send_request(&fd, RTM_GETLINK, NLM_F_REQUEST, &ifinfo)?;
     // The socket does not block; the kernel answers a request synchronously,
     // before `send` returns.
     let mut buf = vec![0u8; 64 * 1024];

@@ -239,17 +239,20 @@ fn cached_next_hops_follow_the_routing_under_traffic() {
     assert!(cached_run <= 10.0, "{cached_run} of 20 requests looked up");
 
     // A policy rule could route clients of one backend apart: no caching.
-    let rule = [
-        "rule",
-        "add",
-        "from",
-        "198.18.0.0/24",
-        "lookup",
-        "main",
-        "pref",
-        "100",
-    ];
-    topo.node.ip(&rule).unwrap();
+    let rule = |verb| {
+        let args = [
+            "rule",
+            verb,
+            "from",
+            "198.18.0.0/24",
+            "lookup",
+            "main",
+            "pref",
+            "100",
+        ];
+        topo.node.ip(&args).unwrap();
+    };
+    rule("add");
     settle();
     let before = looked_up();
     ask_all(20, "b0");
@@ -257,18 +260,7 @@ fn cached_next_hops_follow_the_routing_under_traffic() {
         looked_up() - before >= 20.0,
         "requests looked up with a policy rule"
     );
-    topo.node
-        .ip(&[
-            "rule",
-            "del",
-            "from",
-            "198.18.0.0/24",
-            "lookup",
-            "main",
-            "pref",
-            "100",
-        ])
-        .unwrap();
+    rule("del");
     settle();
     // A multipath route (to elsewhere) could send one backend's clients
     // different ways: no caching either, until it is gone.

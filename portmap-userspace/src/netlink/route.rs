@@ -6,16 +6,15 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd as _,
 };
 
 use super::{
-    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, attributes, messages, nl_socket, recv,
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attributes, messages, nl_socket, recv, send_request,
     u32_at,
 };
 
 const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
+pub(super) const RTM_GETROUTE: u16 = 26;
 /// `struct rtmsg`: family, dst_len, src_len, tos, table, protocol, scope,
 /// type, flags (u32).
 const RTMSG_LEN: usize = 12;
@@ -55,25 +54,16 @@ pub fn route_to(dst: IpAddr) -> io::Result<Option<Route>> {
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
     };
     let attr_len = 4 + addr.len();
-    let len = NLMSG_HDRLEN + RTMSG_LEN + attr_len;
-    let mut request = vec![0u8; len];
-    request[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
-    request[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
-    request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    request[NLMSG_HDRLEN] = family;
-    request[NLMSG_HDRLEN + 1] = (addr.len() * 8) as u8;
-    let at = NLMSG_HDRLEN + RTMSG_LEN;
-    request[at..at + 2].copy_from_slice(&(attr_len as u16).to_ne_bytes());
-    request[at + 2..at + 4].copy_from_slice(&RTA_DST.to_ne_bytes());
-    request[at + 4..].copy_from_slice(&addr);
+    let mut body = vec![0u8; RTMSG_LEN + attr_len];
+    body[0] = family;
+    body[1] = (addr.len() * 8) as u8;
+    let at = RTMSG_LEN;
+    body[at..at + 2].copy_from_slice(&(attr_len as u16).to_ne_bytes());
+    body[at + 2..at + 4].copy_from_slice(&RTA_DST.to_ne_bytes());
+    body[at + 4..].copy_from_slice(&addr);
 
     let fd = nl_socket(0)?;
-    // SAFETY: `request` is valid for reads of its length.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    send_request(&fd, RTM_GETROUTE, NLM_F_REQUEST, &body)?;
     // The kernel answers before `send` returns (see `xdp_prog_id`).
     let mut buf = vec![0u8; 16 * 1024];
     let n = recv(&fd, &mut buf)?.ok_or_else(|| io::Error::other("no answer from rtnetlink"))?;

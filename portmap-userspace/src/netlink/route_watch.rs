@@ -8,21 +8,30 @@ use std::{io, net::IpAddr, os::fd::OwnedFd};
 
 use super::{RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK, attributes, messages, nl_socket, recv, u32_at};
 
-pub(super) const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-pub(super) const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-pub(super) const RTMGRP_IPV4_RULE: u32 = 0x80;
-pub(super) const RTMGRP_IPV6_IFADDR: u32 = 0x100;
-pub(super) const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV4_RULE: u32 = 0x80;
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 /// `RTNLGRP_IPV6_RULE` (19) as a group bit.
-pub(super) const RTMGRP_IPV6_RULE: u32 = 1 << 18;
+const RTMGRP_IPV6_RULE: u32 = 1 << 18;
+/// The groups of every event that may change a route lookup's answer, bar
+/// neighbours: links, addresses, routes and rules of both families.
+pub(super) const ROUTING_GROUPS: u32 = RTMGRP_LINK
+    | RTMGRP_IPV4_IFADDR
+    | RTMGRP_IPV4_ROUTE
+    | RTMGRP_IPV4_RULE
+    | RTMGRP_IPV6_IFADDR
+    | RTMGRP_IPV6_ROUTE
+    | RTMGRP_IPV6_RULE;
 
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 pub(super) const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
+pub(super) const RTM_DELROUTE: u16 = 25;
 pub(super) const RTM_NEWRULE: u16 = 32;
-const RTM_DELRULE: u16 = 33;
-const RTMSG_LEN: usize = 12;
+pub(super) const RTM_DELRULE: u16 = 33;
+pub(super) const RTMSG_LEN: usize = 12;
 const RTA_DST: u16 = 1;
 
 /// One change that may move route answers.
@@ -47,15 +56,8 @@ pub struct RouteWatch {
 
 impl RouteWatch {
     pub fn open() -> io::Result<Self> {
-        let groups = RTMGRP_LINK
-            | RTMGRP_IPV4_IFADDR
-            | RTMGRP_IPV4_ROUTE
-            | RTMGRP_IPV4_RULE
-            | RTMGRP_IPV6_IFADDR
-            | RTMGRP_IPV6_ROUTE
-            | RTMGRP_IPV6_RULE;
         Ok(Self {
-            fd: nl_socket(groups)?,
+            fd: nl_socket(ROUTING_GROUPS)?,
         })
     }
 

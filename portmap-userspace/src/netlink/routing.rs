@@ -9,23 +9,19 @@ use std::{
 };
 
 use super::{
-    NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN, RTMGRP_LINK, attributes, messages, nl_socket, recv,
+    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attributes, messages, nl_socket, recv,
+    route::RTM_GETROUTE,
     route_watch::{
-        RTM_NEWROUTE, RTM_NEWRULE, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
-        RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE,
+        ROUTING_GROUPS, RTM_DELROUTE, RTM_DELRULE, RTM_NEWROUTE, RTM_NEWRULE, RTMSG_LEN,
     },
-    u32_at,
+    send_request, u32_at,
 };
 
 const RTMGRP_NEIGH: u32 = 0x4;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const RTM_DELRULE: u16 = 33;
 const RTM_GETRULE: u16 = 34;
-const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
-/// `rtmsg` and `fib_rule_hdr`: both 12 bytes, attributes after.
-const HDR_LEN: usize = 12;
+/// `struct fib_rule_hdr`; attributes follow.
+const FIB_RULE_HDR_LEN: usize = 12;
 const RTA_MULTIPATH: u16 = 9;
 const RTA_NH_ID: u16 = 30;
 const FR_ACT_TO_TBL: u8 = 1;
@@ -63,16 +59,8 @@ pub struct RoutingWatch {
 
 impl RoutingWatch {
     pub fn open() -> io::Result<Self> {
-        let groups = RTMGRP_LINK
-            | RTMGRP_NEIGH
-            | RTMGRP_IPV4_IFADDR
-            | RTMGRP_IPV4_ROUTE
-            | RTMGRP_IPV4_RULE
-            | RTMGRP_IPV6_IFADDR
-            | RTMGRP_IPV6_ROUTE
-            | RTMGRP_IPV6_RULE;
         Ok(Self {
-            fd: nl_socket(groups)?,
+            fd: nl_socket(ROUTING_GROUPS | RTMGRP_NEIGH)?,
         })
     }
 
@@ -148,7 +136,7 @@ pub fn routes_are_plain() -> io::Result<bool> {
 }
 
 fn plain_rule(payload: &[u8]) -> bool {
-    let Some(hdr) = payload.get(..HDR_LEN) else {
+    let Some(hdr) = payload.get(..FIB_RULE_HDR_LEN) else {
         return false;
     };
     // fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action.
@@ -157,7 +145,7 @@ fn plain_rule(payload: &[u8]) -> bool {
         return false;
     }
     let mut table = u32::from(table);
-    for (kind, value) in attributes(&payload[HDR_LEN..]) {
+    for (kind, value) in attributes(&payload[FIB_RULE_HDR_LEN..]) {
         match kind {
             FRA_TABLE => table = u32_at(value, 0).unwrap_or(0),
             FRA_PRIORITY | FRA_SUPPRESS_IFGROUP | FRA_SUPPRESS_PREFIXLEN | FRA_PROTOCOL => {}
@@ -173,7 +161,7 @@ fn plain_route(payload: &[u8]) -> bool {
         return false;
     };
     *src_len == 0
-        && attributes(payload.get(HDR_LEN..).unwrap_or_default())
+        && attributes(payload.get(RTMSG_LEN..).unwrap_or_default())
             .all(|(kind, _)| kind != RTA_MULTIPATH && kind != RTA_NH_ID)
 }
 
@@ -181,18 +169,9 @@ fn plain_route(payload: &[u8]) -> bool {
 /// `RTM_GETROUTE`).
 fn dump(kind: u16) -> io::Result<Vec<Vec<u8>>> {
     let fd = nl_socket(0)?;
-    let mut request = [0u8; NLMSG_HDRLEN + HDR_LEN];
-    let len = request.len() as u32;
-    request[0..4].copy_from_slice(&len.to_ne_bytes());
-    request[4..6].copy_from_slice(&kind.to_ne_bytes());
-    request[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    // Family AF_UNSPEC (0): all of them.
-    // SAFETY: `request` is valid for reads of its length.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // An `rtmsg` or `fib_rule_hdr` (both 12 bytes) of family AF_UNSPEC (0):
+    // all of them.
+    send_request(&fd, kind, NLM_F_REQUEST | NLM_F_DUMP, &[0; RTMSG_LEN])?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::new();
