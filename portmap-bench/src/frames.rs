@@ -7,6 +7,7 @@ use portmap_common::csum::{checksum, l4_checksum};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Size of the load generator's frames (one of the sizes it copies).
 pub const FRAME_LEN: usize = 64;

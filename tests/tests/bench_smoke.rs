@@ -178,14 +178,14 @@ fn bench_measures_every_mode_and_writes_its_report() {
         // harness is in both); the lookups were measured (they refuse to be
         // if their flow is not found).
         let pass = c["pass_ns"].as_f64().unwrap_or(0.0);
-        for key in ["hit_ns", "new_flow_ns"] {
+        for key in ["hit_ns", "tcp_hit_ns", "new_flow_ns"] {
             let v = c[key].as_f64().unwrap_or(0.0);
             assert!(
                 v > pass && pass > 0.0,
                 "xdp_cost {key} is {v}, pass {pass}: {c}"
             );
         }
-        for key in ["lookup_wide_ns", "lookup_narrow_ns"] {
+        for key in ["lookup_wide_ns", "lookup_narrow_ns", "call_overhead_ns"] {
             let v = c[key].as_f64().unwrap_or(0.0);
             assert!(v > 0.0, "xdp_cost {key} is {v}: {c}");
         }
