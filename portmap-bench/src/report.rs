@@ -549,12 +549,18 @@ fn control(out: &mut String, r: &Results) {
 }
 
 fn xdp_cost(out: &mut String, r: &Results) {
+    let timing = if r.xdp_cost.iter().all(|c| c.kernel_timed()) {
+        "nanoseconds per run as the kernel times its loop of runs (best of 5 rounds per \
+         repetition; the kernel gives whole nanoseconds). `bench_pass`, a bare `XDP_PASS`, is \
+         the loop's own cost per run, which every case includes."
+    } else {
+        "wall-clock nanoseconds per run (a run of an earlier version: each call's fixed cost, \
+         see below, is spread over its runs and in every figure)."
+    };
     let _ = writeln!(
         out,
         "## Per-packet cost of the XDP program\n\nBPF_PROG_TEST_RUN with a large repeat count, \
-         nanoseconds per run as the kernel times its loop of runs (best of 5 rounds per \
-         repetition; the kernel gives whole nanoseconds). `bench_pass`, a bare `XDP_PASS`, is \
-         the loop's own cost per run, which every case includes.\n"
+         {timing}\n"
     );
     table_head(
         out,
@@ -609,9 +615,9 @@ fn xdp_cost(out: &mut String, r: &Results) {
             out,
             "Each call of BPF_PROG_TEST_RUN with more than one repeat also costs {:.1} ms once, \
              measured as the wall-clock time of a call with 2 repeats: the kernel swaps the \
-             program into its XDP dispatcher and back, waiting for RCU each time. Reports before \
-             this one divided the calls' wall-clock time by 1,000,000 repeats, which added \
-             {:.1} ns to every case and pulled every ratio towards 1.\n",
+             program into its XDP dispatcher and back, waiting for RCU each time. Reports of \
+             earlier versions divided the calls' wall-clock time by their 1,000,000 repeats, \
+             which added {:.1} ns to every case and pulled every ratio towards 1.\n",
             call.median / 1e6,
             call.median / 1e6
         );

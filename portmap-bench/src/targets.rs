@@ -172,9 +172,14 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
     };
     // The program's own cost, without the harness's: what a change of the
     // dataplane moves, where the ratio also moves with the machine.
+    let clock = if r.xdp_cost.iter().all(|c| c.kernel_timed()) {
+        "kernel-timed"
+    } else {
+        "wall-clock"
+    };
     let own = match (hit, pass) {
         (Some(h), Some(p)) => format!(
-            " ({case}; the program's own +{:.0} ns, kernel-timed)",
+            " ({case}; the program's own +{:.0} ns, {clock})",
             h.median - p.median
         ),
         _ => String::new(),

@@ -31,8 +31,9 @@ const XDP_PASS: u32 = 2;
 /// Nanoseconds per packet, one repetition.
 ///
 /// Results of runs before the kernel's timing was used hold wall-clock
-/// figures (each with `call_overhead_ns` / 1,000,000 in it) and 0 for the
-/// fields they did not have.
+/// figures (each with a call's fixed cost divided by its 1,000,000 repeats
+/// in it, about 16 ns here) and 0 for the fields they did not have; their
+/// `call_overhead_ns` is 0, which is how they are told apart.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct XdpCost {
     pub pass_ns: f64,
@@ -54,6 +55,14 @@ pub struct XdpCost {
     /// Wall-clock cost of one call of BPF_PROG_TEST_RUN beyond its runs.
     #[serde(default)]
     pub call_overhead_ns: f64,
+}
+
+impl XdpCost {
+    /// Whether these figures are the kernel's per-run timing (every run
+    /// since `call_overhead_ns` was measured), not wall-clock ones.
+    pub fn kernel_timed(&self) -> bool {
+        self.call_overhead_ns > 0.0
+    }
 }
 
 fn identity_state() -> Result<DesiredState> {
