@@ -378,6 +378,43 @@ fn flows_of_removed_backends_and_expired_flows_are_collected() {
     assert!(lab.dp.conntrack_entries().unwrap().is_empty());
 }
 
+/// The collection reads conntrack in batches of 1,024 entries: a table of
+/// 3,000 is walked whole, across batches, and exactly the entries of a
+/// removed Service go.
+#[test]
+fn a_collection_walks_every_batch_of_a_large_table() {
+    let mut lab = Lab::with_config(
+        &desired(&["8080:198.19.0.2:3000", "9090:198.19.0.3:3000/udp"]).unwrap(),
+        &["198.18.0.1"],
+        DatapathConfig::default(),
+    )
+    .unwrap();
+    let client = "198.18.0.2".parse::<IpAddr>().unwrap();
+    for port in 20_000..20_750 {
+        let c = SocketAddr::new(client, port);
+        lab.xdp(&Packet::tcp(c, sa("198.18.0.1", 8080), TCP_SYN).build())
+            .unwrap();
+        lab.xdp(&Packet::udp(c, sa("198.18.0.1", 9090), b"u").build())
+            .unwrap();
+    }
+    assert_eq!(lab.dp.conntrack_entries().unwrap().len(), 3000);
+    let report = lab.dp.collect_garbage().unwrap();
+    assert_eq!((report.scanned, report.removed), (3000, 0), "{report:?}");
+    // The TCP Service goes away: its 1,500 entries are stale, the UDP
+    // flows' are not.
+    lab.dp
+        .apply(&desired(&["9090:198.19.0.3:3000/udp"]).unwrap())
+        .unwrap();
+    let report = lab.dp.collect_garbage().unwrap();
+    assert_eq!((report.scanned, report.removed), (3000, 1500), "{report:?}");
+    let left = lab.dp.conntrack_entries().unwrap();
+    assert_eq!(left.len(), 1500);
+    assert!(
+        left.iter().all(|(k, _)| k.proto == 17),
+        "only the UDP flows' entries are left"
+    );
+}
+
 /// A map under pressure says so: `portmap_map_entries` against
 /// `portmap_map_capacity`, and a warning in the log; a conntrack map that is
 /// full evicts idle flows and new ones keep working.

@@ -10,7 +10,14 @@ use portmap_common::abi::{
     DatapathConfig, PROTO_TCP, SnatValue,
 };
 
-use super::{Dataplane, state::Applied};
+use std::os::fd::AsFd as _;
+
+use aya::maps::IterableMap as _;
+
+use super::{Dataplane, bpf_sys, state::Applied};
+
+/// Conntrack entries read per bpf(2) call of a collection's walk.
+const GC_BATCH: usize = 1024;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -125,18 +132,25 @@ impl Dataplane {
         let stale = |k: &CtKey, v: &CtValue| rule.is_stale(k, v);
         let mut report = GcReport::default();
         let mut doomed: Vec<CtKey> = Vec::new();
-        for item in self.maps.conntrack.iter() {
-            let (key, value) = match item {
-                Ok(kv) => kv,
-                // An entry deleted by the LRU between the key walk and the
-                // lookup; nothing to collect.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("walking CONNTRACK"),
-            };
-            report.scanned += 1;
-            if stale(&key, &value) {
-                doomed.push(key);
+        let walked = bpf_sys::for_each_batch(
+            self.maps.conntrack.map().fd().as_fd(),
+            GC_BATCH,
+            |keys: &[CtKey], values: &[CtValue]| {
+                report.scanned += keys.len() as u64;
+                doomed.extend(
+                    keys.iter()
+                        .zip(values)
+                        .filter(|(k, v)| stale(k, v))
+                        .map(|(k, _)| *k),
+                );
+            },
+        );
+        match walked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                self.walk_conntrack_by_key(&stale, &mut report, &mut doomed)?;
             }
+            Err(e) => return Err(e).context("walking CONNTRACK in batches"),
         }
         for key in doomed {
             // The walk took a while: a client may have reused the flow's
@@ -156,6 +170,30 @@ impl Dataplane {
         self.conntrack_entries = Some(report.scanned - report.removed);
         self.collect_snat_ports(&rule, &mut report)?;
         Ok(report)
+    }
+
+    /// The walk of [`Dataplane::collect_garbage`] key by key, for kernels
+    /// without batch lookups.
+    fn walk_conntrack_by_key(
+        &self,
+        stale: &impl Fn(&CtKey, &CtValue) -> bool,
+        report: &mut GcReport,
+        doomed: &mut Vec<CtKey>,
+    ) -> Result<()> {
+        for item in self.maps.conntrack.iter() {
+            let (key, value) = match item {
+                Ok(kv) => kv,
+                // An entry deleted by the LRU between the key walk and the
+                // lookup; nothing to collect.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("walking CONNTRACK"),
+            };
+            report.scanned += 1;
+            if stale(&key, &value) {
+                doomed.push(key);
+            }
+        }
+        Ok(())
     }
 
     /// Frees the SNAT ports of flows that are gone: neither half of the flow

@@ -129,3 +129,60 @@ fn a_learned_dsr_reply_entry_lives_by_its_frontend_and_its_time() {
     };
     assert!(rule.is_stale(&key(PROTO_UDP), &plain));
 }
+
+/// What a collection's walk of a full default-sized conntrack table costs,
+/// in batches and key by key: `cargo test -p portmap-userspace --release
+/// --lib gc::tests::walk_cost -- --ignored --nocapture` (as root).
+#[test]
+#[ignore = "a measurement, as root: run it by name"]
+fn walk_cost() {
+    use crate::dataplane::{Dataplane, Limits};
+    let entries: u32 = 262_144;
+    let limits = Limits {
+        frontends: 64,
+        backends: 64,
+        conntrack: entries,
+    };
+    let mut dp = Dataplane::load(limits, DatapathConfig::default()).expect("loaded");
+    let value = CtValue::default();
+    for i in 0..entries {
+        let mut k = key(PROTO_UDP);
+        k.sport = (i & 0xffff) as u16;
+        k.dport = (i >> 16) as u16;
+        dp.maps.conntrack.insert(k, value, 0).expect("inserted");
+    }
+    for _ in 0..2 {
+        let start = std::time::Instant::now();
+        let r = dp.collect_garbage().expect("collected");
+        let batched = start.elapsed();
+        // Everything was stale (no frontend): refill for the next walk.
+        assert_eq!(r.scanned, u64::from(entries));
+        for i in 0..entries {
+            let mut k = key(PROTO_UDP);
+            k.sport = (i & 0xffff) as u16;
+            k.dport = (i >> 16) as u16;
+            dp.maps.conntrack.insert(k, value, 0).expect("inserted");
+        }
+        let rule = |_: &CtKey, _: &CtValue| false;
+        let mut report = super::GcReport::default();
+        let mut doomed = Vec::new();
+        let start = std::time::Instant::now();
+        dp.walk_conntrack_by_key(&rule, &mut report, &mut doomed)
+            .expect("walked");
+        let by_key = start.elapsed();
+        assert_eq!(report.scanned, u64::from(entries));
+        let start = std::time::Instant::now();
+        let mut n = 0usize;
+        super::bpf_sys::for_each_batch(
+            std::os::fd::AsFd::as_fd(aya::maps::IterableMap::map(&dp.maps.conntrack).fd()),
+            super::GC_BATCH,
+            |k: &[CtKey], _: &[CtValue]| n += k.len(),
+        )
+        .expect("walked");
+        let batch_walk = start.elapsed();
+        assert_eq!(n, entries as usize);
+        println!(
+            "{entries} entries: collection {batched:?} (removing all), walk in batches {batch_walk:?}, walk key by key {by_key:?}"
+        );
+    }
+}
