@@ -13,6 +13,7 @@ use portmap_common::abi::{
 use std::os::fd::AsFd as _;
 
 use aya::maps::IterableMap as _;
+use log::warn;
 
 use super::{Dataplane, bpf_sys, state::Applied};
 
@@ -148,6 +149,14 @@ impl Dataplane {
         match walked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                // Said once: slower collections, and a malformed request
+                // would look the same.
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    warn!(
+                        "conntrack garbage collection walks the table key by key: the kernel refused a batch lookup ({e})"
+                    );
+                });
                 self.walk_conntrack_by_key(&stale, &mut report, &mut doomed)?;
             }
             Err(e) => return Err(e).context("walking CONNTRACK in batches"),
