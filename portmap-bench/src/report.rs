@@ -622,6 +622,31 @@ fn xdp_cost(out: &mut String, r: &Results) {
             call.median / 1e6
         );
     }
+    let generator = Stat::of(
+        r.xdp_cost
+            .iter()
+            .map(|c| c.generator_call_ns)
+            .filter(|ns| *ns > 0.0),
+    );
+    match generator {
+        Some(g) => {
+            let _ = writeln!(
+                out,
+                "The load generator's program stays attached to an idle veth, which keeps it in \
+                 the dispatcher: its calls cost {:.1} µs each beyond their runs.\n",
+                g.median / 1e3
+            );
+        }
+        None if call.is_some() => {
+            let _ = writeln!(
+                out,
+                "The load generator's calls (about 50 ms each) paid the same fixed cost in this \
+                 run: its CPU sat idle for that long in every call, which lowered the rates of \
+                 every mode alike.\n"
+            );
+        }
+        None => {}
+    }
 }
 
 fn method(out: &mut String, r: &Results) {
@@ -637,7 +662,9 @@ fn method(out: &mut String, r: &Results) {
          at addresses that do not exist; the target Service is the last one, with TCP and UDP \
          port 80 and the 4 real backends. In the iptables layout its KUBE-SERVICES rule is last.\n\
          - Load: `bench_loadgen` run with BPF_PROG_RUN live frames (one thread, pinned to one \
-         CPU) on the client's veth, 64-byte UDP frames XDP_TX'd to the node; `bench_sink` on \
+         CPU) on the client's veth, 64-byte UDP frames XDP_TX'd to the node, its program kept in \
+         the kernel's XDP dispatcher by an attachment to an idle veth (else every call waits \
+         for RCU twice, and the generating CPU sat idle half the time); `bench_sink` on \
          each backend's veth counts and drops them. The node's client-facing veth runs portmap's \
          XDP program, or `bench_pass` in the other modes (XDP_TX into a veth needs its peer to \
          run XDP). A 0.3 s warm-up precedes each measurement; before the new-flow one, new flows \
