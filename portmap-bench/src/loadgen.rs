@@ -230,10 +230,12 @@ fn attach_native(ebpf: &mut Ebpf, name: &str, ns: &Netns, ifname: &str) -> Resul
 ///
 /// A BPF_PROG_RUN call with more than one repeat puts its program into the
 /// dispatcher before its runs and takes it out after them, and each change
-/// waits for an RCU grace period: about 16 ms a call here, a quarter of
-/// every 50 ms call of the generator, when its CPU sat idle. A program that
-/// is already in the dispatcher (attached to an interface) only has a
-/// reference taken and dropped: about 1 µs.
+/// waits for an RCU grace period: 16 ms a call on a quiet machine here,
+/// longer under the generator's own load, when its CPU sat idle (46-51 % of
+/// each measurement). A program that is already in the dispatcher
+/// (attached to an interface) only has a reference taken and dropped: about
+/// 1 µs. (A full dispatcher, 48 programs, takes in no more programs and
+/// makes no calls wait.)
 struct DispatcherAnchor {
     _link: XdpLink,
     _ns: Netns,

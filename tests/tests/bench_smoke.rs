@@ -197,11 +197,13 @@ fn bench_measures_every_mode_and_writes_its_report() {
         // The generator's program is kept in the XDP dispatcher, so its
         // calls skip the two RCU waits a program outside it pays (about
         // 1 µs against 16 ms here: not a speed target, whether the anchor
-        // holds).
+        // holds). Only when a program outside does wait: a dispatcher that
+        // is full (48 programs attached machine-wide) takes in none, and
+        // then no call waits.
         let generator = c["generator_call_ns"].as_f64().unwrap_or(0.0);
         let outside = c["call_overhead_ns"].as_f64().unwrap_or(0.0);
         assert!(
-            generator * 10.0 < outside,
+            outside < 1e6 || generator * 10.0 < outside,
             "the generator's calls cost {generator} ns each, a program outside the \
              dispatcher's {outside} ns: is it still attached? {c}"
         );
