@@ -10,7 +10,8 @@
 //!
 //! For each repetition, the per-packet cost of the XDP program and portmap's
 //! control plane are measured, then for each Service count every mode in turn
-//! (interleaved, so drift affects them alike), each in fresh namespaces:
+//! (interleaved, so drift affects them alike, and in an order that rotates
+//! from one repetition to the next), each in fresh namespaces:
 //! first-packet latency, established-flow and new-flow throughput, TCP bulk
 //! throughput (iperf3) and short HTTP requests (nginx), and for iptables and
 //! nftables the time to load and to change their rulesets.
@@ -26,6 +27,7 @@ mod http;
 mod kubesync;
 mod latency;
 mod loadgen;
+mod missed;
 mod modes;
 mod nftrules;
 mod remote;
@@ -206,6 +208,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tcp_seconds: tcp_seconds(&args),
             http_connections: args.http_connections,
             remote_services: args.remote_services.clone(),
+            modes_rotate: true,
         },
         cells: Vec::new(),
         remote: Vec::new(),
@@ -395,7 +398,7 @@ fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
             }
         }
         for &count in &counts {
-            for &mode in &modes {
+            for mode in modes::rotated(&modes, rep) {
                 signals::check()?;
                 let c = cell(ctx, rep, count, mode, &tag)?;
                 ctx.say(report::summary(&c));
@@ -404,7 +407,7 @@ fn measure_all(ctx: &mut Ctx, results: &mut Results) -> Result<()> {
             }
         }
         for &count in &remote_counts {
-            for &mode in &modes {
+            for mode in modes::rotated(&modes, rep) {
                 signals::check()?;
                 let c = remote::cell(ctx, rep, count, mode, &tag)?;
                 ctx.say(remotereport::summary(&c));

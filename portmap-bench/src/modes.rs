@@ -49,6 +49,20 @@ impl Mode {
     }
 }
 
+/// The modes in the order repetition `rep` measures them: each repetition
+/// starts one mode later. The first cell of a repetition follows the
+/// footprint measurements (a daemon with 10,000 Services just torn down,
+/// its namespace still being freed in the background); a mode always in
+/// that place would carry whatever it costs in every repetition.
+pub fn rotated(modes: &[Mode], rep: u32) -> Vec<Mode> {
+    let mut order = modes.to_vec();
+    if !order.is_empty() {
+        let by = rep as usize % order.len();
+        order.rotate_left(by);
+    }
+    order
+}
+
 const METRICS_ADDR: &str = "127.0.0.1:9640";
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// Loading a whole ruleset: long, but it must finish.
@@ -532,4 +546,30 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .all(|(k, v)| label(set, k) == Some(*v))
             .then_some(value)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn each_repetition_starts_one_mode_later() {
+        let modes = [Mode::Portmap, Mode::Iptables, Mode::Nftables, Mode::Forward];
+        let firsts: Vec<Mode> = (0..5).map(|rep| rotated(&modes, rep)[0]).collect();
+        assert_eq!(
+            firsts,
+            [
+                Mode::Portmap,
+                Mode::Iptables,
+                Mode::Nftables,
+                Mode::Forward,
+                Mode::Portmap
+            ]
+        );
+        for rep in 0..4 {
+            let order = rotated(&modes, rep);
+            assert_eq!(order.len(), modes.len());
+            assert!(modes.iter().all(|m| order.contains(m)), "{rep}");
+        }
+        assert!(rotated(&[], 3).is_empty());
+    }
 }

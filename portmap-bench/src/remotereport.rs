@@ -328,6 +328,7 @@ mod tests {
                 tcp_seconds: 1,
                 http_connections: 32,
                 remote_services: vec![1],
+                modes_rotate: true,
             },
             cells: Vec::new(),
             remote,

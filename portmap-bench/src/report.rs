@@ -8,7 +8,7 @@ use super::{
     http::HttpLoad,
     modes::Mode,
     results::{Cell, Results, Stat, Throughput},
-    targets::{self, Verdict},
+    targets::{self, Target, Verdict},
     tcpreport,
 };
 
@@ -34,7 +34,7 @@ pub(crate) fn fmt_pps(s: Option<Stat>) -> String {
     )
 }
 
-fn fmt_us(s: Option<Stat>) -> String {
+pub(crate) fn fmt_us(s: Option<Stat>) -> String {
     let Some(s) = s else { return "–".into() };
     let d = if s.median >= 100.0 { 0 } else { 1 };
     format!("{:.d$} µs ({:.d$}–{:.d$})", s.median, s.min, s.max)
@@ -225,9 +225,14 @@ fn machine(out: &mut String, r: &Results) {
         counts.join(", "),
         modes.join(", ")
     );
+    let order = if c.modes_rotate {
+        "modes interleaved in each, each repetition starting one mode later"
+    } else {
+        "modes interleaved in each, in the same order"
+    };
     let _ = writeln!(
         out,
-        "- {} repetitions, modes interleaved in each; {:.1} s per throughput measurement; \
+        "- {} repetitions, {order}; {:.1} s per throughput measurement; \
          {} established flows; {} connections per latency cell; took {:.0} s",
         c.repeats, c.duration_s, c.flows, c.connections, r.elapsed_s
     );
@@ -290,16 +295,24 @@ fn target_section(out: &mut String, r: &Results) {
             t.verdict.label()
         );
     }
-    let missed: Vec<&str> = list
+    let missed: Vec<&Target> = list
         .iter()
         .filter(|t| t.verdict == Verdict::Missed)
-        .map(|t| t.what.as_str())
         .collect();
     if missed.is_empty() {
         let _ = writeln!(out, "\nNo measured target is missed.\n");
-    } else {
-        let _ = writeln!(out, "\nMissed: {}.\n", missed.join("; "));
+        return;
     }
+    let _ = writeln!(
+        out,
+        "\nMissed, by how much and why (from this run's figures; a ratio per repetition \
+         compares the modes measured side by side in it):\n"
+    );
+    for t in missed {
+        let why = t.why.as_deref().unwrap_or("by how much is in the table.");
+        let _ = writeln!(out, "- {}: {why}", t.what);
+    }
+    let _ = writeln!(out);
 }
 
 fn throughput(out: &mut String, r: &Results) {
@@ -650,13 +663,19 @@ fn xdp_cost(out: &mut String, r: &Results) {
 }
 
 fn method(out: &mut String, r: &Results) {
+    let rotation = if r.config.modes_rotate {
+        ", and each repetition starts one mode later than the one before, so that no mode is \
+         always the first after the footprint measurements"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
         "## Method\n\n\
          - Every cell (repetition × Service count × mode) gets fresh namespaces: client → node → \
          4 backends over veths (198.18.0.0/15; transmit checksum offload off), so no conntrack, \
          neighbour or rule state carries over. Modes are interleaved within each repetition so \
-         drift affects them alike.\n\
+         drift affects them alike{}.\n\
          - Services: VIPs in 198.19.64.0/18 (inside the benchmarking range rather than \
          10.96.0.0/12, so no packet is ever addressed outside it), TCP port 80, 10 endpoints each \
          at addresses that do not exist; the target Service is the last one, with TCP and UDP \
@@ -697,6 +716,6 @@ fn method(out: &mut String, r: &Results) {
          remote-backend cells with it; the iptables binary is `{}`.\n\
          - With 2 shared CPUs absolute numbers are noisy: compare the modes side by side and \
          read the ratios.",
-        r.machine.iptables
+        rotation, r.machine.iptables
     );
 }

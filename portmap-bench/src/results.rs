@@ -50,6 +50,11 @@ pub struct Config {
     /// they existed).
     #[serde(default)]
     pub remote_services: Vec<u32>,
+    /// Whether each repetition started one mode later than the one before
+    /// (false in results of runs from before it did: every repetition
+    /// measured the modes in the order given).
+    #[serde(default)]
+    pub modes_rotate: bool,
 }
 
 /// One load-generator measurement.

@@ -1,12 +1,14 @@
 //! The project's performance targets, judged from the measured medians.
 
 use super::{
+    missed,
     modes::Mode,
+    report::{fmt_pps, fmt_us},
     results::{Results, Stat},
 };
 
 pub const BIG: u32 = 10_000;
-const SMALL: u32 = 1;
+pub const SMALL: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -29,6 +31,19 @@ pub struct Target {
     pub what: String,
     pub measured: String,
     pub verdict: Verdict,
+    /// For a missed target: by how much, and why, from this run's figures
+    /// (see `missed`).
+    pub why: Option<String>,
+}
+
+impl Target {
+    /// Says why, if the target is missed.
+    fn explained(mut self, why: impl FnOnce() -> Option<String>) -> Target {
+        if self.verdict == Verdict::Missed {
+            self.why = why();
+        }
+        self
+    }
 }
 
 fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
@@ -49,25 +64,37 @@ fn judged(what: &str, measured: Option<(String, bool)>, missing: String) -> Targ
         what: what.into(),
         measured,
         verdict,
+        why: None,
     }
 }
 
 fn at_least(what: &str, r: Option<f64>, min: f64, missing: &str) -> Target {
     let measured = r.map(|r| (format!("{r:.2}×"), r >= min));
     judged(what, measured, missing.into())
+        .explained(|| r.map(|r| format!("{}.", missed::short_by(r, min))))
 }
 
-fn flat(what: &str, small: Option<Stat>, big: Option<Stat>, missing: &str) -> Target {
+fn flat(
+    what: &str,
+    small: Option<Stat>,
+    big: Option<Stat>,
+    missing: &str,
+    fmt: impl Fn(Option<Stat>) -> String,
+) -> Target {
     let measured = ratio(big, small).map(|r| {
         let text = format!("{:+.1} % from {SMALL} to {BIG} Services", (r - 1.0) * 100.0);
         (text, (0.9..=1.1).contains(&r))
     });
-    judged(what, measured, missing.into())
+    judged(what, measured, missing.into()).explained(|| {
+        let (small, big) = (small?, big?);
+        Some(missed::flatness(small, big, |s| fmt(Some(s))))
+    })
 }
 
 fn below(what: &str, v: Option<Stat>, limit_s: f64, fmt: impl Fn(f64) -> String) -> Target {
     let measured = v.map(|s| (fmt(s.median), s.median < limit_s));
     judged(what, measured, format!("needs --services including {BIG}"))
+        .explained(|| v.map(|s| missed::over_limit(s.median, limit_s)))
 }
 
 pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Target> {
@@ -93,13 +120,15 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
             ratio(r.new_flows(pm, SMALL), r.new_flows(Mode::Iptables, SMALL)),
             3.0,
             &need(&[pm, Mode::Iptables], &[SMALL]),
-        ),
+        )
+        .explained(|| missed::new_flows(r, Mode::Iptables, 3.0)),
         at_least(
             "New-flow throughput at 1 Service ≥ 3× nftables",
             ratio(r.new_flows(pm, SMALL), r.new_flows(Mode::Nftables, SMALL)),
             3.0,
             &need(&[pm, Mode::Nftables], &[SMALL]),
-        ),
+        )
+        .explained(|| missed::new_flows(r, Mode::Nftables, 3.0)),
     ];
     // Established flows against plain forwarding, at every Service count: the
     // worst ratio decides.
@@ -119,11 +148,14 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
             } else {
                 Verdict::Missed
             },
-        },
+            why: None,
+        }
+        .explained(|| missed::established(r, s, 2.0)),
         None => Target {
             what: "Established-flow throughput ≥ 2× forward".into(),
             measured: need(&[pm, Mode::Forward], &[]),
             verdict: Verdict::NotMeasured,
+            why: None,
         },
     });
     let both = need(&[pm], &[SMALL, BIG]);
@@ -132,18 +164,21 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
         r.established(pm, SMALL),
         r.established(pm, BIG),
         &both,
+        fmt_pps,
     ));
     out.push(flat(
         "portmap new-flow throughput flat within ±10 % (1 → 10,000 Services)",
         r.new_flows(pm, SMALL),
         r.new_flows(pm, BIG),
         &both,
+        fmt_pps,
     ));
     out.push(flat(
         "portmap first-packet latency (p50) flat within ±10 % (1 → 10,000 Services)",
         r.p50(pm, SMALL),
         r.p50(pm, BIG),
         &both,
+        fmt_us,
     ));
     out.push(bulk_target(
         r,
@@ -184,12 +219,16 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
         ),
         _ => String::new(),
     };
-    out.push(at_most(
-        "Conntrack-hit cost ≤ 2× the bare XDP_PASS program",
-        ratio(hit, pass),
-        2.0,
-        &own,
-    ));
+    let hit_ratio = ratio(hit, pass);
+    out.push(
+        at_most(
+            "Conntrack-hit cost ≤ 2× the bare XDP_PASS program",
+            hit_ratio,
+            2.0,
+            &own,
+        )
+        .explained(|| missed::conntrack_hit(r, hit_ratio?, 2.0)),
+    );
     let control = |f: fn(&super::control::PortmapControl) -> f64| {
         Stat::of(r.control.iter().filter(|c| c.services == BIG).map(f))
     };
@@ -218,11 +257,13 @@ fn at_most(what: &str, r: Option<f64>, max: f64, detail: &str) -> Target {
             } else {
                 Verdict::Missed
             },
+            why: None,
         },
         None => Target {
             what: what.into(),
             measured: "not run".into(),
             verdict: Verdict::NotMeasured,
+            why: None,
         },
     }
 }
@@ -236,6 +277,7 @@ fn bulk_target(r: &Results, what: &str, other: Mode, min: f64) -> Target {
         what: what.into(),
         measured,
         verdict,
+        why: None,
     };
     if !(r.config.modes.contains(&pm) && r.config.modes.contains(&other)) {
         return target(
@@ -286,7 +328,8 @@ fn bulk_target(r: &Results, what: &str, other: Mode, min: f64) -> Target {
             } else {
                 Verdict::Missed
             },
-        ),
+        )
+        .explained(|| missed::bulk(r, other, min, s, n)),
         None => target(
             format!("no transfer of {} succeeded", other.name()),
             Verdict::NotMeasured,

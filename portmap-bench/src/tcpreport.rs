@@ -320,6 +320,7 @@ mod tests {
                 tcp_seconds: 2,
                 http_connections: 32,
                 remote_services: Vec::new(),
+                modes_rotate: false,
             },
             cells,
             remote: Vec::new(),
