@@ -37,10 +37,13 @@ pub struct Target {
 }
 
 impl Target {
-    /// Says why, if the target is missed.
+    /// Says why, if the target is missed and `why` has something to say;
+    /// a reason given before stays otherwise.
     fn explained(mut self, why: impl FnOnce() -> Option<String>) -> Target {
-        if self.verdict == Verdict::Missed {
-            self.why = why();
+        if self.verdict == Verdict::Missed
+            && let Some(why) = why()
+        {
+            self.why = Some(why);
         }
         self
     }
@@ -87,7 +90,7 @@ fn flat(
     });
     judged(what, measured, missing.into()).explained(|| {
         let (small, big) = (small?, big?);
-        Some(missed::flatness(small, big, |s| fmt(Some(s))))
+        missed::flatness(small, big, |s| fmt(Some(s)))
     })
 }
 
