@@ -103,14 +103,9 @@ pub fn new_flows(r: &Results, other: Mode, goal: f64) -> Option<String> {
     // Both TCP, as the per-packet measurement's new flow is (a SYN|FIN
     // re-creating one flow in a small table: in cache, never evicting).
     let new_ns = Stat::of(r.xdp_cost.iter().map(|c| c.new_flow_ns));
-    let hit_ns = Stat::of(
-        r.xdp_cost
-            .iter()
-            .map(|c| c.tcp_hit_ns)
-            .filter(|ns| *ns > 0.0),
-    );
+    let hit_ns = r.xdp_cost_stat(|c| c.tcp_hit_ns);
     if let (Some(new_ns), Some(hit_ns)) = (new_ns, hit_ns)
-        && r.xdp_cost.iter().all(|c| c.kernel_timed())
+        && r.xdp_kernel_timed()
     {
         let in_cache = new_ns.median - hit_ns.median;
         let rest = extra - in_cache;
@@ -216,12 +211,7 @@ pub fn conntrack_hit(r: &Results, ratio: f64, goal: f64) -> Option<String> {
         (ratio / goal - 1.0) * 100.0
     );
     let pass = Stat::of(r.xdp_cost.iter().map(|c| c.pass_ns)).filter(|p| p.median > 0.0)?;
-    let lookup = Stat::of(
-        r.xdp_cost
-            .iter()
-            .map(|c| c.lookup_wide_ns)
-            .filter(|ns| *ns > 0.0),
-    );
+    let lookup = r.xdp_cost_stat(|c| c.lookup_wide_ns);
     let Some(lookup) = lookup else {
         return Some(format!("{over}."));
     };

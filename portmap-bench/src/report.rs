@@ -562,7 +562,7 @@ fn control(out: &mut String, r: &Results) {
 }
 
 fn xdp_cost(out: &mut String, r: &Results) {
-    let timing = if r.xdp_cost.iter().all(|c| c.kernel_timed()) {
+    let timing = if r.xdp_kernel_timed() {
         "nanoseconds per run as the kernel times its loop of runs (best of 5 rounds per \
          repetition; the kernel gives whole nanoseconds). `bench_pass`, a bare `XDP_PASS`, is \
          the loop's own cost per run, which every case includes."
@@ -599,8 +599,7 @@ fn xdp_cost(out: &mut String, r: &Results) {
         ("(f) one lookup, a 16-byte IPv4 key", |c| c.lookup_narrow_ns),
     ];
     for (name, f) in cases {
-        // Results of runs before a case existed hold 0 for it.
-        let s = Stat::of(r.xdp_cost.iter().map(f).filter(|ns| *ns > 0.0));
+        let s = r.xdp_cost_stat(f);
         let over = match (s, pass) {
             (Some(a), Some(b)) => format!("{:+.1} ns", a.median - b.median),
             _ => "–".into(),

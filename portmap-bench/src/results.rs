@@ -203,6 +203,18 @@ impl Stat {
 }
 
 impl Results {
+    /// A per-packet cost over the repetitions, from those that measured it:
+    /// results of runs from before a case existed hold 0 for it.
+    pub fn xdp_cost_stat(&self, f: impl Fn(&XdpCost) -> f64) -> Option<Stat> {
+        Stat::of(self.xdp_cost.iter().map(f).filter(|ns| *ns > 0.0))
+    }
+
+    /// Whether every per-packet figure is the kernel's timing (see
+    /// `XdpCost::kernel_timed`).
+    pub fn xdp_kernel_timed(&self) -> bool {
+        self.xdp_cost.iter().all(XdpCost::kernel_timed)
+    }
+
     pub fn cells_of(&self, mode: Mode, services: u32) -> impl Iterator<Item = &Cell> {
         self.cells
             .iter()

@@ -198,19 +198,14 @@ pub fn evaluate(r: &Results, fmt_secs: impl Fn(f64) -> String + Copy) -> Vec<Tar
     let pass = Stat::of(r.xdp_cost.iter().map(|c| c.pass_ns));
     // The target is stated for IPv4 TCP; results of runs that predate the
     // TCP case have the UDP hit alone.
-    let tcp_hit = Stat::of(
-        r.xdp_cost
-            .iter()
-            .map(|c| c.tcp_hit_ns)
-            .filter(|ns| *ns > 0.0),
-    );
+    let tcp_hit = r.xdp_cost_stat(|c| c.tcp_hit_ns);
     let (hit, case) = match tcp_hit {
         Some(h) => (Some(h), "TCP ACK"),
         None => (Stat::of(r.xdp_cost.iter().map(|c| c.hit_ns)), "UDP"),
     };
     // The program's own cost, without the harness's: what a change of the
     // dataplane moves, where the ratio also moves with the machine.
-    let clock = if r.xdp_cost.iter().all(|c| c.kernel_timed()) {
+    let clock = if r.xdp_kernel_timed() {
         "kernel-timed"
     } else {
         "wall-clock"
